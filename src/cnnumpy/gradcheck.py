@@ -1,0 +1,81 @@
+"""Finite-difference gradient check for any layer or model (float64, central differences)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+
+class GradientCheckError(AssertionError):
+    """Raised by `gradient_check` when backward disagrees with finite differences."""
+
+
+def _relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
+    """max |a - n| / max(max |a|, max |n|): 0 when equal, ~1 when unrelated."""
+    scale = max(np.abs(analytic).max(initial=0.0), np.abs(numeric).max(initial=0.0))
+    if scale == 0.0:
+        return 0.0
+    return float(np.abs(analytic - numeric).max() / scale)
+
+
+def _numeric_gradient(f, array: np.ndarray, eps: float) -> np.ndarray:
+    """(f(a + eps·e_i) - f(a - eps·e_i)) / (2 eps) for every element i of `array`, in place."""
+    grad = np.zeros_like(array)
+    flat, grad_flat = array.reshape(-1), grad.reshape(-1)  # views: array is contiguous
+    for i in range(flat.size):
+        saved = flat[i]
+        flat[i] = saved + eps
+        plus = f()
+        flat[i] = saved - eps
+        minus = f()
+        flat[i] = saved
+        grad_flat[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def gradient_check(module, x, *, eps: float = 1e-6, tol: float | None = 1e-6,
+                   rng: np.random.Generator | None = None) -> float:
+    """Compare `module.backward` with central finite differences, in float64.
+
+    The scalar checked is L = Σ forward(x) · g for a fixed random upstream gradient g, so
+    backward(g) must return dL/dx and set the gradient of every parameter to dL/dθ. The
+    module is copied and converted to float64; the original is left untouched.
+
+    Args:
+        module: a layer or model with forward/backward/parameters/gradients.
+        x: an input batch (any floating dtype; converted to float64).
+        eps: finite-difference step.
+        tol: raise `GradientCheckError` when the worst relative error exceeds it
+            (None: never raise).
+        rng: generator for g (default: seeded with 0, so checks repeat).
+
+    Returns:
+        The worst relative error, max |analytic - numeric| / max magnitude, over the input
+        and every parameter.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    module = copy.deepcopy(module).astype(np.float64)
+    x = np.array(x, dtype=np.float64)  # a contiguous copy we may perturb
+    upstream = rng.standard_normal(module.forward(x).shape)
+
+    def loss() -> float:
+        return float(np.sum(module.forward(x) * upstream))
+
+    module.forward(x)
+    analytic = {"input": module.backward(upstream.copy())}
+    analytic.update(module.gradients())
+    analytic = {name: np.array(grad) for name, grad in analytic.items()}  # keep them
+
+    errors = {"input": _relative_error(analytic["input"], _numeric_gradient(loss, x, eps))}
+    for name, param in module.parameters().items():
+        errors[name] = _relative_error(analytic[name], _numeric_gradient(loss, param, eps))
+    worst_name = max(errors, key=errors.get)
+    worst = errors[worst_name]
+    if tol is not None and not worst <= tol:
+        details = ", ".join(f"{name}: {err:.2e}" for name, err in errors.items())
+        raise GradientCheckError(
+            f"gradient check failed: worst relative error {worst:.2e} in {worst_name} "
+            f"(tolerance {tol:.0e}); {details}"
+        )
+    return worst
