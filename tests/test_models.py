@@ -1,0 +1,97 @@
+"""Sequential and SimpleCNN: shapes, dtypes, parameter walking, modes, exact gradients."""
+
+import numpy as np
+import pytest
+
+import cnnumpy as cn
+
+
+@pytest.mark.parametrize("input_shape, flat", [((3, 32, 32), 64 * 8 * 8), ((1, 28, 28), 64 * 7 * 7),
+                                               ((2, 9, 13), 64 * 2 * 3)])
+def test_simplecnn_flatten_size_is_computed(input_shape, flat):
+    model = cn.SimpleCNN(input_shape, num_classes=5, rng=np.random.default_rng(0))
+    assert model["fc1"].W.shape == (512, flat)
+    assert model.output_shape(input_shape) == (5,)
+
+
+def test_simplecnn_float32_end_to_end():
+    model = cn.SimpleCNN(input_shape=(1, 28, 28), num_classes=10, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).random((8, 1, 28, 28)).astype(np.float32)
+    logits = model.forward(x)
+    assert logits.shape == (8, 10) and logits.dtype == np.float32
+    dx = model.backward(np.ones_like(logits) / 8)
+    assert dx.shape == (8, 1, 28, 28) and dx.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in model.gradients().values())
+
+
+def test_simplecnn_layers_and_parameter_names():
+    model = cn.SimpleCNN(rng=np.random.default_rng(0))
+    assert [name for name, _ in model.named_layers()] == [
+        "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "flatten", "fc1", "relu3", "fc2"]
+    shapes = {name: p.shape for name, p in model.parameters().items()}
+    assert shapes == {"conv1.W": (32, 3, 3, 3), "conv1.b": (32,), "conv2.W": (64, 32, 3, 3),
+                      "conv2.b": (64,), "fc1.W": (512, 4096), "fc1.b": (512,),
+                      "fc2.W": (10, 512), "fc2.b": (10,)}
+    assert list(model.gradients()) == list(model.parameters())
+    assert model.num_parameters() == 896 + 18496 + 2097664 + 5130
+
+
+def test_simplecnn_gradients_exact():
+    rng = np.random.default_rng(0)
+    model = cn.SimpleCNN((2, 6, 5), num_classes=3, rng=rng)
+    x = rng.standard_normal((2, 2, 6, 5))
+    # 300 random entries of each array (fc1.W alone has 32768); every input and bias
+    assert cn.gradient_check(model, x, samples=300, rng=rng) < 1e-6
+
+
+def test_parameters_are_live_and_loadable():
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(0))
+    params = model.parameters()
+    params["fc2.b"] += 1.0  # in-place update through the dict changes the model
+    assert np.all(model["fc2"].b == 1.0)
+    other = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(5))
+    other.load_parameters({k: v.copy() for k, v in params.items()})
+    x = np.random.default_rng(2).random((2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(other.forward(x), model.forward(x))
+    with pytest.raises(ValueError, match=r"missing \['fc2.b'\]"):
+        other.load_parameters({k: v for k, v in params.items() if k != "fc2.b"})
+    with pytest.raises(ValueError, match=r"parameter fc2.W has shape \(3, 512\), got .* \(4, 512\)"):
+        other.load_parameters({**params, "fc2.W": np.zeros((4, 512))})
+
+
+def test_zero_grad_train_eval_astype():
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(0))
+    model.forward(np.ones((2, 1, 8, 8), np.float32))
+    model.backward(np.ones((2, 3), np.float32))
+    assert any(g.any() for g in model.gradients().values())
+    model.zero_grad()
+    assert not any(g.any() for g in model.gradients().values())
+    assert model.eval() is model and not model.training
+    assert not any(layer.training for _, layer in model.named_layers())
+    model.train()
+    assert all(layer.training for _, layer in model.named_layers())
+    assert model.astype(np.float64).dtype == np.float64
+    assert all(g.dtype == np.float64 for g in model.gradients().values())
+
+
+def test_model_input_errors():
+    model = cn.SimpleCNN((3, 32, 32), rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"Conv2D expected 3 input channels, got 1 \(input shape \(8, 1, 28, 28\)\)"):
+        model.forward(np.zeros((8, 1, 28, 28), np.float32))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.forward(np.full((1, 3, 32, 32), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"at least 4x4 pixels, got input_shape \(1, 3, 3\)"):
+        cn.SimpleCNN((1, 3, 3))
+    with pytest.raises(ValueError, match=r"input_shape must be \(C, H, W\)"):
+        cn.SimpleCNN((28, 28))
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        cn.SimpleCNN(num_classes=0)
+    with pytest.raises(TypeError, match="is not a cnnumpy module"):
+        cn.Sequential([cn.ReLU(), "relu"])
+
+
+def test_same_generator_same_weights():
+    a = cn.SimpleCNN(rng=np.random.default_rng(7))
+    b = cn.SimpleCNN(rng=np.random.default_rng(7))
+    for (name, p), q in zip(a.parameters().items(), b.parameters().values()):
+        np.testing.assert_array_equal(p, q, err_msg=name)
