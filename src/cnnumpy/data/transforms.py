@@ -1,0 +1,103 @@
+"""Batch transforms: per-channel statistics and normalisation, random crop and flip.
+
+All functions take NCHW batches and are vectorised over the batch (no Python loop over
+images); randomness comes only from the `numpy.random.Generator` passed in.
+"""
+
+import numpy as np
+
+
+def _check_batch(batch, what="batch"):
+    if not isinstance(batch, np.ndarray) or batch.ndim != 4:
+        raise ValueError(f"{what} must be an array of shape (N, C, H, W), got "
+                         f"{getattr(batch, 'shape', type(batch))}")
+
+
+def _check_uint8(images):
+    _check_batch(images, "images")
+    if images.dtype != np.uint8:
+        raise TypeError(f"images must be uint8 (0..255), got {images.dtype}")
+
+
+def channel_stats(images):
+    """Per-channel mean and standard deviation of uint8 images scaled to [0, 1].
+
+    images: (N, C, H, W) uint8.  Returns (mean, std), float32 arrays of shape (C,), with
+    std the population standard deviation (ddof=0), as used by `normalize`:
+        mean_c = S1_c / (M 255),  std_c = sqrt(S2_c / (M 255^2) - mean_c^2)
+    where S1_c, S2_c are the exact integer sums of x and x^2 over channel c's M = N H W
+    pixels (accumulated in uint64, so no float temporaries of the data's size).
+    """
+    _check_uint8(images)
+    n, _, h, w = images.shape
+    if n * h * w == 0:
+        raise ValueError(f"channel_stats needs at least one pixel, got images of shape "
+                         f"{images.shape}")
+    sums = images.sum(axis=(0, 2, 3), dtype=np.uint64)                       # (C,)
+    squares = np.einsum("nchw,nchw->c", images, images, dtype=np.uint64,
+                        casting="unsafe")                                     # (C,)
+    pixels = float(n * h * w)
+    mean = sums / (pixels * 255.0)
+    var = squares / (pixels * 255.0**2) - mean**2
+    return mean.astype(np.float32), np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
+
+
+def _channel_vector(values, channels, what):
+    vector = np.asarray(values, dtype=np.float32).reshape(-1)
+    if vector.shape != (channels,):
+        raise ValueError(f"{what} must have one value per channel ({channels}), got "
+                         f"shape {np.shape(values)}")
+    return vector
+
+
+def normalize(images, mean, std):
+    """(images / 255 - mean) / std per channel, as float32 (N, C, H, W).
+
+    images: (N, C, H, W) uint8.  mean, std: C values each (e.g. from `channel_stats`).
+    Computed as images * (1 / (255 std)) - mean / std in float32 straight into the output:
+    no float64 and no full-size temporaries.
+    """
+    _check_uint8(images)
+    channels = images.shape[1]
+    mean = _channel_vector(mean, channels, "mean")
+    std = _channel_vector(std, channels, "std")
+    if not np.all(std > 0):
+        raise ValueError(f"std must be positive, got {std}")
+    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]   # (C, 1, 1)
+    shift = (mean / std).astype(np.float32)[:, None, None]            # (C, 1, 1)
+    out = np.multiply(images, scale, dtype=np.float32)
+    out -= shift
+    return out
+
+
+def random_crop(batch, padding, rng):
+    """Zero-pad each image by `padding` pixels on every side, then crop back to H x W at an
+    offset (dy, dx) drawn uniformly from [0, 2 padding]^2 independently for each image.
+
+    out[n, :, i, j] = padded[n, :, i + dy[n], j + dx[n]]: a copy of the image shifted by
+    (padding - dy[n], padding - dx[n]) with zeros moved in. batch: (N, C, H, W), any dtype;
+    returns a new array of the same shape and dtype. Draws dy then dx, N integers each.
+    """
+    _check_batch(batch)
+    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
+        raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
+    n, c, h, w = batch.shape
+    dy = rng.integers(0, 2 * padding + 1, size=n)
+    dx = rng.integers(0, 2 * padding + 1, size=n)
+    padded = np.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=batch.dtype)
+    padded[:, :, padding:padding + h, padding:padding + w] = batch
+    crops = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))
+    # crops: (N, C, 2p+1, 2p+1, H, W) view; picking (n, dy[n], dx[n]) gives (N, C, H, W)
+    return crops[np.arange(n), :, dy, dx]
+
+
+def random_hflip(batch, rng, p=0.5):
+    """Mirror each image left-right with probability p (one draw per image).
+
+    batch: (N, C, H, W), any dtype; returns a new array of the same shape and dtype.
+    """
+    _check_batch(batch)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p!r}")
+    flip = rng.random(batch.shape[0]) < p
+    return np.where(flip[:, None, None, None], batch[..., ::-1], batch)
