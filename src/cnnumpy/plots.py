@@ -161,9 +161,8 @@ def _batch_of_one(model, image: np.ndarray) -> np.ndarray:
     return image[None].astype(model.dtype or np.float32)
 
 
-def _layer_index(layers: list, name: str | None, default: int) -> int:
-    if name is None:
-        return default
+def _layer_index(layers: list, name: str) -> int:
+    """Position of the layer called `name` in the (name, layer) list; ValueError if absent."""
     names = [layer_name for layer_name, _ in layers]
     if name not in names:
         raise ValueError(f"no layer named {name!r}; the layers are {names}")
@@ -189,7 +188,7 @@ def unit_gradient(model, image: np.ndarray, layer: str, unit: tuple[int, int],
     receptive field (`receptive_field_box`). Returns (C, H, W).
     """
     layers = list(model.named_layers())
-    chain = [module for _, module in layers[: _layer_index(layers, layer, len(layers) - 1) + 1]]
+    chain = [module for _, module in layers[: _layer_index(layers, layer) + 1]]
     x = _batch_of_one(model, image)
     with _evaluation(model):
         for module in chain:
@@ -219,7 +218,7 @@ def receptive_field_box(model, layer: str, unit: tuple[int, int]) -> tuple[int, 
     the padding, outside the image.
     """
     layers = list(model.named_layers())
-    index = _layer_index(layers, layer, len(layers) - 1)
+    index = _layer_index(layers, layer)
     windowed = [name for name, module in layers[: index + 1] if module.window is not None]
     if not windowed:
         return unit[0], unit[1], 1, 1
@@ -486,7 +485,7 @@ def receptive_field_plot(model, image: np.ndarray, path, *, layer: str | None = 
     layer = _default_field_layer(model) if layer is None else layer
     layers = list(model.named_layers())
     shape = tuple(_check_image(image).shape)
-    for _, module in layers[: _layer_index(layers, layer, len(layers) - 1) + 1]:
+    for _, module in layers[: _layer_index(layers, layer) + 1]:
         shape = module.output_shape(shape)
     if unit is None:
         unit = (shape[1] // 2, shape[2] // 2) if len(shape) == 3 else (0, 0)
