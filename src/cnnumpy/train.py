@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .data import channel_stats, normalize, random_crop, random_hflip
+from .data import channel_stats, normalize, num_batches, random_crop, random_hflip
 from .losses import CrossEntropyLoss, softmax
 
 METRICS_FILE = "metrics.jsonl"
@@ -264,10 +264,6 @@ class _Run:
                 "label_smoothing": self.criterion.label_smoothing,
                 "train_size": len(self.train_images)}
 
-    @property
-    def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.train_images) / self.batch_size)
-
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, name: str) -> Path:
@@ -387,7 +383,7 @@ class _Run:
 
     def interrupt(self, reason: str) -> bool:
         where = (f"epoch {self.progress.epoch + 1}, batch {self.progress.batch}/"
-                 f"{self.batches_per_epoch}")
+                 f"{num_batches(len(self.train_images), self.batch_size)}")
         if self.run_dir is None:
             return self.stop_with("interrupted", f"{reason}: stopped at {where}")
         self.history.checkpoint = self.save(LAST_FILE)
