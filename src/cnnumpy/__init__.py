@@ -11,10 +11,20 @@ from .gradcheck import GradientCheckError, gradient_check
 from .layers import AvgPool2D, Conv2D, Flatten, Layer, Linear, MaxPool2D, Module, ReLU
 from .models import Sequential, SimpleCNN
 from .shapes import Field, conv_output_size, receptive_field, receptive_fields
+from .losses import CrossEntropyLoss, softmax_cross_entropy, softmax_cross_entropy_backward
+from .optim import SGD, Adam, AdamW, Optimizer
+from .schedules import Constant, OneCycle, Schedule, StepDecay, WarmupCosine, build_schedule
+from .registry import build_model, register_model
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .train import History, evaluate, fit, predict_proba
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adam", "AdamW", "Checkpoint", "Constant", "CrossEntropyLoss", "History", "OneCycle",
+    "Optimizer", "SGD", "Schedule", "StepDecay", "WarmupCosine", "build_model", "build_schedule",
+    "evaluate", "fit", "load_checkpoint", "predict_proba", "register_model", "save_checkpoint",
+    "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "AvgPool2D", "Conv2D", "Field", "Flatten", "GradientCheckError", "Layer", "Linear",
     "MaxPool2D", "Module", "ReLU", "Sequential", "SimpleCNN", "conv_output_size", "functional",
     "gradient_check", "receptive_field", "receptive_fields", "__version__",

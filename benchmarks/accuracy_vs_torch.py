@@ -1,0 +1,122 @@
+"""Test accuracy and seconds per epoch of the default recipe: cnnumpy against PyTorch.
+
+    python benchmarks/accuracy_vs_torch.py [--epochs 15] [--limit N] [--only cnnumpy|torch]
+
+Both train SimpleCNN (conv 32, pool, conv 64, pool, fc 512, fc 10) on Fashion-MNIST with the
+recipe of `cnnumpy train`: SGD with Nesterov momentum 0.9 and weight decay 5e-4, PyTorch's
+OneCycleLR peaking at --lr (momentum cycled 0.95-0.85-0.95), batch 128, random crop (pad 2) and
+horizontal flip, inputs normalised with the training set's mean and std. The batches (order,
+augmentation, normalisation) come from the same NumPy code and seed for both; only the model,
+loss, optimizer and schedule differ by framework. PyTorch keeps its own default initialisation
+unless --same-init copies cnnumpy's initial weights into it. PyTorch runs when importable
+(`pip install torch==2.13.0`). Prints one row per framework.
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+import cnnumpy as cn
+from cnnumpy.data import channel_stats, iterate_batches, load_dataset, num_batches
+from cnnumpy.train import prepare_batch
+
+
+def cnnumpy_run(model, train, test, args):
+    optimizer = cn.SGD(model, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    schedule = cn.OneCycle(args.lr, args.epochs * num_batches(train, args.batch_size))
+    history = cn.fit(model, train, optimizer=optimizer, epochs=args.epochs,
+                     batch_size=args.batch_size, schedule=schedule,
+                     rng=np.random.default_rng(args.seed), progress=args.progress)
+    metrics = cn.evaluate(model, test, history.normalization)
+    return metrics["accuracy"], float(np.mean([entry["seconds"] for entry in history]))
+
+
+def torch_model(torch, cnnumpy_model, same_init):
+    nn = torch.nn
+    channels, height, width = cnnumpy_model.input_shape
+    model = nn.Sequential(
+        nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(64 * (height // 4) * (width // 4), 512), nn.ReLU(), nn.Linear(512, 10))
+    if same_init:
+        params = cnnumpy_model.parameters()
+        with torch.no_grad():
+            for index, name in ((0, "conv1"), (3, "conv2"), (7, "fc1"), (9, "fc2")):
+                model[index].weight.copy_(torch.from_numpy(params[f"{name}.W"]))
+                model[index].bias.copy_(torch.from_numpy(params[f"{name}.b"]))
+    return model
+
+
+def torch_run(torch, model, train, test, args):
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                                weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=args.epochs * num_batches(train, args.batch_size))
+    normalization = channel_stats(train.images)
+    rng = np.random.default_rng(args.seed)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    seconds = []
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        model.train()
+        for indices in iterate_batches(train, args.batch_size, rng):
+            x = prepare_batch(train.images[indices], normalization, np.float32, rng=rng,
+                              crop_padding=2, flip=True)
+            loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(train.labels[indices]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        seconds.append(time.perf_counter() - start)
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(prepare_batch(test.images, normalization, np.float32))
+        predictions = model(x).argmax(dim=1).numpy()
+    return float(np.mean(predictions == test.labels)), float(np.mean(seconds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--limit", type=int, help="use only the first N training images")
+    parser.add_argument("--test-limit", type=int, help="use only the first N test images")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--only", choices=("cnnumpy", "torch"))
+    parser.add_argument("--same-init", action="store_true",
+                        help="start PyTorch from cnnumpy's initial weights")
+    parser.add_argument("--progress", action="store_true", help="cnnumpy's progress bar")
+    args = parser.parse_args()
+
+    train = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
+    test = load_dataset("fashion-mnist", "test", data_dir=args.data_dir)
+    if args.limit:
+        train = train.subset(slice(0, args.limit))
+    if args.test_limit:
+        test = test.subset(slice(0, args.test_limit))
+    model = cn.SimpleCNN(train.sample_shape, train.num_classes,
+                         rng=np.random.default_rng(args.seed))
+    rows = []
+    if args.only != "cnnumpy":
+        try:
+            import torch
+        except ImportError:
+            print("PyTorch is not installed (pip install torch==2.13.0): cnnumpy only")
+        else:
+            torch.manual_seed(args.seed)
+            reference = torch_model(torch, model, args.same_init)
+            rows.append((f"PyTorch {torch.__version__}", *torch_run(torch, reference, train,
+                                                                     test, args)))
+    if args.only != "torch":
+        rows.append((f"cnnumpy {cn.__version__}", *cnnumpy_run(model, train, test, args)))
+    print(f"Fashion-MNIST, {len(train)} training / {len(test)} test images, {args.epochs} epochs")
+    print(f"{'framework':<24}{'test accuracy':>15}{'s/epoch':>10}")
+    for name, accuracy, seconds in rows:
+        print(f"{name:<24}{accuracy:>15.4f}{seconds:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""The `cnnumpy` command (also `python -m cnnumpy`): train, evaluate and predict.
+
+    cnnumpy train --dataset fashion-mnist --epochs 15 --out runs/fmnist
+    cnnumpy train --resume runs/fmnist
+    cnnumpy evaluate runs/fmnist/best.npz --json
+    cnnumpy predict runs/fmnist/best.npz shoe.png image.npy --top-k 3
+
+Each subcommand is a pair of functions registered in `COMMANDS` by `register_command`:
+`configure(parser)` adds its arguments, `run(args) -> exit status` does the work. Errors print
+one line, `cnnumpy: error: ...`, and exit 1 (`--debug` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .checkpoint import load_checkpoint
+from .data import DATASETS, load_dataset, num_batches, train_val_split
+from .optim import build_optimizer
+from .registry import MODELS, build_model
+from .schedules import SCHEDULES, make_schedule
+from .train import LAST_FILE, evaluate, fit, predict_proba
+
+
+@dataclass
+class Command:
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register_command(name: str, help: str, configure, run) -> None:
+    """Add a subcommand: `configure(parser)` declares its arguments, `run(args)` returns a status."""
+    COMMANDS[name] = Command(help, configure, run)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------- train
+
+# The default recipe of `cnnumpy train` (documented in the README): SimpleCNN on Fashion-MNIST,
+# SGD with Nesterov momentum and weight decay, a one-cycle schedule, crop + flip augmentation.
+RECIPE = {
+    "dataset": "fashion-mnist", "data_dir": None, "model": "simplecnn", "epochs": 15,
+    "batch_size": 128, "lr": None, "optimizer": "sgd", "momentum": None, "nesterov": None,
+    "schedule": "onecycle", "weight_decay": None, "label_smoothing": 0.0, "augment": True,
+    "val_split": 0.0, "seed": 0, "limit": None,
+}
+# Defaults that depend on the optimizer: {optimizer: {setting: value}}.
+OPTIMIZER_DEFAULTS = {
+    "sgd": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+    "adam": {"lr": 1e-3, "weight_decay": 0.0},
+    "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
+}
+# Options a resumed run may change (the others are stored in the checkpoint).
+RESUME_OPTIONS = ("data_dir",)
+
+
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--dataset", choices=DATASETS, help="data set (default fashion-mnist)")
+    add("--data-dir", help="folder with the data files (default: the per-user cache, then "
+                           "system folders, then a download)")
+    add("--model", choices=sorted(MODELS), help="architecture (default simplecnn)")
+    add("--epochs", type=_positive_int, help="number of epochs (default 15)")
+    add("--batch-size", type=_positive_int, help="images per step (default 128)")
+    add("--lr", type=float, help="learning rate; the peak for onecycle "
+                                 "(default 0.05 for sgd, 1e-3 for adam/adamw)")
+    add("--optimizer", choices=sorted(OPTIMIZER_DEFAULTS), help="optimizer (default sgd)")
+    add("--momentum", type=float, help="SGD momentum (default 0.9; cycled by onecycle)")
+    add("--nesterov", action=argparse.BooleanOptionalAction,
+        help="SGD Nesterov momentum (default on)")
+    add("--schedule", choices=sorted(SCHEDULES), help="learning-rate schedule (default onecycle)")
+    add("--weight-decay", type=float,
+        help="weight decay (default 5e-4 for sgd, 0 for adam, 1e-2 for adamw)")
+    add("--label-smoothing", type=float, help="label smoothing of the loss (default 0)")
+    add("--augment", action=argparse.BooleanOptionalAction,
+        help="random crop (2 px padding) and horizontal flip of training images (default on)")
+    add("--val-split", type=_fraction, help="fraction of the training images held out for "
+                                            "per-epoch validation (default 0: none)")
+    add("--seed", type=int, help="seed of initialisation, split, shuffling, augmentation "
+                                 "(default 0)")
+    add("--limit", type=_positive_int, help="use only the first N training images")
+    add("--out", type=Path, help="run folder for checkpoints and metrics "
+                                 "(default runs/DATASET, numbered if taken)")
+    add("--resume", type=Path, metavar="RUN_DIR",
+        help="continue the run in RUN_DIR with its stored settings")
+    add("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_settings(args) -> dict:
+    """The full settings of a new run: given options over the recipe and optimizer defaults."""
+    given = {key: getattr(args, key) for key in RECIPE if getattr(args, key) is not None}
+    settings = {**RECIPE, **given}
+    defaults = OPTIMIZER_DEFAULTS[settings["optimizer"]]
+    stray = sorted(key for key in given if key in ("momentum", "nesterov") and key not in defaults)
+    if stray:
+        raise ValueError(f"--{stray[0]} applies to --optimizer sgd only, not "
+                         f"{settings['optimizer']}")
+    for key, value in defaults.items():
+        if settings[key] is None:
+            settings[key] = value
+    return {key: value for key, value in settings.items()
+            if value is not None or key in ("data_dir", "limit")}
+
+
+def _new_run_dir(requested: Path | None, dataset: str) -> Path:
+    """The run folder: `requested` if free, else runs/DATASET, runs/DATASET-2, ..."""
+    if requested is not None:
+        if (requested / LAST_FILE).exists():
+            raise ValueError(f"{requested} already holds a run; continue it with --resume "
+                             f"{requested} or choose another --out")
+        return requested
+    candidate, number = Path("runs") / dataset, 1
+    while (candidate / LAST_FILE).exists():
+        number += 1
+        candidate = Path("runs") / f"{dataset}-{number}"
+    return candidate
+
+
+def _training_data(settings: dict, rng: np.random.Generator):
+    """(train, val or None) as the settings say; draws the split from rng."""
+    data = load_dataset(settings["dataset"], "train", data_dir=settings["data_dir"])
+    if settings["limit"] is not None:
+        data = data.subset(slice(0, settings["limit"]))
+    if settings["val_split"]:
+        return train_val_split(data, settings["val_split"], rng)
+    return data, None
+
+
+def _optimizer_for(settings: dict, model):
+    hyperparameters = {key: settings[key] for key in OPTIMIZER_DEFAULTS[settings["optimizer"]]}
+    return build_optimizer(settings["optimizer"], model, **hyperparameters)
+
+
+def run_train(args) -> int:
+    checkpoint = None
+    if args.resume is not None:
+        explicit = sorted(f"--{key.replace('_', '-')}" for key in RECIPE
+                          if getattr(args, key) is not None and key not in RESUME_OPTIONS)
+        if explicit or args.out is not None:
+            raise ValueError(f"--resume continues a run with its stored settings; drop "
+                             f"{', '.join(explicit + (['--out'] if args.out else []))}")
+        run_dir = args.resume
+        checkpoint = load_checkpoint(run_dir / LAST_FILE)
+        checkpoint.require("train_settings", "progress.epoch", "epochs")
+        settings = dict(checkpoint.metadata["train_settings"])
+        if args.data_dir is not None:
+            settings["data_dir"] = args.data_dir
+        if checkpoint.metadata["progress"]["epoch"] >= checkpoint.metadata["epochs"]:
+            raise ValueError(f"the run in {run_dir} already finished its "
+                             f"{checkpoint.metadata['epochs']} epochs")
+    else:
+        settings = _train_settings(args)
+        run_dir = _new_run_dir(args.out, settings["dataset"])
+
+    rng = np.random.default_rng(settings["seed"])
+    train, val = _training_data(settings, rng)
+    model = build_model({"name": MODELS[settings["model"]].__name__,
+                         "input_shape": list(train.sample_shape),
+                         "num_classes": train.num_classes}, rng=rng)
+    optimizer = _optimizer_for(settings, model)
+    steps_per_epoch = num_batches(train, settings["batch_size"])
+    schedule = make_schedule(settings["schedule"], settings["lr"], settings["epochs"],
+                             steps_per_epoch)
+    print(f"{'resuming' if checkpoint else 'training'} {settings['model']} on "
+          f"{len(train)} {settings['dataset']} images"
+          f"{f' ({len(val)} held out for validation)' if val is not None else ''}; "
+          f"run folder {run_dir}", file=sys.stderr, flush=True)
+    history = fit(model, train, val, optimizer=optimizer, epochs=settings["epochs"],
+                  batch_size=settings["batch_size"], schedule=schedule,
+                  augment=settings["augment"], label_smoothing=settings["label_smoothing"],
+                  rng=rng, run_dir=run_dir, resume=checkpoint, progress=not args.no_progress,
+                  metadata={"train_settings": {**settings, "data_dir": _text(settings["data_dir"])}})
+    if history.status == "diverged":
+        raise RuntimeError(history.message)
+    if history.status == "interrupted":
+        print(f"resume with: cnnumpy train --resume {run_dir}", file=sys.stderr)
+        return 128 + history.signal if history.signal else 1
+    test = load_dataset(settings["dataset"], "test", data_dir=settings["data_dir"])
+    metrics = evaluate(model, test, history.normalization)
+    print(f"test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
+          f"({metrics['count']} test images, final weights in {run_dir / LAST_FILE})")
+    return 0
+
+
+def _text(value):
+    return None if value is None else str(value)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _checkpoint_data_dir(checkpoint, given):
+    if given is not None:
+        return given
+    return checkpoint.metadata.get("train_settings", {}).get("data_dir")
+
+
+def _normalization(checkpoint):
+    checkpoint.require_arrays("normalization/mean", "normalization/std")
+    return checkpoint.arrays["normalization/mean"], checkpoint.arrays["normalization/std"]
+
+
+def configure_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train")
+    parser.add_argument("--dataset", choices=DATASETS,
+                        help="data set whose test split to use (default: the checkpoint's)")
+    parser.add_argument("--data-dir", help="folder with the data files")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_evaluate(args) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = checkpoint.build_model()
+    dataset = args.dataset or checkpoint.metadata.get("dataset")
+    if dataset is None:
+        raise ValueError(f"checkpoint {args.checkpoint} names no data set; pass --dataset")
+    test = load_dataset(dataset, "test", data_dir=_checkpoint_data_dir(checkpoint, args.data_dir))
+    metrics = evaluate(model, test, _normalization(checkpoint))
+    if args.json:
+        print(json.dumps({**metrics, "dataset": dataset, "checkpoint": str(args.checkpoint)}))
+    else:
+        print(f"{args.checkpoint}: test accuracy {metrics['accuracy']:.4f}, loss "
+              f"{metrics['loss']:.4f} on {metrics['count']} {dataset} test images")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _grayscale(pixels: np.ndarray) -> np.ndarray:
+    """(3, H, W) RGB -> (1, H, W) luminance, ITU-R 601-2 (as Pillow's convert("L"))."""
+    weights = np.array([0.299, 0.587, 0.114])[:, None, None]
+    return np.rint((pixels * weights).sum(axis=0, keepdims=True)).astype(np.uint8)
+
+
+def _resize(pixels: np.ndarray, height: int, width: int, source: str) -> np.ndarray:
+    """(C, h, w) uint8 -> (C, height, width) uint8, bilinear, through Pillow."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError(f"{source} is {pixels.shape[1]}x{pixels.shape[2]}, the model takes "
+                         f"{height}x{width}: resizing needs Pillow (pip install "
+                         f"'cnnumpy[image]')") from None
+    channels = [np.asarray(Image.fromarray(plane).resize((width, height), Image.BILINEAR))
+                for plane in pixels]
+    return np.stack(channels)
+
+
+def to_model_input(pixels: np.ndarray, input_shape, source: str) -> np.ndarray:
+    """An image as uint8 (C, H, W) of the model's `input_shape`: channels converted
+    (RGB -> gray by luminance, gray -> RGB by repetition), then resized."""
+    channels, height, width = input_shape
+    if pixels.shape[0] == 3 and channels == 1:
+        pixels = _grayscale(pixels)
+    elif pixels.shape[0] == 1 and channels == 3:
+        pixels = np.repeat(pixels, 3, axis=0)
+    elif pixels.shape[0] != channels:
+        raise ValueError(f"{source} has {pixels.shape[0]} channels, the model takes {channels}")
+    if pixels.shape[1:] != (height, width):
+        pixels = _resize(pixels, height, width, source)
+    return pixels
+
+
+def _npy_pixels(path: Path) -> list[tuple[str, np.ndarray]]:
+    """Images of a .npy file as [(label, (C, H, W) uint8)]: one image (H, W), (C, H, W) or
+    (H, W, C) with C in {1, 3}, or a batch (N, C, H, W); uint8 pixels, or floats in [0, 1]."""
+    array = np.load(path, allow_pickle=False)
+    if np.issubdtype(array.dtype, np.floating):
+        if not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+            raise ValueError(f"{path}: float pixels must lie in [0, 1]")
+        array = np.rint(array * 255).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"{path}: pixels must be uint8 (0-255) or floats in [0, 1], "
+                         f"got {array.dtype}")
+    if array.ndim == 2:
+        return [(str(path), array[None])]
+    if array.ndim == 3:
+        if array.shape[0] not in (1, 3) and array.shape[-1] in (1, 3):
+            array = array.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
+        return [(str(path), array)]
+    if array.ndim == 4:
+        return [(f"{path}[{i}]", image) for i, image in enumerate(array)]
+    raise ValueError(f"{path}: expected an image (H, W), (C, H, W), (H, W, C) or a batch "
+                     f"(N, C, H, W), got shape {array.shape}")
+
+
+def _picture_pixels(path: Path, channels: int) -> np.ndarray:
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ValueError(f"reading {path.suffix} images needs Pillow "
+                         f"(pip install 'cnnumpy[image]'); .npy arrays need nothing") from None
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            pixels = np.asarray(image)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image Pillow can read") from None
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def load_images(paths, input_shape) -> tuple[list[str], np.ndarray]:
+    """(labels, uint8 batch (N, C, H, W)) from .npy files and pictures (PNG, JPEG, ...)."""
+    labels, images = [], []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        if path.suffix.lower() == ".npy":
+            entries = _npy_pixels(path)
+        else:
+            entries = [(str(path), _picture_pixels(path, input_shape[0]))]
+        for label, pixels in entries:
+            labels.append(label)
+            images.append(to_model_input(pixels, input_shape, label))
+    return labels, np.stack(images)
+
+
+def configure_predict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train")
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                        help="PNG/JPEG pictures (needs Pillow) or .npy arrays")
+    parser.add_argument("--top-k", type=_positive_int, default=3,
+                        help="classes shown per image (default 3)")
+    parser.add_argument("--json", action="store_true", help="print one JSON list")
+
+
+def run_predict(args) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = checkpoint.build_model()
+    input_shape = checkpoint.metadata["model"]["input_shape"]
+    labels, images = load_images(args.files, input_shape)
+    probabilities = predict_proba(model, images, _normalization(checkpoint))
+    names = checkpoint.metadata.get("class_names") or \
+        [str(k) for k in range(probabilities.shape[1])]
+    top_k = min(args.top_k, probabilities.shape[1])
+    results = []
+    for label, row in zip(labels, probabilities):
+        best = np.argsort(-row, kind="stable")[:top_k]
+        results.append({"file": label, "top": [{"class": names[k], "index": int(k),
+                                                 "probability": float(row[k])} for k in best]})
+    if args.json:
+        print(json.dumps(results))
+    for result in results if not args.json else []:
+        ranked = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
+        print(f"{result['file']}: {ranked}")
+    return 0
+
+
+register_command("train", "train a model (default: SimpleCNN on Fashion-MNIST)",
+                 configure_train, run_train)
+register_command("evaluate", "test-set accuracy and loss of a checkpoint",
+                 configure_evaluate, run_evaluate)
+register_command("predict", "top classes of images (PNG/JPEG/.npy) by a checkpoint",
+                 configure_predict, run_predict)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnumpy", description="Convolutional neural networks in plain NumPy.")
+    parser.add_argument("--version", action="version", version=f"cnnumpy {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, description=command.help)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show tracebacks of errors")
+        command.configure(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("cnnumpy: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line for people; --debug for the traceback
+        if args.debug:
+            raise
+        message = str(err) or type(err).__name__
+        print(f"cnnumpy: error: {message}", file=sys.stderr)
+        return 1

@@ -1,0 +1,289 @@
+"""Optimizers with the update rules of PyTorch's `torch.optim`: SGD, Adam, AdamW.
+
+An optimizer holds a model and walks its parameters by dotted name:
+
+    opt = SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loss = criterion(model.forward(x), y); model.backward(criterion.backward())
+    opt.step()          # updates every array of model.parameters() in place, in its dtype
+    opt.lr = 0.01       # schedules set the learning rate (and `momentum`) between steps
+
+`model.parameters()` and `model.gradients()` are fetched at every step (layers assign new
+gradient arrays in backward). Per-parameter state (momentum buffers, moments) is keyed by the
+parameter's name and has its dtype. `state_dict()` gives plain arrays plus JSON-ready scalars
+for checkpoints; `load_state_dict()` restores them, so a resumed run takes identical steps.
+
+Notation for one parameter p with gradient g at step t = 1, 2, ...; λ is weight_decay.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _check_number(name: str, value, low: float, high: float = math.inf,
+                  high_open: bool = False) -> float:
+    """`value` as a float in [low, high] (or [low, high)); ValueError naming it otherwise."""
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"{name} must be a number in [{low}, {high}{bracket}, got {value!r}")
+    return value
+
+
+class Optimizer:
+    """Base of the optimizers: parameter walking, learning rate, step count, state (de)serialising.
+
+    Subclasses set `slots` (the names of their per-parameter state arrays), implement
+    `_update(name, param, grad)` and `hyperparameters()`.
+    """
+
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, model, lr: float):
+        if not hasattr(model, "parameters") or not hasattr(model, "gradients"):
+            raise TypeError(
+                f"{type(self).__name__} needs a cnnumpy module (with parameters() and "
+                f"gradients()), got {type(model).__name__}"
+            )
+        if not model.parameters():
+            raise ValueError(f"{type(self).__name__} got a model without parameters")
+        self.model = model
+        self.lr = lr
+        self.steps = 0  # number of step() calls so far
+        self.state: dict[str, dict[str, np.ndarray]] = {slot: {} for slot in self.slots}
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = _check_number("lr", value, 0.0)
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad()
+
+    def step(self) -> None:
+        """One update of every parameter, in place, from the gradients of the last backward."""
+        params = self.model.parameters()
+        grads = self.model.gradients()
+        self.steps += 1
+        for name, param in params.items():
+            grad = grads[name]
+            if grad.shape != param.shape:
+                raise ValueError(f"gradient of {name} has shape {grad.shape}, "
+                                 f"the parameter {param.shape}")
+            self._update(name, param, grad.astype(param.dtype, copy=False))
+
+    def _update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict:
+        """The constructor arguments (JSON-ready), lr included."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        """{"name", "hyperparameters", "steps", "arrays": {"slot/param.name": array}}.
+
+        Everything but "arrays" is JSON-ready; the arrays are the live state (copy to keep).
+        """
+        return {
+            "name": type(self).__name__,
+            "hyperparameters": self.hyperparameters(),
+            "steps": self.steps,
+            "arrays": {f"{slot}/{name}": array
+                       for slot, arrays in self.state.items() for name, array in arrays.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()` of the same optimizer type for a model with the same names."""
+        name = type(self).__name__
+        if state.get("name") != name:
+            raise ValueError(f"optimizer state is for {state.get('name')!r}, not {name}")
+        params = self.model.parameters()
+        buffers: dict[str, dict[str, np.ndarray]] = {slot: {} for slot in self.slots}
+        for key, array in state["arrays"].items():
+            slot, _, param_name = key.partition("/")
+            if slot not in buffers or param_name not in params:
+                raise ValueError(f"optimizer state has an unexpected entry {key!r} "
+                                 f"(slots {list(self.slots)}, parameters {sorted(params)})")
+            param = params[param_name]
+            if array.shape != param.shape:
+                raise ValueError(f"optimizer state {key!r} has shape {array.shape}, "
+                                 f"the parameter {param.shape}")
+            buffers[slot][param_name] = np.array(array, dtype=param.dtype)
+        expected = set(self.hyperparameters())
+        if set(state["hyperparameters"]) != expected:
+            raise ValueError(f"optimizer hyperparameters {sorted(state['hyperparameters'])} do "
+                             f"not match {name}'s {sorted(expected)}")
+        for key, value in state["hyperparameters"].items():
+            setattr(self, key, value)
+        self.steps = int(state["steps"])
+        self.state = buffers
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, Nesterov momentum and weight decay.
+
+        d = g + λ·p
+        b = d                              at the first step, then
+        b = μ·b + (1 - dampening)·d        (momentum buffer, μ = momentum)
+        d = d + μ·b  (nesterov)   or   d = b  (otherwise; no buffer when μ = 0)
+        p = p - lr·d
+
+    Args:
+        model: a cnnumpy module.
+        lr: learning rate (>= 0).
+        momentum: μ in [0, 1) (default 0).
+        dampening: in [0, 1] (default 0).
+        nesterov: Nesterov momentum (needs μ > 0 and dampening 0), default False.
+        weight_decay: λ >= 0 (L2 penalty added to the gradient), default 0.
+    """
+
+    slots = ("momentum_buffer",)
+
+    def __init__(self, model, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0):
+        super().__init__(model, lr)
+        self.momentum = momentum
+        self.dampening = _check_number("dampening", dampening, 0.0, 1.0)
+        self.weight_decay = _check_number("weight_decay", weight_decay, 0.0)
+        if not isinstance(nesterov, bool):
+            raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
+        if nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ValueError(f"nesterov momentum needs momentum > 0 and dampening 0, got "
+                             f"momentum={self.momentum}, dampening={self.dampening}")
+        self.nesterov = nesterov
+
+    @property
+    def momentum(self) -> float:
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        self._momentum = _check_number("momentum", value, 0.0, 1.0, high_open=True)
+
+    def _update(self, name, param, grad):
+        d = grad + self.weight_decay * param if self.weight_decay else grad
+        if self.momentum:
+            buffers = self.state["momentum_buffer"]
+            buf = buffers.get(name)
+            if buf is None:
+                buf = buffers[name] = d.copy()
+            else:
+                buf *= self.momentum
+                buf += (1 - self.dampening) * d
+            d = d + self.momentum * buf if self.nesterov else buf
+        param -= self.lr * d
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
+                "nesterov": self.nesterov, "weight_decay": self.weight_decay}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), with bias correction, as `torch.optim.Adam`.
+
+        g = g + λ·p                        (Adam: L2 penalty in the gradient)
+        m = m + (1 - β1)·(g - m)           (= β1·m + (1 - β1)·g, first moment)
+        v = β2·v + (1 - β2)·g²             (second moment)
+        p = p - lr / (1 - β1^t) · m / (sqrt(v) / sqrt(1 - β2^t) + eps)
+
+    Args:
+        model: a cnnumpy module.
+        lr: learning rate (default 1e-3).
+        betas: (β1, β2), each in [0, 1) (default (0.9, 0.999)).
+        eps: added to the denominator (default 1e-8).
+        weight_decay: λ >= 0 (default 0).
+    """
+
+    slots = ("exp_avg", "exp_avg_sq")
+    decoupled_weight_decay = False
+
+    def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(model, lr)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = betas
+        self.eps = _check_number("eps", eps, 0.0)
+        self.weight_decay = _check_number("weight_decay", weight_decay, 0.0)
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        return self._betas
+
+    @betas.setter
+    def betas(self, value) -> None:
+        self._betas = (_check_number("betas[0]", value[0], 0.0, 1.0, high_open=True),
+                       _check_number("betas[1]", value[1], 0.0, 1.0, high_open=True))
+
+    @property
+    def momentum(self) -> float:
+        """β1: what a one-cycle schedule cycles (as PyTorch's OneCycleLR does for Adam)."""
+        return self.betas[0]
+
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        self.betas = (value, self.betas[1])
+
+    def _update(self, name, param, grad):
+        beta1, beta2 = self.betas
+        if self.weight_decay:
+            if self.decoupled_weight_decay:
+                param *= 1 - self.lr * self.weight_decay
+            else:
+                grad = grad + self.weight_decay * param
+        exp_avg = self.state["exp_avg"].setdefault(name, np.zeros_like(param))
+        exp_avg_sq = self.state["exp_avg_sq"].setdefault(name, np.zeros_like(param))
+        exp_avg += (1 - beta1) * (grad - exp_avg)
+        exp_avg_sq *= beta2
+        exp_avg_sq += (1 - beta2) * grad * grad
+        step_size = self.lr / (1 - beta1 ** self.steps)
+        denom = np.sqrt(exp_avg_sq)
+        denom /= math.sqrt(1 - beta2 ** self.steps)
+        denom += self.eps
+        param -= step_size * exp_avg / denom
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as `torch.optim.AdamW`.
+
+        p = p · (1 - lr·λ)                 (decay applied to the weights, not the gradient)
+        then the Adam update of p with the plain gradient g.
+
+    Args: as `Adam`, but weight_decay defaults to 1e-2 (as PyTorch).
+    """
+
+    decoupled_weight_decay = True
+
+    def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2):
+        super().__init__(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def build_optimizer(name: str, model, **hyperparameters) -> Optimizer:
+    """An optimizer by its lower-case name (sgd, adam, adamw) with its keyword arguments."""
+    try:
+        cls = OPTIMIZERS[name.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}") from None
+    return cls(model, **hyperparameters)

@@ -1,0 +1,486 @@
+"""The fit loop: shuffled, augmented, normalised batches; validation; metrics; checkpoints;
+clean interrupts and exact resumption.
+
+    import numpy as np, cnnumpy as cn
+    from cnnumpy.data import load_dataset, num_batches, train_val_split
+    rng = np.random.default_rng(0)
+    train, val = train_val_split(load_dataset("fashion-mnist"), 0.1, rng)
+    model = cn.SimpleCNN(train.sample_shape, train.num_classes, rng=rng)
+    opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    history = cn.fit(model, train, val, optimizer=opt, epochs=15, rng=rng, run_dir="runs/a",
+                     schedule=cn.OneCycle(0.05, total_steps=15 * num_batches(train, 128)))
+    history[-1]["val_acc"], history.status          # 0.93.., "completed"
+
+One epoch: `rng` draws a permutation of the training set; each batch of `batch_size` images
+is gathered (uint8), augmented (random crop with `crop_padding` zero pixels, horizontal flip)
+when `augment`, normalised per channel with the training set's mean and std, and takes one
+optimizer step on the mean cross-entropy. After the epoch the model is evaluated on the
+validation set, a line goes to `run_dir/metrics.jsonl`, and `run_dir/last.npz` (and
+`best.npz` when the validation accuracy is the best so far) is written.
+
+A checkpoint holds everything the loop depends on (weights, optimizer state, schedule, step,
+RNG state, the epoch's order and position, running sums, history), so `fit(..., resume=path)`
+continues a run that was stopped by SIGINT/SIGTERM, a callback, or the end of a shorter run,
+and ends with exactly the weights of an uninterrupted run. A loss that becomes NaN or
+infinite stops the loop (status "diverged") without touching the saved checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .data import channel_stats, normalize, num_batches, random_crop, random_hflip
+from .losses import CrossEntropyLoss, softmax
+
+METRICS_FILE = "metrics.jsonl"
+BEST_FILE = "best.npz"
+LAST_FILE = "last.npz"
+
+
+class History(list):
+    """The per-epoch metrics dicts of a run (a list), plus how the run ended.
+
+    Attributes:
+        status: "completed", "interrupted" (signal or callback; resumable) or "diverged".
+        message: a sentence saying what happened (empty when completed).
+        normalization: the (mean, std) float32 arrays the inputs were normalised with.
+        checkpoint: path of the last checkpoint written (None without a run_dir).
+    """
+
+    status = "completed"
+    message = ""
+    signal: int | None = None  # the signal number that interrupted the run, if one did
+    normalization: tuple[np.ndarray, np.ndarray] | None = None
+    checkpoint: Path | None = None
+
+
+@dataclass
+class BatchInfo:
+    """What a callback sees after each optimizer step."""
+
+    epoch: int       # 0-based epoch of this batch
+    batch: int       # 0-based index of the batch in its epoch
+    step: int        # optimizer steps taken so far (after this batch)
+    loss: float      # this batch's mean loss
+    accuracy: float  # this batch's accuracy
+    lr: float        # the learning rate of this step
+
+
+@dataclass
+class Progress:
+    """Where the run stands: JSON-ready, stored in checkpoints as metadata["progress"]."""
+
+    epoch: int = 0            # current epoch (the next to run when batch == 0)
+    batch: int = 0            # batches of `epoch` already done
+    step: int = 0             # optimizer steps taken
+    loss_sum: float = 0.0     # Σ batch loss · batch size over the done batches of `epoch`
+    correct: int = 0          # correct predictions over the done batches of `epoch`
+    seen: int = 0             # images of `epoch` done
+    seconds: float = 0.0      # time spent in `epoch` so far
+    best_score: float | None = None  # best monitored accuracy so far
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _check_data(data, what: str):
+    images, labels = getattr(data, "images", None), getattr(data, "labels", None)
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise TypeError(f"{what} must have uint8 images of shape (N, C, H, W) (an "
+                        f"ImageDataset), got {getattr(images, 'dtype', type(images).__name__)} "
+                        f"images of shape {getattr(images, 'shape', None)}")
+    if not isinstance(labels, np.ndarray) or labels.shape != images.shape[:1]:
+        raise ValueError(f"{what} needs one label per image, got {len(images)} images and "
+                         f"labels of shape {getattr(labels, 'shape', None)}")
+    if len(images) == 0:
+        raise ValueError(f"{what} is empty")
+    return images, labels
+
+
+def prepare_batch(images_uint8: np.ndarray, normalization, dtype, *, rng=None,
+                  crop_padding: int = 0, flip: bool = False) -> np.ndarray:
+    """uint8 batch (N, C, H, W) -> normalised `dtype` batch, augmented first when rng is given.
+
+    Augmentation works on the uint8 pixels, as torchvision's RandomCrop and RandomHorizontalFlip
+    before ToTensor and Normalize: the crop's padding is black, not the mean.
+    """
+    if rng is not None:
+        if crop_padding:
+            images_uint8 = random_crop(images_uint8, crop_padding, rng)
+        if flip:
+            images_uint8 = random_hflip(images_uint8, rng)
+    mean, std = normalization
+    return normalize(images_uint8, mean, std).astype(dtype, copy=False)
+
+
+def _batch_slices(count: int, batch_size: int):
+    return [slice(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
+def evaluate(model, data, normalization, *, batch_size: int = 500) -> dict:
+    """Mean cross-entropy and accuracy of `model` on `data` (no augmentation, no update).
+
+    Args:
+        data: an ImageDataset (uint8 images (N, C, H, W), labels (N,)).
+        normalization: (mean, std) of the training set, per channel (History.normalization,
+            or a checkpoint's).
+    Returns {"loss": float, "accuracy": float, "count": N}.
+    """
+    images, labels = _check_data(data, "data")
+    criterion = CrossEntropyLoss()
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        for part in _batch_slices(len(images), batch_size):
+            x = prepare_batch(images[part], normalization, model.dtype)
+            logits = model.forward(x)
+            loss_sum += float(criterion.forward(logits, labels[part])) * len(x)
+            correct += int((logits.argmax(axis=1) == labels[part]).sum())
+    finally:
+        model.train(was_training)
+    return {"loss": loss_sum / len(images), "accuracy": correct / len(images),
+            "count": len(images)}
+
+
+def predict_proba(model, images_uint8: np.ndarray, normalization, *,
+                  batch_size: int = 500) -> np.ndarray:
+    """Class probabilities (N, K) for uint8 images (N, C, H, W), normalised like training."""
+    was_training = model.training
+    model.eval()
+    try:
+        return np.concatenate([
+            softmax(model.forward(prepare_batch(images_uint8[part], normalization, model.dtype)))
+            for part in _batch_slices(len(images_uint8), batch_size)
+        ])
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class StopRequest:
+    """Turns SIGINT / SIGTERM into a request to stop after the current batch (main thread only).
+
+    A second signal while stopping raises KeyboardInterrupt at once. Handlers are restored on
+    exit of the `with` block.
+    """
+
+    def __init__(self, install: bool = True):
+        self.install = install and threading.current_thread() is threading.main_thread()
+        self.signal: int | None = None
+        self.reason = ""
+        self._previous: dict[int, object] = {}
+
+    def request(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def __bool__(self) -> bool:
+        return bool(self.reason)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        self.request(f"received {signal.Signals(signum).name}")
+
+    def __enter__(self):
+        if self.install:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, description: str):
+    """A tqdm bar when wanted and installed (the `progress` extra), else None."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=description, unit="batch", leave=True,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def _write_metrics(run_dir: Path, history: list, append: bool) -> None:
+    """Append the last epoch's line to metrics.jsonl, or rewrite the file from `history`."""
+    path = run_dir / METRICS_FILE
+    lines = history[-1:] if append else history
+    with open(path, "a" if append else "w", encoding="utf-8") as log:
+        for entry in lines:
+            log.write(json.dumps(entry) + "\n")
+
+
+class _Run:
+    """The state of one fit call (the function `fit` is its public face)."""
+
+    def __init__(self, model, train_data, val_data, optimizer, schedule, epochs, batch_size,
+                 augment, crop_padding, flip, label_smoothing, rng, run_dir, normalization,
+                 metadata):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.train_images, self.train_labels = _check_data(train_data, "train_data")
+        self.val_data = val_data
+        if val_data is not None:
+            _check_data(val_data, "val_data")
+        self.epochs, self.batch_size = epochs, batch_size
+        self.augment, self.crop_padding, self.flip = augment, crop_padding, flip
+        self.criterion = CrossEntropyLoss(label_smoothing)
+        self.rng = rng
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.normalization = normalization
+        self.class_names = list(getattr(train_data, "class_names", []) or [])
+        self.dataset_name = getattr(train_data, "name", None)
+        self.metadata = dict(metadata or {})
+        self.progress = Progress()
+        self.history = History()
+        self.order: np.ndarray | None = None  # this epoch's permutation
+
+    @property
+    def settings(self) -> dict:
+        """The loop settings a resumed run must share with the original."""
+        return {"batch_size": self.batch_size, "augment": self.augment,
+                "crop_padding": self.crop_padding, "flip": self.flip,
+                "label_smoothing": self.criterion.label_smoothing,
+                "train_size": len(self.train_images)}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, name: str) -> Path:
+        mean, std = self.normalization
+        arrays = {"normalization/mean": mean, "normalization/std": std}
+        if self.progress.batch:
+            arrays["epoch_order"] = self.order
+        metadata = {
+            **self.metadata,
+            "class_names": self.class_names, "dataset": self.dataset_name,
+            "schedule": None if self.schedule is None else self.schedule.config(),
+            "progress": asdict(self.progress), "epochs": self.epochs, "fit": self.settings,
+            "rng_state": self.rng.bit_generator.state, "history": list(self.history),
+        }
+        return save_checkpoint(self.run_dir / name, self.model, optimizer=self.optimizer,
+                               arrays=arrays, metadata=metadata)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from a checkpoint written by `save` (weights, optimizer, RNG, position)."""
+        checkpoint.require("progress", "rng_state", "history", "fit")
+        checkpoint.require_arrays("normalization/mean", "normalization/std")
+        stored = checkpoint.metadata["fit"]
+        if stored != self.settings:
+            raise checkpoint.error(f"was written with settings {stored}, this run has "
+                                   f"{self.settings}")
+        checkpoint.load_into(self.model)
+        checkpoint.restore_optimizer(self.optimizer)
+        self.normalization = (checkpoint.arrays["normalization/mean"],
+                              checkpoint.arrays["normalization/std"])
+        try:
+            self.rng.bit_generator.state = checkpoint.metadata["rng_state"]
+            self.progress = Progress(**checkpoint.metadata["progress"])
+        except (TypeError, ValueError, KeyError) as err:
+            raise checkpoint.error(f"cannot restore the run's position: {err}") from None
+        self.history.extend(checkpoint.metadata["history"])
+        if self.progress.batch:
+            checkpoint.require_arrays("epoch_order")
+            self.order = checkpoint.arrays["epoch_order"]
+
+    # ------------------------------------------------------------------ training
+
+    def run(self, stop: StopRequest, callbacks, show_progress: bool, verbose: bool) -> History:
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_metrics(self.run_dir, self.history, append=False)
+        self.model.train()
+        while self.progress.epoch < self.epochs:
+            if stop:  # a stop requested during the last batch of the previous epoch
+                self.interrupt(stop.reason)
+                break
+            if not (self.run_epoch(stop, callbacks, show_progress) and self.end_epoch(verbose)):
+                break
+        self.history.normalization = self.normalization
+        return self.history
+
+    def stop_with(self, status: str, message: str) -> bool:
+        self.history.status, self.history.message = status, message
+        return False
+
+    def run_epoch(self, stop: StopRequest, callbacks, show_progress: bool) -> bool:
+        """Train the rest of the current epoch; False when the run stops inside it."""
+        p = self.progress
+        if p.batch == 0:
+            self.order = self.rng.permutation(len(self.train_images))
+        slices = _batch_slices(len(self.train_images), self.batch_size)
+        bar = _progress_bar(show_progress, len(slices), p.batch,
+                            f"epoch {p.epoch + 1}/{self.epochs}")
+        started = time.perf_counter() - p.seconds
+        try:
+            for part in slices[p.batch:]:
+                info = self.train_batch(self.order[part])
+                p.seconds = time.perf_counter() - started
+                if info is None:
+                    return self.stop_with(
+                        "diverged",
+                        f"the training loss became {self.last_loss} at epoch {p.epoch + 1}, "
+                        f"batch {p.batch + 1} (step {p.step + 1}): stopped; "
+                        + ("the saved checkpoints are untouched; " if self.run_dir else "")
+                        + "try a lower learning rate")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}",
+                                    acc=f"{p.correct / p.seen:.4f}",
+                                    img_s=f"{p.seen / max(p.seconds, 1e-9):.0f}", refresh=False)
+                for callback in callbacks:
+                    if callback(info):
+                        stop.request("a callback asked to stop")
+                if stop and p.batch < len(slices):
+                    return self.interrupt(stop.reason)
+        finally:
+            if bar is not None:
+                bar.close()
+        return True
+
+    def train_batch(self, indices: np.ndarray) -> BatchInfo | None:
+        """One optimizer step on the images at `indices`; None if the loss is not finite."""
+        p = self.progress
+        rng = self.rng if self.augment else None
+        x = prepare_batch(self.train_images[indices], self.normalization, self.model.dtype,
+                          rng=rng, crop_padding=self.crop_padding, flip=self.flip)
+        y = self.train_labels[indices]
+        lr = self.schedule.apply(self.optimizer, p.step) if self.schedule else self.optimizer.lr
+        logits = self.model.forward(x)
+        loss = float(self.criterion.forward(logits, y))
+        if not math.isfinite(loss):
+            self.last_loss = loss
+            return None
+        self.model.backward(self.criterion.backward())
+        self.optimizer.step()
+        correct = int((logits.argmax(axis=1) == y).sum())
+        p.loss_sum += loss * len(y)
+        p.correct += correct
+        p.seen += len(y)
+        p.batch += 1
+        p.step += 1
+        return BatchInfo(p.epoch, p.batch - 1, p.step, loss, correct / len(y), lr)
+
+    def interrupt(self, reason: str) -> bool:
+        where = (f"epoch {self.progress.epoch + 1}, batch {self.progress.batch}/"
+                 f"{num_batches(len(self.train_images), self.batch_size)}")
+        if self.run_dir is None:
+            return self.stop_with("interrupted", f"{reason}: stopped at {where}")
+        self.history.checkpoint = self.save(LAST_FILE)
+        return self.stop_with("interrupted",
+                              f"{reason}: stopped at {where}; saved {self.history.checkpoint} "
+                              f"to resume from")
+
+    def end_epoch(self, verbose: bool) -> bool:
+        """Validate, log, checkpoint and move to the next epoch; False if validation diverged."""
+        p = self.progress
+        entry = {"epoch": p.epoch + 1, "lr": self.optimizer.lr,
+                 "train_loss": p.loss_sum / p.seen, "train_acc": p.correct / p.seen}
+        started = time.perf_counter()
+        if self.val_data is not None:
+            metrics = evaluate(self.model, self.val_data, self.normalization)
+            if not math.isfinite(metrics["loss"]):
+                return self.stop_with(
+                    "diverged", f"the validation loss became {metrics['loss']} after epoch "
+                                f"{p.epoch + 1}: stopped; try a lower learning rate")
+            entry.update(val_loss=metrics["loss"], val_acc=metrics["accuracy"])
+        entry["seconds"] = p.seconds + (time.perf_counter() - started)
+        self.history.append(entry)
+        score = entry.get("val_acc", entry["train_acc"])
+        improved = p.best_score is None or score > p.best_score
+        if improved:
+            p.best_score = score
+        p.epoch, p.batch, p.loss_sum, p.correct, p.seen, p.seconds = p.epoch + 1, 0, 0.0, 0, 0, 0.0
+        if self.run_dir is not None:
+            _write_metrics(self.run_dir, self.history, append=True)
+            self.history.checkpoint = self.save(LAST_FILE)
+            if improved:
+                self.save(BEST_FILE)
+        if verbose:
+            print(format_entry(entry), file=sys.stderr, flush=True)
+        return True
+
+
+def format_entry(entry: dict) -> str:
+    """One metrics line for people: "epoch 3/15 | lr 0.0412 | train_loss 0.3124 | ..."."""
+    return " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                      for k, v in entry.items())
+
+
+def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size: int = 128,
+        schedule=None, augment: bool = True, crop_padding: int = 2, flip: bool = True,
+        label_smoothing: float = 0.0, rng: np.random.Generator | None = None,
+        run_dir=None, normalization=None, resume=None,
+        callbacks: tuple[Callable[[BatchInfo], bool | None], ...] = (),
+        handle_signals: bool = True, progress: bool = True, verbose: bool = True,
+        metadata: dict | None = None) -> History:
+    """Train `model` on `train_data` for `epochs` epochs; returns the per-epoch History.
+
+    Args:
+        model: a cnnumpy model with `config()` (SimpleCNN, or one from `cnnumpy.registry`).
+        train_data, val_data: ImageDatasets (uint8 images (N, C, H, W), int labels (N,));
+            val_data may be None (then the best checkpoint follows the training accuracy).
+        optimizer: an optimizer of `cnnumpy.optim` built on `model`.
+        epochs: total number of epochs (a resumed run counts the epochs already done).
+        batch_size: images per optimizer step (the last batch of an epoch may be smaller).
+        schedule: a `cnnumpy.schedules.Schedule` setting the lr at every step, or None.
+        augment: random crop (`crop_padding` black pixels) and horizontal flip (`flip`) of
+            training batches; validation batches are never augmented.
+        label_smoothing: ε of the cross-entropy (default 0).
+        rng: the Generator for shuffling and augmentation (default: a fresh, unseeded one).
+        run_dir: folder for metrics.jsonl, last.npz, best.npz (None: nothing written).
+        normalization: (mean, std) per channel; default: `channel_stats` of train_data.
+        resume: a checkpoint (path or `Checkpoint`) written by a fit with the same settings:
+            restores the weights, optimizer, RNG state and position, then continues.
+        callbacks: functions called with a BatchInfo after every step; a true return value
+            stops the run after that batch, as a signal does.
+        handle_signals: turn SIGINT / SIGTERM into a clean stop with a resumable last.npz.
+        progress: show a tqdm bar (when tqdm is installed); verbose: print one line per epoch.
+        metadata: JSON-ready entries added to every checkpoint (e.g. the command line).
+
+    Returns:
+        A History: a list of {"epoch", "lr", "train_loss", "train_acc", ["val_loss",
+        "val_acc",] "seconds"} with `status` "completed", "interrupted" or "diverged".
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if getattr(optimizer, "model", None) is not model:
+        raise ValueError("optimizer must be built on the model being trained "
+                         "(e.g. SGD(model, lr=...))")
+    rng = np.random.default_rng() if rng is None else rng
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if normalization is None:
+        normalization = channel_stats(_check_data(train_data, "train_data")[0])
+    run = _Run(model, train_data, val_data, optimizer, schedule, epochs, batch_size, augment,
+               crop_padding, flip, label_smoothing, rng, run_dir, normalization, metadata)
+    if resume is not None:
+        run.restore(resume if isinstance(resume, Checkpoint) else load_checkpoint(resume))
+    with StopRequest(handle_signals) as stop:
+        history = run.run(stop, callbacks, progress, verbose)
+    history.signal = stop.signal
+    if verbose and history.message:
+        print(history.message, file=sys.stderr, flush=True)
+    return history

@@ -1,0 +1,122 @@
+"""The `cnnumpy` command through subprocesses, on a tiny Fashion-MNIST-format data set."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import cnnumpy as cn
+from cnnumpy.cli import main
+from cnnumpy.data.idx import write_idx_split
+
+
+def cnnumpy(*args, cwd, check=True):
+    result = subprocess.run([sys.executable, "-m", "cnnumpy", *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}: {result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Official-format IDX files (gzipped) of 8x8 images whose brightness tells the class."""
+    folder = tmp_path_factory.mktemp("data") / "fashion-mnist"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 96), ("test", 40)):
+        labels = rng.integers(0, 10, count)
+        images = (rng.integers(0, 30, (count, 8, 8)) + labels[:, None, None] * 22).astype(np.uint8)
+        write_idx_split(folder, split, images, labels)
+    return folder.parent
+
+
+def train_args(data_dir, out, epochs=2):
+    return ["train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--limit", 64,
+            "--epochs", epochs, "--batch-size", 32, "--out", out, "--no-progress"]
+
+
+def test_train_evaluate_predict(data_dir, tmp_path):
+    result = cnnumpy(*train_args(data_dir, "run"), "--val-split", "0.25", cwd=tmp_path)
+    assert "test accuracy" in result.stdout
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert "val_acc" in json.loads(lines[0])
+    checkpoint = cn.load_checkpoint(tmp_path / "run" / "best.npz")
+    assert checkpoint.metadata["train_settings"]["limit"] == 64
+    assert checkpoint.metadata["class_names"][9] == "Ankle boot"
+
+    metrics = json.loads(cnnumpy("evaluate", "run/last.npz", "--json", cwd=tmp_path).stdout)
+    assert metrics["count"] == 40 and 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
+
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "image.npy", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    from PIL import Image
+    Image.fromarray(rng.integers(0, 255, (20, 16, 3), dtype=np.uint8)).save(tmp_path / "pic.png")
+    result = cnnumpy("predict", "run/last.npz", "image.npy", "pic.png", "--top-k", 2,
+                     cwd=tmp_path)
+    first, second = result.stdout.splitlines()
+    assert first.startswith("image.npy: ") and second.startswith("pic.png: ")
+    assert first.count(",") == 1  # two classes
+    parsed = json.loads(cnnumpy("predict", "run/last.npz", "image.npy", "--json",
+                                cwd=tmp_path).stdout)
+    probabilities = [entry["probability"] for entry in parsed[0]["top"]]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+
+    again = cnnumpy(*train_args(data_dir, "run"), cwd=tmp_path, check=False)
+    assert again.returncode == 1 and "already holds a run" in again.stderr
+    finished = cnnumpy("train", "--resume", "run", cwd=tmp_path, check=False)
+    assert finished.returncode == 1 and "already finished its 2 epochs" in finished.stderr
+
+
+def test_errors_are_one_line(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 nothing")
+    for args in (["evaluate", "missing.npz"], ["evaluate", "broken.npz"],
+                 ["predict", "broken.npz", "x.png"],
+                 ["train", "--optimizer", "adam", "--momentum", "0.5"],
+                 ["train", "--resume", "r", "--lr", "0.1"]):
+        assert main(args) == 1, args
+        stderr = capsys.readouterr().err
+        assert stderr.startswith("cnnumpy: error: "), stderr
+        assert len(stderr.strip().splitlines()) == 1, stderr
+    assert main(["train", "--data-dir", str(tmp_path / "nowhere"), "--dataset", "mnist",
+                 "--out", "r", "--no-progress"]) == 1
+    first_line, *details = capsys.readouterr().err.splitlines()  # then which files go where
+    assert first_line.startswith("cnnumpy: error: MNIST (train) not found")
+    assert any("train-images-idx3-ubyte.gz" in line for line in details)
+    with pytest.raises(SystemExit) as usage:
+        main(["train", "--epochs", "0"])
+    assert usage.value.code == 2 and "must be an integer >= 1" in capsys.readouterr().err
+    debug = cnnumpy("evaluate", "broken.npz", "--debug", cwd=tmp_path, check=False)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    plain = cnnumpy("evaluate", "broken.npz", cwd=tmp_path, check=False)
+    assert plain.returncode == 1 and plain.stderr.count("\n") == 1
+
+
+def test_sigint_then_resume_matches_a_straight_run(data_dir, tmp_path):
+    epochs = 16  # long enough to be still running when the signal comes after epoch 1
+    cnnumpy(*train_args(data_dir, "straight", epochs), cwd=tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnumpy", *map(str, train_args(data_dir, "stopped", epochs))],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "received SIGINT" in stderr and "cnnumpy train --resume stopped" in stderr
+    stopped_at = cn.load_checkpoint(tmp_path / "stopped" / "last.npz").metadata["progress"]
+    assert stopped_at["epoch"] < epochs
+
+    cnnumpy("train", "--resume", "stopped", "--no-progress", cwd=tmp_path)
+    straight = cn.load_checkpoint(tmp_path / "straight" / "last.npz")
+    resumed = cn.load_checkpoint(tmp_path / "stopped" / "last.npz")
+    assert resumed.metadata["progress"]["epoch"] == epochs
+    for name, value in straight.parameters.items():
+        assert np.array_equal(resumed.parameters[name], value), name

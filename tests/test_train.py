@@ -1,0 +1,153 @@
+"""The fit loop: learning, metrics and checkpoints, exact resumption, divergence, real data."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnumpy as cn
+from cnnumpy.data import ImageDataset, load_dataset
+from cnnumpy.train import BEST_FILE, LAST_FILE, METRICS_FILE
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def toy_data(rng, count=96, size=8, classes=3):
+    """Images whose brightness band tells the class (learnable in a few steps)."""
+    labels = rng.integers(0, classes, count)
+    noise = rng.integers(0, 60, (count, 1, size, size))
+    images = (noise + labels[:, None, None, None] * 90).astype(np.uint8)
+    return ImageDataset(images, labels.astype(np.int64), tuple("abc"[:classes]), "toy")
+
+
+def toy_run(tmp_path, name, seed=0, model_seed=1, callbacks=(), resume=None, epochs=3):
+    """A short seeded run on toy data: SGD Nesterov + one-cycle (momentum cycled) + augmentation."""
+    data_rng = np.random.default_rng(123)
+    train, val = toy_data(data_rng), toy_data(data_rng, count=30)
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(model_seed))
+    opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    history = cn.fit(model, train, val, optimizer=opt, epochs=epochs, batch_size=16,
+                     schedule=cn.OneCycle(0.05, total_steps=epochs * 6),
+                     rng=np.random.default_rng(seed), run_dir=tmp_path / name,
+                     callbacks=callbacks, resume=resume, progress=False, verbose=False)
+    return model, history
+
+
+def stop_after(step):
+    return lambda info: info.step == step
+
+
+def test_fit_learns_and_writes_metrics_and_checkpoints(tmp_path):
+    model, history = toy_run(tmp_path, "run")
+    assert history.status == "completed" and len(history) == 3
+    assert set(history[0]) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+                               "seconds"}
+    assert history[-1]["val_acc"] > 0.9 and history[-1]["train_loss"] < history[0]["train_loss"]
+    lines = (tmp_path / "run" / METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == list(history)
+    last = cn.load_checkpoint(tmp_path / "run" / LAST_FILE)
+    assert last.metadata["progress"]["epoch"] == 3 and last.metadata["class_names"] == list("abc")
+    assert np.array_equal(last.build_model().parameters()["fc2.W"], model.parameters()["fc2.W"])
+    best = cn.load_checkpoint(tmp_path / "run" / BEST_FILE)
+    best_epoch = max(history, key=lambda e: e["val_acc"])["epoch"]
+    assert best.metadata["history"][-1]["epoch"] == best_epoch
+    mean, std = history.normalization
+    assert mean.dtype == np.float32 and np.array_equal(last.arrays["normalization/std"], std)
+
+
+@pytest.mark.parametrize("stop_step", [8, 6])  # inside epoch 2; at the end of epoch 1
+def test_interrupt_and_resume_gives_identical_weights(tmp_path, stop_step):
+    straight, straight_history = toy_run(tmp_path, "straight")
+    _, stopped = toy_run(tmp_path, "resumed", callbacks=[stop_after(stop_step)])
+    assert stopped.status == "interrupted" and "last.npz" in stopped.message
+    checkpoint = cn.load_checkpoint(tmp_path / "resumed" / LAST_FILE)
+    assert checkpoint.metadata["progress"]["step"] == stop_step
+    # different seeds and initial weights: everything must come from the checkpoint
+    resumed, history = toy_run(tmp_path, "resumed", seed=99, model_seed=98, resume=checkpoint)
+    assert history.status == "completed"
+    for name, value in straight.parameters().items():
+        assert np.array_equal(resumed.parameters()[name], value), name
+    without_time = [{k: v for k, v in e.items() if k != "seconds"} for e in history]
+    assert without_time == [{k: v for k, v in e.items() if k != "seconds"}
+                            for e in straight_history]
+    assert len((tmp_path / "resumed" / METRICS_FILE).read_text().splitlines()) == 3
+
+
+def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(tmp_path):
+    def interrupt(info):
+        if info.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.getsignal(signal.SIGINT)
+    _, history = toy_run(tmp_path, "run", callbacks=[interrupt])
+    assert history.status == "interrupted" and history.signal == signal.SIGINT
+    assert "received SIGINT" in history.message
+    assert signal.getsignal(signal.SIGINT) is previous  # handler restored
+    assert cn.load_checkpoint(tmp_path / "run" / LAST_FILE).metadata["progress"]["step"] == 4
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # the poisoned weights
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def poison(info):
+        if info.step == 8:
+            cn_model.parameters()["fc2.W"][...] = np.inf
+
+    data_rng = np.random.default_rng(0)
+    train = toy_data(data_rng)
+    cn_model = cn.SimpleCNN((1, 8, 8), 3, rng=data_rng)
+    opt = cn.SGD(cn_model, lr=0.01)
+    history = cn.fit(cn_model, train, None, optimizer=opt, epochs=3, batch_size=16,
+                     rng=data_rng, run_dir=tmp_path, callbacks=[poison], progress=False,
+                     verbose=False)
+    assert history.status == "diverged"
+    assert "became nan at epoch 2, batch 3" in history.message
+    assert "checkpoints are untouched" in history.message
+    assert len(history) == 1
+    checkpoint = cn.load_checkpoint(tmp_path / LAST_FILE)
+    assert checkpoint.metadata["progress"] == {**checkpoint.metadata["progress"], "epoch": 1,
+                                               "batch": 0, "step": 6}
+    assert np.isfinite(checkpoint.parameters["fc2.W"]).all()
+
+
+def test_evaluate_matches_a_direct_computation(rng):
+    data = toy_data(rng, count=23)
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=rng)
+    normalization = (np.array([0.3], np.float32), np.array([0.2], np.float32))
+    metrics = cn.evaluate(model, data, normalization, batch_size=10)
+    x = (data.images / np.float32(255) - np.float32(0.3)) / np.float32(0.2)
+    logits = model.forward(x.astype(np.float32))
+    assert metrics["accuracy"] == np.mean(logits.argmax(1) == data.labels)
+    assert metrics["loss"] == pytest.approx(float(cn.CrossEntropyLoss()(logits, data.labels)),
+                                            rel=1e-5)
+    probabilities = cn.predict_proba(model, data.images, normalization)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_fit_errors(rng):
+    data = toy_data(rng)
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=rng)
+    other = cn.SimpleCNN((1, 8, 8), 3, rng=rng)
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
+        cn.fit(model, data, optimizer=cn.SGD(model, lr=0.1), epochs=0)
+    with pytest.raises(ValueError, match="optimizer must be built on the model"):
+        cn.fit(model, data, optimizer=cn.SGD(other, lr=0.1), epochs=1)
+    floats = ImageDataset.__new__(ImageDataset)
+    object.__setattr__(floats, "images", data.images.astype(np.float32))
+    object.__setattr__(floats, "labels", data.labels)
+    with pytest.raises(TypeError, match="train_data must have uint8 images"):
+        cn.fit(model, floats, optimizer=cn.SGD(model, lr=0.1), epochs=1)
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Fashion-MNIST is not installed")
+def test_short_real_training_run_learns():
+    train = load_dataset("fashion-mnist", "train").subset(slice(0, 2000))
+    test = load_dataset("fashion-mnist", "test").subset(slice(0, 1000))
+    rng = np.random.default_rng(0)
+    model = cn.SimpleCNN((1, 28, 28), 10, rng=rng)
+    history = cn.fit(model, train, optimizer=cn.Adam(model, lr=1e-3), epochs=1, batch_size=64,
+                     augment=False, rng=rng, progress=False, verbose=False)
+    accuracy = cn.evaluate(model, test, history.normalization)["accuracy"]
+    assert accuracy > 0.6  # chance is 0.1
