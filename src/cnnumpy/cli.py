@@ -1,9 +1,11 @@
-"""The `cnnumpy` command (also `python -m cnnumpy`): train, evaluate and predict.
+"""The `cnnumpy` command (also `python -m cnnumpy`): train, evaluate, predict, summary, plot.
 
     cnnumpy train --dataset fashion-mnist --epochs 15 --out runs/fmnist
     cnnumpy train --resume runs/fmnist
     cnnumpy evaluate runs/fmnist/best.npz --json
     cnnumpy predict runs/fmnist/best.npz shoe.png image.npy --top-k 3
+    cnnumpy summary --model simplecnn --input-shape 3,32,32     (or: cnnumpy summary CHECKPOINT)
+    cnnumpy plot saliency runs/fmnist/best.npz test:0 --out saliency.png
 
 Each subcommand is a pair of functions registered in `COMMANDS` by `register_command`:
 `configure(parser)` adds its arguments, `run(args) -> exit status` does the work. Errors print
@@ -23,7 +25,8 @@ import numpy as np
 
 from . import __version__
 from .checkpoint import load_checkpoint
-from .data import DATASETS, load_dataset, num_batches, train_val_split
+from . import plots
+from .data import DATASETS, load_dataset, normalize, num_batches, train_val_split
 from .optim import build_optimizer
 from .registry import MODELS, build_model
 from .schedules import SCHEDULES, make_schedule
@@ -225,27 +228,41 @@ def _normalization(checkpoint):
     return checkpoint.arrays["normalization/mean"], checkpoint.arrays["normalization/std"]
 
 
-def configure_evaluate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train")
+def _add_test_set_options(parser: argparse.ArgumentParser, limit: bool = False) -> None:
     parser.add_argument("--dataset", choices=DATASETS,
                         help="data set whose test split to use (default: the checkpoint's)")
     parser.add_argument("--data-dir", help="folder with the data files")
+    if limit:
+        parser.add_argument("--limit", type=_positive_int, help="use the first N test images")
+
+
+def _test_set(checkpoint, args):
+    """The test split of --dataset (default: the checkpoint's data set), the first --limit
+    images when the command has that option."""
+    dataset = args.dataset or checkpoint.metadata.get("dataset")
+    if dataset is None:
+        raise ValueError(f"checkpoint {checkpoint.path} names no data set; pass --dataset")
+    test = load_dataset(dataset, "test", data_dir=_checkpoint_data_dir(checkpoint, args.data_dir))
+    limit = getattr(args, "limit", None)
+    return test if limit is None else test.subset(slice(0, limit))
+
+
+def configure_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train")
+    _add_test_set_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run_evaluate(args) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     model = checkpoint.build_model()
-    dataset = args.dataset or checkpoint.metadata.get("dataset")
-    if dataset is None:
-        raise ValueError(f"checkpoint {args.checkpoint} names no data set; pass --dataset")
-    test = load_dataset(dataset, "test", data_dir=_checkpoint_data_dir(checkpoint, args.data_dir))
+    test = _test_set(checkpoint, args)
     metrics = evaluate(model, test, _normalization(checkpoint))
     if args.json:
-        print(json.dumps({**metrics, "dataset": dataset, "checkpoint": str(args.checkpoint)}))
+        print(json.dumps({**metrics, "dataset": test.name, "checkpoint": str(args.checkpoint)}))
     else:
         print(f"{args.checkpoint}: test accuracy {metrics['accuracy']:.4f}, loss "
-              f"{metrics['loss']:.4f} on {metrics['count']} {dataset} test images")
+              f"{metrics['loss']:.4f} on {metrics['count']} {test.name} test images")
     return 0
 
 
@@ -377,6 +394,199 @@ register_command("evaluate", "test-set accuracy and loss of a checkpoint",
                  configure_evaluate, run_evaluate)
 register_command("predict", "top classes of images (PNG/JPEG/.npy) by a checkpoint",
                  configure_predict, run_predict)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """"3,32,32" -> (3, 32, 32)."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"must be C,H,W (three positive integers), got {text}")
+    return shape
+
+
+def configure_summary(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", nargs="?", type=Path,
+                        help="a .npz written by cnnumpy train (or give --model)")
+    parser.add_argument("--model", choices=sorted(MODELS),
+                        help="a fresh model of this architecture instead of a checkpoint")
+    parser.add_argument("--input-shape", type=_shape, metavar="C,H,W",
+                        help="one input image (default: the checkpoint's; 3,32,32 with --model)")
+    parser.add_argument("--num-classes", type=_positive_int, default=10,
+                        help="outputs of a --model (default 10)")
+
+
+def run_summary(args) -> int:
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("give either a CHECKPOINT or --model, e.g. cnnumpy summary --model "
+                         "simplecnn --input-shape 3,32,32")
+    if args.checkpoint is not None:
+        checkpoint = load_checkpoint(args.checkpoint)
+        model = checkpoint.build_model()
+        shape = args.input_shape or tuple(checkpoint.metadata["model"]["input_shape"])
+    else:
+        shape = args.input_shape or (3, 32, 32)
+        model = build_model({"name": MODELS[args.model].__name__, "input_shape": list(shape),
+                             "num_classes": args.num_classes}, rng=np.random.default_rng(0))
+    print(model.summary(shape))
+    return 0
+
+
+register_command("summary", "layer table: shapes, parameters, MACs, receptive fields",
+                 configure_summary, run_summary)
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def _class_names(checkpoint, count: int) -> list[str]:
+    return checkpoint.metadata.get("class_names") or [str(k) for k in range(count)]
+
+
+def _one_image(checkpoint, args) -> np.ndarray:
+    """The IMAGE argument as the model sees it: (C, H, W) float, normalised like training.
+
+    IMAGE is a picture or .npy file, or test:N for image N of the test set."""
+    input_shape = checkpoint.metadata["model"]["input_shape"]
+    if args.image.startswith("test:"):
+        index = args.image[len("test:"):]
+        if not index.isdigit():
+            raise ValueError(f"test:N takes an image number, got {args.image}")
+        test = _test_set(checkpoint, args)
+        if int(index) >= len(test):
+            raise ValueError(f"{args.image}: the test set has {len(test)} images")
+        pixels = test.images[int(index): int(index) + 1]
+    else:
+        _, pixels = load_images([args.image], input_shape)
+        if len(pixels) != 1:
+            raise ValueError(f"{args.image} holds {len(pixels)} images; give one")
+    return normalize(pixels, *_normalization(checkpoint))[0]
+
+
+def _plot_curves(args) -> Path:
+    return plots.learning_curves(plots.read_metrics(args.run_dir), args.out)
+
+
+def _plot_filters(args) -> Path:
+    return plots.first_layer_filters(load_checkpoint(args.checkpoint).build_model(), args.out)
+
+
+def _plot_features(args) -> Path:
+    checkpoint = load_checkpoint(args.checkpoint)
+    return plots.feature_maps(checkpoint.build_model(), _one_image(checkpoint, args), args.out)
+
+
+def _test_predictions(args):
+    checkpoint = load_checkpoint(args.checkpoint)
+    test = _test_set(checkpoint, args)
+    probabilities = predict_proba(checkpoint.build_model(), test.images,
+                                  _normalization(checkpoint))
+    return test, probabilities, _class_names(checkpoint, probabilities.shape[1])
+
+
+def _plot_confusion(args) -> Path:
+    test, probabilities, names = _test_predictions(args)
+    return plots.confusion_matrix_plot(test.labels, probabilities.argmax(axis=1), names,
+                                       args.out)
+
+
+def _plot_mistakes(args) -> Path:
+    test, probabilities, names = _test_predictions(args)
+    return plots.confident_mistakes(test.images, test.labels, probabilities, names, args.out,
+                                    count=args.count)
+
+
+def _plot_saliency(args) -> Path:
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = checkpoint.build_model()
+    input_shape = checkpoint.metadata["model"]["input_shape"]
+    names = _class_names(checkpoint, model.output_shape(input_shape)[0])
+    target = args.target
+    if target is not None and not target.isdigit():
+        if target not in names:
+            raise ValueError(f"--target {target!r} is not a class; the classes are {names}")
+        target = names.index(target)
+    return plots.saliency_map(model, _one_image(checkpoint, args), args.out,
+                              target=None if target is None else int(target), class_names=names)
+
+
+def _unit(text: str) -> tuple[int, int]:
+    try:
+        row, column = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be ROW,COLUMN, got {text}") from None
+    return row, column
+
+
+def _plot_receptive_field(args) -> Path:
+    checkpoint = load_checkpoint(args.checkpoint)
+    return plots.receptive_field_plot(checkpoint.build_model(), _one_image(checkpoint, args),
+                                      args.out, layer=args.layer, unit=args.unit,
+                                      channel=args.channel)
+
+
+# kind -> (help, its positional arguments, the function that draws it and returns the path)
+PLOTS = {
+    "curves": ("loss, accuracy and lr per epoch of a run", ("run_dir",), _plot_curves),
+    "filters": ("the first convolution's kernels", ("checkpoint",), _plot_filters),
+    "features": ("each convolution's maps for one image", ("checkpoint", "image"),
+                 _plot_features),
+    "confusion": ("confusion matrix on the test set", ("checkpoint",), _plot_confusion),
+    "mistakes": ("the most confidently misclassified test images", ("checkpoint",),
+                 _plot_mistakes),
+    "saliency": ("|d class score / d pixel| for one image", ("checkpoint", "image"),
+                 _plot_saliency),
+    "receptive-field": ("the input pixels one unit sees, on one image",
+                        ("checkpoint", "image"), _plot_receptive_field),
+}
+_POSITIONAL_HELP = {
+    "run_dir": ("RUN_DIR", "a run folder of cnnumpy train (holds metrics.jsonl)"),
+    "checkpoint": ("CHECKPOINT", "a .npz written by cnnumpy train"),
+    "image": ("IMAGE", "a PNG/JPEG picture, a .npy array, or test:N for test image N"),
+}
+
+
+def configure_plot(parser: argparse.ArgumentParser) -> None:
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind, (help_text, positionals, function) in PLOTS.items():
+        sub = kinds.add_parser(kind, help=help_text, description=help_text)
+        for name in positionals:
+            metavar, text = _POSITIONAL_HELP[name]
+            sub.add_argument(name, metavar=metavar, type=str if name == "image" else Path,
+                             help=text)
+        sub.add_argument("--out", type=Path, default=Path(f"{kind}.png"),
+                         help=f"PNG file to write (default {kind}.png)")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show tracebacks of errors")
+        if "image" in positionals or kind in ("confusion", "mistakes"):
+            _add_test_set_options(sub, limit=True)
+        if kind == "mistakes":
+            sub.add_argument("--count", type=_positive_int, default=16,
+                             help="images shown (default 16)")
+        if kind == "saliency":
+            sub.add_argument("--target", help="class (index or name) whose score to explain "
+                                              "(default: the predicted class)")
+        if kind == "receptive-field":
+            sub.add_argument("--layer", help="layer name (default: the last conv or pool)")
+            sub.add_argument("--unit", type=_unit, metavar="ROW,COL",
+                             help="unit of the layer's output (default: the centre)")
+            sub.add_argument("--channel", type=int,
+                             help="map of the unit (default: the sum over all maps)")
+        sub.set_defaults(plot=function)
+
+
+def run_plot(args) -> int:
+    print(args.plot(args))
+    return 0
+
+
+register_command("plot", "PNG figures: curves, filters, features, confusion, mistakes, "
+                         "saliency, receptive-field", configure_plot, run_plot)
 
 
 # --------------------------------------------------------------------------- entry point
