@@ -1,6 +1,6 @@
 """SimpleCNN speed and memory of cnnumpy against PyTorch on the CPU, float32, in one run.
 
-    python benchmarks/bench_vs_torch.py [--repeats 30] [--warmup 5] [--no-memory]
+    python benchmarks/bench_vs_torch.py [--repeats 30] [--warmup 5] [--no-memory] [--threads N]
 
 What it measures, with the default thread settings of both libraries:
 
@@ -23,6 +23,11 @@ What it measures, with the default thread settings of both libraries:
   (activations, caches, gradients, momentum buffers, allocator slack). For cnnumpy it also
   reports the tracemalloc peak of one step (live NumPy allocations only, no allocator slack).
 
+`--threads N` sets both libraries to N threads (OpenBLAS through OPENBLAS_NUM_THREADS, set
+before NumPy is imported; PyTorch through torch.set_num_threads). On a machine shared with
+other jobs, one thread each compares the arithmetic without the cost of waiting for a
+descheduled worker thread, which both threaded libraries pay at every parallel call.
+
 PyTorch must be installed as `pip install torch==2.13.0`; without it only cnnumpy is timed.
 """
 
@@ -38,9 +43,12 @@ import sys
 import time
 import tracemalloc
 
-import numpy as np
+if "--threads" in sys.argv[:-1]:  # must precede the first import of NumPy
+    os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
 
-import cnnumpy as cn
+import numpy as np  # noqa: E402
+
+import cnnumpy as cn  # noqa: E402
 
 try:
     import torch
@@ -261,14 +269,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer breakdown")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of both libraries (default: each library's own default)")
     parser.add_argument("--memory-child", nargs=2, metavar=("FRAMEWORK", "SHAPE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads and torch:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child[0], int(args.memory_child[1]), steps=4)))
         return
 
-    print(f"cnnumpy {cn.__version__}, NumPy {np.__version__}, "
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    print(f"cnnumpy {cn.__version__}, NumPy {np.__version__} (OpenBLAS threads: {threads}), "
           + (f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)" if torch
              else "PyTorch not installed")
           + f", Python {platform.python_version()}, {os.cpu_count()} CPUs, "

@@ -117,36 +117,40 @@ def windows(x: np.ndarray, kernel, stride, channels_last: bool = False,
     )
 
 
-def windows_backward(dwin: np.ndarray, x_shape, stride, channels_last: bool = False) -> np.ndarray:
+def windows_backward(dwin: np.ndarray, x_shape, stride, channels_last: bool = False,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """Adjoint of `windows`: sum window gradients back onto the image.
 
     dwin: the shape `windows` gives for an input of `x_shape` -> dx: `x_shape`, where
     `dx[n, c, i*sH + m, j*sW + q] += dwin[n, c, i, j, m, q]` (NCHW; likewise channels-last).
+    `out`: an array of `x_shape` to write dx into (its contents are replaced), or None.
     """
     axis = 1 if channels_last else 2
     lead = (slice(None),) * (axis + 2)  # batch, (channels,) H_out, W_out
-    return windows_adjoint(lambda m, q: dwin[lead + (m, q)], x_shape,
-                           dwin.shape[axis + 2 : axis + 4], stride, dwin.dtype, channels_last)
+    dx = np.empty(x_shape, dtype=dwin.dtype) if out is None else out
+    windows_adjoint(lambda m, q: dwin[lead + (m, q)], dx, dwin.shape[axis + 2 : axis + 4],
+                    stride, channels_last)
+    return dx
 
 
-def windows_adjoint(offset_gradient, x_shape, kernel, stride, dtype,
-                    channels_last: bool = False) -> np.ndarray:
+def windows_adjoint(offset_gradient, dx: np.ndarray, kernel, stride,
+                    channels_last: bool = False) -> None:
     """`windows_backward` with the window gradients given one kernel offset at a time.
 
     `offset_gradient(m, q)` is the gradient of every window at its offset (m, q), shaped like
     `windows(x)[..., m, q, ...]` (or broadcasting to it): (N, C, H_out, W_out), or
-    (N, H_out, W_out, C) channels-last. Then
-    `dx[..., i*sH + m, j*sW + q, ...] += offset_gradient(m, q)[..., i, j, ...]`: one strided
+    (N, H_out, W_out, C) channels-last. Fills dx, shaped like x (its contents are replaced):
+    `dx[..., i*sH + m, j*sW + q, ...] = Σ offset_gradient(m, q)[..., i, j, ...]`, one strided
     slice addition per kernel offset, kH*kW of them, no per-pixel loop. Where windows do not
     overlap (stride >= kernel) the additions are copies, and where they tile the image, dx
     needs no zeros first.
     """
     (kh, kw), (sh, sw) = pair(kernel), pair(stride)
     axis = 1 if channels_last else 2
-    h, w = x_shape[axis : axis + 2]
+    h, w = dx.shape[axis : axis + 2]
     disjoint = sh >= kh and sw >= kw
-    tiled = (sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0
-    dx = (np.empty if tiled else np.zeros)(x_shape, dtype=dtype)
+    if not ((sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0):  # not tiled
+        dx[...] = 0
     dx_win = windows(dx, kernel, stride, channels_last, writeable=True)
     lead = (slice(None),) * (axis + 2)
     for m in range(kh):
@@ -156,7 +160,6 @@ def windows_adjoint(offset_gradient, x_shape, kernel, stride, dtype,
                 target[...] = offset_gradient(m, q)
             else:
                 target += offset_gradient(m, q)
-    return dx
 
 
 # --------------------------------------------------------------------------- convolution
@@ -177,30 +180,41 @@ def _weight_matrix(w: np.ndarray, channels_last: bool) -> np.ndarray:
     return (w.transpose(0, 2, 3, 1) if channels_last else w).reshape(w.shape[0], -1)
 
 
-def im2col(x, kernel, stride, padding, channels_last: bool):
+def im2col(x_pad: np.ndarray, kernel, stride, channels_last: bool) -> np.ndarray:
     """The column matrix of a convolution, with a last column of ones for the bias.
 
-    x: (N, C_in, H, W) -> cols: (N*H_out*W_out, K + 1), K = C_in*kH*kW, where row (n, i, j)
-    holds the window of output pixel (i, j) of image n in the padded input, then a 1; and the
-    (N, H_out, W_out) of the output. Channels-last, the K columns run over (m, q, c) and cols is
-    stored row-major; otherwise they run over (c, m, q) and cols is stored column-major (the
-    transpose is the contiguous array). One copy from the windows view either way.
+    x_pad: the padded input from `pad2d`, (N, H, W, C_in) channels-last or (N, C_in, H, W)
+    -> cols: (N*H_out*W_out, K + 1), K = C_in*kH*kW, where row (n, i, j) holds the window of
+    output pixel (i, j) of image n, then a 1. Channels-last, the K columns run over (m, q, c)
+    and cols is stored row-major; otherwise they run over (c, m, q) and cols is stored
+    column-major (its transpose is the contiguous array). One copy from `windows` either way.
     """
-    x_pad = pad2d(x, padding, channels_last)
     win = windows(x_pad, kernel, stride, channels_last)
     if channels_last:  # (N, H_out, W_out, kH, kW, C_in)
-        n, h_out, w_out = win.shape[:3]
-        cols = np.empty((n * h_out * w_out, win[0, 0, 0].size + 1), dtype=x.dtype)
-        cols[:, :-1].reshape(win.shape)[...] = win
+        rows = win.shape[0] * win.shape[1] * win.shape[2]
+        cols = np.empty((rows, win[0, 0, 0].size + 1), dtype=x_pad.dtype)
+        cols[:, :-1].reshape(win.shape)[...] = win  # a view: rows stay whole
         cols[:, -1] = 1
-    else:  # (N, C_in, H_out, W_out, kH, kW) -> rows (c, m, q) of the transpose
-        win = win.transpose(1, 4, 5, 0, 2, 3)  # (C_in, kH, kW, N, H_out, W_out)
-        n, h_out, w_out = win.shape[3:]
-        cols_t = np.empty((win[:, :, :, 0, 0, 0].size + 1, n * h_out * w_out), dtype=x.dtype)
-        cols_t[:-1].reshape(win.shape)[...] = win
-        cols_t[-1] = 1
-        cols = cols_t.T
-    return cols, x_pad.shape, (n, h_out, w_out)
+        return cols
+    win = win.transpose(1, 4, 5, 0, 2, 3)  # (C_in, kH, kW, N, H_out, W_out)
+    cols_t = np.empty((win[:, :, :, 0, 0, 0].size + 1, win[0, 0, 0].size), dtype=x_pad.dtype)
+    cols_t[:-1].reshape(win.shape)[...] = win
+    cols_t[-1] = 1
+    return cols_t.T
+
+
+# Bytes of one column matrix: a larger batch is convolved in chunks of whole images whose
+# columns fit (the column matrix is C_in*kH*kW times the input; unchunked it would set the
+# memory peak of a training step).
+COLUMNS_BYTES = 16 * 2**20
+
+
+def image_chunks(x_pad: np.ndarray, kernel, stride, channels_last: bool) -> list[slice]:
+    """Slices of the batch axis whose `im2col` columns take at most `COLUMNS_BYTES` each."""
+    n = x_pad.shape[0]
+    per_image = windows(x_pad[:1], kernel, stride, channels_last).size * x_pad.itemsize
+    step = max(1, COLUMNS_BYTES // max(per_image, 1))
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
 
 def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
@@ -209,18 +223,25 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     x: (N, C_in, H, W), w: (C_out, C_in, kH, kW), b: (C_out,) -> out: (N, C_out, H_out, W_out).
     With the column matrix `cols` of `im2col` (ones in its last column) and w_mat the weights as
     a (C_out, K) matrix with b appended as a last column, out = cols · w_matᵀ: rows (n, i, j),
-    i.e. the output directly in channels-last memory. `channels_last` chooses the column
-    layout (None: by `columns_channels_last`).
+    i.e. the output directly in channels-last memory (computed for `image_chunks` of the
+    batch in turn). `channels_last` chooses the column layout (None: by
+    `columns_channels_last`). The cache keeps the padded input, not the columns (C_in*kH*kW
+    times larger); backward copies the columns again.
     """
     c_out, c_in, kh, kw = w.shape
     if channels_last is None:
         (_, pw), (_, sw) = pair(padding), pair(stride)
         channels_last = columns_channels_last(c_in, kw, (x.shape[3] + 2 * pw - kw) // sw + 1)
-    cols, x_pad_shape, (n, h_out, w_out) = im2col(x, (kh, kw), stride, padding, channels_last)
+    x_pad = pad2d(x, padding, channels_last)
+    axis = 1 if channels_last else 2
+    h_out, w_out = windows(x_pad, (kh, kw), stride, channels_last).shape[axis : axis + 2]
     w_mat = np.concatenate([_weight_matrix(w, channels_last), b[:, None]], axis=1)
-    out = cols @ w_mat.T  # (N*H_out*W_out, C_out)
-    cache = (cols, w, x.shape, x_pad_shape, stride, padding, channels_last)
-    return to_nchw(out.reshape(n, h_out, w_out, c_out)), cache
+    out = np.empty((x.shape[0], h_out, w_out, c_out), dtype=x.dtype)
+    for chunk in image_chunks(x_pad, (kh, kw), stride, channels_last):
+        cols = im2col(x_pad[chunk], (kh, kw), stride, channels_last)
+        np.matmul(cols, w_mat.T, out=out[chunk].reshape(-1, c_out))  # (rows, C_out)
+    cache = (x_pad, w, stride, padding, channels_last)
+    return to_nchw(out), cache
 
 
 def conv2d_backward(dout, cache):
@@ -229,27 +250,37 @@ def conv2d_backward(dout, cache):
     With dout_rows the (N*H_out*W_out, C_out) matrix of dout (channels-last memory):
     [dw_mat | db] = dout_rowsᵀ · cols (the ones column of cols sums dout into db), and
     dx = col2im(dout_rows · w_mat): the column gradient is summed back onto the padded input
-    by `windows_backward`. The products are ordered so that OpenBLAS gets its long dimension
-    as output rows (a short, wide output with a long reduction can be far slower threaded).
+    by `windows_backward`. Chunk by chunk of images, as the forward pass; within a chunk the
+    columns are freed before the column gradient is made. The products are ordered so that
+    OpenBLAS gets its long dimension as output rows (threaded, it can be far slower on a
+    short, wide output with a long reduction).
     """
-    cols, w, x_shape, x_pad_shape, stride, padding, channels_last = cache
+    x_pad, w, stride, padding, channels_last = cache
     c_out, c_in, kh, kw = w.shape
     n, _, h_out, w_out = dout.shape
-    dout_rows = to_channels_last(dout).reshape(-1, c_out)
+    dout = to_channels_last(dout)  # (N, H_out, W_out, C_out)
     w_mat = _weight_matrix(w, channels_last)
+    grad = 0  # [dw_mat | db], summed over the chunks
+    dx_pad = np.empty_like(x_pad)
+    for chunk in image_chunks(x_pad, (kh, kw), stride, channels_last):
+        dout_rows = dout[chunk].reshape(-1, c_out)
+        cols = im2col(x_pad[chunk], (kh, kw), stride, channels_last)
+        if channels_last:
+            grad = grad + cols.T @ dout_rows  # (K + 1, C_out): rows (m, q, c), then the bias
+            del cols
+            dwin = (dout_rows @ w_mat).reshape(-1, h_out, w_out, kh, kw, c_in)
+        else:
+            grad = grad + dout_rows.T @ cols  # (C_out, K + 1): columns (c, m, q), then the bias
+            del cols
+            dcols_t = w_mat.T @ dout_rows.T  # (C_in*kH*kW, rows)
+            dwin = dcols_t.reshape(c_in, kh, kw, -1, h_out, w_out).transpose(3, 0, 4, 5, 1, 2)
+        windows_backward(dwin, dx_pad[chunk].shape, stride, channels_last, out=dx_pad[chunk])
     if channels_last:
-        grad = cols.T @ dout_rows  # (K + 1, C_out), rows (m, q, c) then the bias
         dw = grad[:-1].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)
         db = grad[-1]
-        dwin = (dout_rows @ w_mat).reshape(n, h_out, w_out, kh, kw, c_in)
     else:
-        grad = dout_rows.T @ cols  # (C_out, K + 1), columns (c, m, q) then the bias
-        dw = grad[:, :-1].reshape(w.shape)
-        db = grad[:, -1]
-        dcols_t = w_mat.T @ dout_rows.T  # (C_in*kH*kW, N*H_out*W_out)
-        dwin = dcols_t.reshape(c_in, kh, kw, n, h_out, w_out).transpose(3, 0, 4, 5, 1, 2)
-    dx = unpad2d(windows_backward(dwin, x_pad_shape, stride, channels_last), padding,
-                 channels_last)
+        dw, db = grad[:, :-1].reshape(w.shape), grad[:, -1]
+    dx = unpad2d(dx_pad, padding, channels_last)
     return (to_nchw(dx) if channels_last else dx), np.ascontiguousarray(dw), db.copy()
 
 
@@ -281,9 +312,10 @@ def maxpool2d_backward(dout, cache):
     """Route each window's gradient to its (first) maximum; overlapping windows accumulate."""
     first, (n, c, h, w), (kh, kw), stride = cache
     dout = to_channels_last(dout)  # (N, H_out, W_out, C), read once per kernel offset
-    return to_nchw(windows_adjoint(
-        lambda m, q: dout * (first == m * kw + q), (n, h, w, c), (kh, kw), stride, dout.dtype,
-        channels_last=True))
+    dx = np.empty((n, h, w, c), dtype=dout.dtype)
+    windows_adjoint(lambda m, q: dout * (first == m * kw + q), dx, (kh, kw), stride,
+                    channels_last=True)
+    return to_nchw(dx)
 
 
 def avgpool2d_forward(x, pool, stride):
@@ -297,8 +329,9 @@ def avgpool2d_backward(dout, cache):
     """Each input of a window receives dout / (kH*kW) from it; overlaps accumulate."""
     (n, c, h, w), (kh, kw), stride = cache
     share = (dout / dout.dtype.type(kh * kw)).transpose(0, 2, 3, 1)  # (N, H_out, W_out, C)
-    return to_nchw(windows_adjoint(lambda m, q: share, (n, h, w, c), (kh, kw), stride,
-                                   dout.dtype, channels_last=True))
+    dx = np.empty((n, h, w, c), dtype=dout.dtype)
+    windows_adjoint(lambda m, q: share, dx, (kh, kw), stride, channels_last=True)
+    return to_nchw(dx)
 
 
 # --------------------------------------------------------------------------- elementwise and dense
