@@ -89,6 +89,12 @@ class Module:
                 )
             np.copyto(param, value, casting="same_kind")
 
+    def summary(self, input_shape: tuple[int, ...]) -> str:
+        """The table of `cnnumpy.summary` (shapes, parameters, MACs, receptive fields) as text."""
+        from .summary import summary_table  # imported here: summary imports this module
+
+        return summary_table(self, input_shape)
+
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters().values())
 

@@ -1,0 +1,510 @@
+"""Figures of what a network learned, written as PNG files (needs the `plot` extra: matplotlib).
+
+Every function takes arrays and models (no file names of data sets: the caller loads data),
+draws one figure, writes it to `path` as a PNG of `figsize` inches at `dpi` dots per inch
+(so `figsize[0]·dpi` x `figsize[1]·dpi` pixels) and returns the path:
+
+    learning_curves(history, path)                       loss, accuracy and lr per epoch
+    first_layer_filters(model, path)                     the first convolution's kernels
+    feature_maps(model, image, path)                     each convolution's output for one image
+    confusion_matrix_plot(labels, predicted, class_names, path)
+    confident_mistakes(images, labels, probabilities, class_names, path)
+    saliency_map(model, image, path)                     |d class score / d input|
+    receptive_field_plot(model, image, path)             the input pixels one unit sees
+
+Images are single samples (C, H, W), floating point as the model sees them (normalised) or
+uint8 pixels; they are shown rescaled to [0, 1]. The functions that run the model walk its
+leaf layers in order (`named_layers`), so they need a chain of layers (Sequential, SimpleCNN).
+
+Drawing uses matplotlib's object API with the Agg canvas (`matplotlib.figure.Figure`), never
+pyplot: no window opens and the process's matplotlib backend is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .layers import Conv2D
+from .shapes import receptive_fields
+
+METRICS_FILE = "metrics.jsonl"  # the per-epoch log a training run writes in its directory
+DEFAULT_DPI = 100
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _figure(figsize: tuple[float, float], dpi: int):
+    """A new Agg-backed matplotlib Figure; ImportError with the install command if missing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "cnnumpy's plots need matplotlib: pip install 'cnnumpy[plot]' (or pip install "
+            "matplotlib)"
+        ) from None
+    width, height = figsize
+    if not (width > 0 and height > 0) or isinstance(dpi, bool) or not isinstance(dpi, int) \
+            or dpi < 1:
+        raise ValueError(f"figsize must be two positive sizes in inches and dpi a positive "
+                         f"integer, got figsize={figsize!r}, dpi={dpi!r}")
+    return Figure(figsize=(width, height), dpi=dpi)
+
+
+def _save(fig, path) -> Path:
+    """Write `fig` as a PNG at its own size (no tight cropping) and return the path."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"plots are written as PNG: the path must end in .png, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=fig.dpi)
+    return path
+
+
+def _hide_ticks(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _check_image(image, what: str = "image") -> np.ndarray:
+    """A single (C, H, W) image with C in {1, 3}; ValueError/TypeError otherwise."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{what} must be a NumPy array (C, H, W), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"{what} must have shape (C, H, W) with C = 1 or 3, got {image.shape}")
+    return image
+
+
+def _rescale(array: np.ndarray) -> np.ndarray:
+    """Map the values of `array` linearly onto [0, 1] (a constant array becomes 0.5)."""
+    array = np.asarray(array, dtype=np.float64)
+    low, high = array.min(), array.max()
+    if high == low:
+        return np.full(array.shape, 0.5)
+    return (array - low) / (high - low)
+
+
+def _displayable(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W) for one channel or (H, W, 3) for three, with values in [0, 1].
+
+    uint8 pixels are divided by 255 (true intensities); floating images are rescaled.
+    """
+    image = _check_image(image)
+    shown = image / 255.0 if image.dtype == np.uint8 else _rescale(image)
+    return shown[0] if shown.shape[0] == 1 else shown.transpose(1, 2, 0)
+
+
+def _show(ax, image: np.ndarray, title: str | None = None) -> None:
+    shown = _displayable(image)
+    ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    _hide_ticks(ax)
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def _mosaic(tiles: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
+    """Tiles (N, h, w[, 3]) in a grid of `columns`, each rescaled to [0, 1], NaN in the gaps."""
+    count, h, w = tiles.shape[:3]
+    rows = math.ceil(count / columns)
+    grid = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, *tiles.shape[3:]), np.nan)
+    for index, tile in enumerate(tiles):
+        top, left = divmod(index, columns)
+        grid[top * (h + gap): top * (h + gap) + h, left * (w + gap): left * (w + gap) + w] = \
+            _rescale(tile)
+    return grid
+
+
+def _show_mosaic(ax, tiles: np.ndarray, columns: int, cmap: str = "gray",
+                 gap_color: str = "white") -> None:
+    grid = _mosaic(tiles, columns)
+    if grid.ndim == 3:  # RGB
+        from matplotlib.colors import to_rgb
+
+        grid = np.where(np.isnan(grid), np.array(to_rgb(gap_color)), grid)
+        ax.imshow(grid, interpolation="nearest")
+    else:
+        from matplotlib import colormaps
+
+        colors = colormaps[cmap].with_extremes(bad=gap_color)
+        ax.imshow(np.ma.masked_invalid(grid), cmap=colors, vmin=0.0, vmax=1.0,
+                  interpolation="nearest")
+    _hide_ticks(ax)
+
+
+# --------------------------------------------------------------------------- running layers
+
+
+@contextmanager
+def _evaluation(model) -> Iterator[None]:
+    """Evaluation mode inside the block, the previous mode after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _batch_of_one(model, image: np.ndarray) -> np.ndarray:
+    """(C, H, W) image -> (1, C, H, W) in the model's dtype."""
+    image = _check_image(image)
+    return image[None].astype(model.dtype or np.float32)
+
+
+def _layer_index(layers: list, name: str) -> int:
+    """Position of the layer called `name` in the (name, layer) list; ValueError if absent."""
+    names = [layer_name for layer_name, _ in layers]
+    if name not in names:
+        raise ValueError(f"no layer named {name!r}; the layers are {names}")
+    return names.index(name)
+
+
+def _forward_outputs(model, x: np.ndarray) -> list[tuple[str, object, np.ndarray]]:
+    """(name, layer, output) of every leaf layer, running them in order on the batch x."""
+    outputs = []
+    for name, layer in model.named_layers():
+        x = layer.forward(x)
+        outputs.append((name, layer, x))
+    return outputs
+
+
+def unit_gradient(model, image: np.ndarray, layer: str, unit: tuple[int, int],
+                  channel: int | None = None) -> np.ndarray:
+    """Gradient of one unit of `layer`'s output with respect to the input image.
+
+    The unit is at (row, column) of the layer's output maps, in map `channel`, or summed over
+    all maps when channel is None. Runs the layers up to `layer` forward on the image and
+    back from that one-hot gradient; the non-zero pixels of the result lie inside the unit's
+    receptive field (`receptive_field_box`). Returns (C, H, W).
+    """
+    layers = list(model.named_layers())
+    chain = [module for _, module in layers[: _layer_index(layers, layer) + 1]]
+    x = _batch_of_one(model, image)
+    with _evaluation(model):
+        for module in chain:
+            x = module.forward(x)
+        if x.ndim != 4:
+            raise ValueError(f"layer {layer!r} has no spatial output (shape {x.shape[1:]}); "
+                             f"choose a convolution or a pool")
+        row, column = unit
+        channels = slice(None) if channel is None else channel
+        if not (0 <= row < x.shape[2] and 0 <= column < x.shape[3]) or not (
+                channel is None or 0 <= channel < x.shape[1]):
+            where = f"unit {tuple(unit)}" + ("" if channel is None else f" of map {channel}")
+            raise ValueError(f"{where} is outside the output of {layer!r}, of shape "
+                             f"{x.shape[1:]} (maps, rows, columns)")
+        dout = np.zeros_like(x)
+        dout[0, channels, row, column] = 1
+        for module in reversed(chain):
+            dout = module.backward(dout)
+    return dout[0]
+
+
+def receptive_field_box(model, layer: str, unit: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) in input pixels of the field of unit (row, column) of `layer`.
+
+    From `receptive_fields`: top = start + row · jump along the height (left likewise along
+    the width), height and width the field sizes. Negative or too large coordinates lie in
+    the padding, outside the image.
+    """
+    layers = list(model.named_layers())
+    index = _layer_index(layers, layer)
+    windowed = [name for name, module in layers[: index + 1] if module.window is not None]
+    if not windowed:
+        return unit[0], unit[1], 1, 1
+    height = receptive_fields(model, axis=0)[len(windowed) - 1]
+    width = receptive_fields(model, axis=1)[len(windowed) - 1]
+    row, column = unit
+    return (height.start + row * height.jump, width.start + column * width.jump,
+            height.size, width.size)
+
+
+def saliency(model, image: np.ndarray, target: int | None = None) -> tuple[np.ndarray, int]:
+    """|d score_target / d input| of one image, the largest over channels, and the target.
+
+    score_target is the model's output (logit) for class `target` (default: the predicted
+    class); the gradient comes from `model.backward` of a one-hot upstream gradient.
+    Returns ((H, W) float array, target).
+    """
+    x = _batch_of_one(model, image)
+    with _evaluation(model):
+        logits = model.forward(x)
+        if target is None:
+            target = int(logits[0].argmax())
+        if not 0 <= target < logits.shape[1]:
+            raise ValueError(f"target must be a class in [0, {logits.shape[1]}), got {target}")
+        dout = np.zeros_like(logits)
+        dout[0, target] = 1
+        dx = model.backward(dout)
+    return np.abs(dx[0]).max(axis=0), target
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The per-epoch entries of `run_dir/metrics.jsonl` (one JSON object a line)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics log {path}: is {run_dir} a training run directory?")
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not JSON ({err.msg})") from None
+    return entries
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[i, j] = how many images of class i were predicted as class j: (K, K) int64."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    if labels.shape != predicted.shape or labels.ndim != 1:
+        raise ValueError(f"labels and predictions must be two vectors of the same length, got "
+                         f"shapes {labels.shape} and {predicted.shape}")
+    for what, values in (("labels", labels), ("predictions", predicted)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{what} must be classes in [0, {num_classes}), got range "
+                             f"[{values.min()}, {values.max()}]")
+    counts = np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)
+    return counts.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def confident_mistake_indices(labels: np.ndarray, probabilities: np.ndarray,
+                              count: int) -> np.ndarray:
+    """Indices of at most `count` misclassified images, most confident prediction first.
+
+    labels: (N,) true classes; probabilities: (N, K). Ties keep the data set's order.
+    """
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+# --------------------------------------------------------------------------- the plots
+
+
+def learning_curves(history: Sequence[dict], path, *, figsize=(12, 4),
+                    dpi: int = DEFAULT_DPI) -> Path:
+    """Loss, accuracy and learning rate against the epoch, training and validation.
+
+    history: per-epoch dicts with "epoch", "train_loss", "train_acc" and optionally
+    "val_loss", "val_acc", "lr" (a fit's History, or `read_metrics(run_dir)`).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    if not history:
+        raise ValueError("the history is empty: no epoch has finished yet")
+    missing = {"epoch", "train_loss", "train_acc"} - set(history[0])
+    if missing:
+        raise ValueError(f"history entries need epoch, train_loss and train_acc; the first "
+                         f"entry has {sorted(history[0])}")
+    epochs = [entry["epoch"] for entry in history]
+    fig = _figure(figsize, dpi)
+    panels = fig.subplots(1, 3)
+    for ax, metric, title in ((panels[0], "loss", "Loss"), (panels[1], "acc", "Accuracy")):
+        for split, style in (("train", "o-"), ("val", "s-")):
+            key = f"{split}_{metric}"
+            points = [(e, entry[key]) for e, entry in zip(epochs, history) if key in entry]
+            if points:
+                ax.plot(*zip(*points), style, markersize=3, label=split)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    rates = [(e, entry["lr"]) for e, entry in zip(epochs, history) if "lr" in entry]
+    if rates:
+        panels[2].plot(*zip(*rates), "o-", markersize=3, color="tab:green")
+    panels[2].set_title("Learning rate (end of epoch)")
+    panels[2].grid(alpha=0.3)
+    for ax in panels:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _first_convolution(model) -> tuple[str, Conv2D]:
+    for name, layer in model.named_layers():
+        if isinstance(layer, Conv2D):
+            return name, layer
+    raise ValueError(f"the model has no Conv2D layer: {[n for n, _ in model.named_layers()]}")
+
+
+def first_layer_filters(model, path, *, max_filters: int = 64, figsize=(6, 6),
+                        dpi: int = DEFAULT_DPI) -> Path:
+    """The kernels of the first convolution as a grid of small images, each rescaled.
+
+    Three input channels are shown as colour (RGB); otherwise the mean over input channels
+    (for one channel, the kernel itself), in grey. At most `max_filters` are drawn.
+    """
+    name, conv = _first_convolution(model)
+    weights = conv.W[:max_filters]  # (C_out, C_in, kH, kW)
+    tiles = weights.transpose(0, 2, 3, 1) if conv.in_channels == 3 else weights.mean(axis=1)
+    fig = _figure(figsize, dpi)
+    ax = fig.subplots()
+    # the gaps are coloured: white and black are kernel values here
+    _show_mosaic(ax, tiles, columns=math.ceil(math.sqrt(len(tiles))), gap_color="#6b8fb5")
+    kh, kw = conv.kernel_size
+    ax.set_title(f"{name}: {len(tiles)} of {conv.out_channels} filters, {kh}x{kw}, "
+                 f"{conv.in_channels} input channel{'s' if conv.in_channels > 1 else ''}",
+                 fontsize=9)
+    return _save(fig, path)
+
+
+def feature_maps(model, image: np.ndarray, path, *, max_channels: int = 16,
+                 figsize=(10, 6), dpi: int = DEFAULT_DPI) -> Path:
+    """The input image, then the output of each convolution (its first `max_channels`).
+
+    Each map is rescaled on its own; one row per convolution.
+    """
+    with _evaluation(model):
+        outputs = _forward_outputs(model, _batch_of_one(model, image))
+    convolutions = [(name, out[0]) for name, layer, out in outputs if isinstance(layer, Conv2D)]
+    if not convolutions:
+        raise ValueError("the model has no Conv2D layer to show the feature maps of")
+    fig = _figure(figsize, dpi)
+    grid = fig.add_gridspec(len(convolutions), 2, width_ratios=(1, 4))
+    _show(fig.add_subplot(grid[:, 0]), image, "input")
+    for row, (name, maps) in enumerate(convolutions):
+        ax = fig.add_subplot(grid[row, 1])
+        shown = maps[:max_channels]
+        _show_mosaic(ax, shown, columns=min(len(shown), 8), cmap="viridis")
+        ax.set_title(f"{name}: {len(shown)} of {maps.shape[0]} maps, "
+                     f"{maps.shape[1]}x{maps.shape[2]}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_matrix_plot(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str],
+                          path, *, figsize=(8, 7), dpi: int = DEFAULT_DPI) -> Path:
+    """The confusion matrix: counts in the cells, colour = share of the true class's images."""
+    names = [str(name) for name in class_names]
+    counts = confusion_matrix(labels, predicted, len(names))
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig = _figure(figsize, dpi)
+    ax = fig.subplots()
+    picture = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(picture, ax=ax, label="share of the true class")
+    ticks = np.arange(len(names))
+    ax.set_xticks(ticks, names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, names, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                color="white" if shares[i, j] > 0.5 else "black")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"Confusion matrix: {counts.sum()} images, accuracy {accuracy:.2%}")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confident_mistakes(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                       class_names: Sequence[str], path, *, count: int = 16, figsize=(8, 8),
+                       dpi: int = DEFAULT_DPI) -> Path:
+    """The `count` misclassified images with the highest predicted probability.
+
+    images: (N, C, H, W); labels: (N,) true classes; probabilities: (N, K) of the model.
+    Each tile says "predicted (probability)" over "true class".
+    """
+    probabilities = np.asarray(probabilities)
+    if images.ndim != 4 or probabilities.shape != (len(images), len(class_names)) \
+            or np.shape(labels) != (len(images),):
+        raise ValueError(f"need images (N, C, H, W), labels (N,) and probabilities (N, K) for "
+                         f"K = {len(class_names)} classes, got {images.shape}, "
+                         f"{np.shape(labels)} and {probabilities.shape}")
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.count_nonzero(predicted != labels)
+    worst = confident_mistake_indices(labels, probabilities, count)
+    fig = _figure(figsize, dpi)
+    columns = max(1, math.ceil(math.sqrt(count)))
+    rows = max(1, math.ceil(len(worst) / columns))
+    for slot, index in enumerate(worst):
+        ax = fig.add_subplot(rows, columns, slot + 1)
+        guess = predicted[index]
+        _show(ax, images[index], f"{class_names[guess]} ({probabilities[index, guess]:.0%})\n"
+                                 f"true: {class_names[labels[index]]}")
+    fig.suptitle(f"Most confident mistakes: {len(worst)} of {wrong} misclassified "
+                 f"(of {len(images)})" if wrong else "No misclassified image")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def saliency_map(model, image: np.ndarray, path, *, target: int | None = None,
+                 class_names: Sequence[str] | None = None, figsize=(9, 3.2),
+                 dpi: int = DEFAULT_DPI) -> Path:
+    """The image, |d score / d input| (see `saliency`) and the two overlaid."""
+    gradient, target = saliency(model, image, target)
+    label = class_names[target] if class_names is not None else f"class {target}"
+    fig = _figure(figsize, dpi)
+    left, middle, right = fig.subplots(1, 3)
+    _show(left, image, "input")
+    heat = middle.imshow(gradient, cmap="hot", interpolation="nearest")
+    fig.colorbar(heat, ax=middle, fraction=0.046)
+    _hide_ticks(middle)
+    middle.set_title(f"saliency of '{label}'", fontsize=9)
+    _show(right, image, "overlay")
+    right.imshow(gradient, cmap="hot", alpha=0.6, interpolation="nearest")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _default_field_layer(model) -> str:
+    """The last layer with a window (convolution or pool): the widest field of an image map."""
+    windowed = [name for name, layer in model.named_layers() if layer.window is not None]
+    if not windowed:
+        raise ValueError("the model has no convolution or pool: every field is one pixel")
+    return windowed[-1]
+
+
+def receptive_field_plot(model, image: np.ndarray, path, *, layer: str | None = None,
+                         unit: tuple[int, int] | None = None, channel: int | None = None,
+                         figsize=(8, 4), dpi: int = DEFAULT_DPI) -> Path:
+    """The receptive field of one unit drawn on the image, beside the unit's input gradient.
+
+    layer: a layer name (default: the last convolution or pool); unit: (row, column) of its
+    output (default: the centre); channel: the map whose unit gives the gradient (default
+    None: the sum over all maps, whose support fills more of the field). The box is
+    `receptive_field_box` (dashed where it reaches into the padding); the right panel shows
+    |d unit / d input|, which is zero outside the box.
+    """
+    from matplotlib.patches import Rectangle
+
+    layer = _default_field_layer(model) if layer is None else layer
+    layers = list(model.named_layers())
+    shape = tuple(_check_image(image).shape)
+    for _, module in layers[: _layer_index(layers, layer) + 1]:
+        shape = module.output_shape(shape)
+    if unit is None:
+        unit = (shape[1] // 2, shape[2] // 2) if len(shape) == 3 else (0, 0)
+    gradient = np.abs(unit_gradient(model, image, layer, unit, channel)).max(axis=0)
+    top, left, height, width = receptive_field_box(model, layer, unit)
+    inside = top >= 0 and left >= 0 and top + height <= image.shape[1] \
+        and left + width <= image.shape[2]
+    fig = _figure(figsize, dpi)
+    panels = fig.subplots(1, 2)
+    _show(panels[0], image, f"{layer} unit {tuple(unit)}: field {height}x{width}")
+    panels[1].imshow(gradient, cmap="hot", interpolation="nearest")
+    _hide_ticks(panels[1])
+    maps = ":" if channel is None else channel
+    panels[1].set_title(f"|d {layer}[{maps}, {unit[0]}, {unit[1]}] / d input|", fontsize=8)
+    for ax in panels:
+        ax.add_patch(Rectangle((left - 0.5, top - 0.5), width, height, fill=False,
+                               edgecolor="cyan", linewidth=2,
+                               linestyle="-" if inside else "--"))
+        ax.set_xlim(min(-0.5, left - 1), max(image.shape[2] - 0.5, left + width))
+        ax.set_ylim(max(image.shape[1] - 0.5, top + height), min(-0.5, top - 1))
+    fig.tight_layout()
+    return _save(fig, path)
