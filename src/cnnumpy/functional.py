@@ -206,7 +206,7 @@ def im2col(x_pad: np.ndarray, kernel, stride, channels_last: bool) -> np.ndarray
 # Bytes of one column matrix: a larger batch is convolved in chunks of whole images whose
 # columns fit (the column matrix is C_in*kH*kW times the input; unchunked it would set the
 # memory peak of a training step).
-COLUMNS_BYTES = 16 * 2**20
+COLUMNS_BYTES = 8 * 2**20
 
 
 def image_chunks(x_pad: np.ndarray, kernel, stride, channels_last: bool) -> list[slice]:
