@@ -32,8 +32,8 @@ import numpy as np
 
 from .layers import Conv2D
 from .shapes import receptive_fields
+from .train import METRICS_FILE
 
-METRICS_FILE = "metrics.jsonl"  # the per-epoch log a training run writes in its directory
 DEFAULT_DPI = 100
 
 
