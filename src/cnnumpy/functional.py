@@ -12,9 +12,18 @@ Layout is NCHW, weights are (C_out, C_in, kH, kW), as in PyTorch. Kernels trust 
 shapes and dtypes are checked by the layers in `cnnumpy.layers`, whose docstrings hold the
 formulas and `Shape:` blocks. Outputs keep the dtype of the inputs (float32 stays float32).
 
+Memory layout. Inside, the image kernels work channels-last: a batch is held in memory as
+(N, H, W, C), so that a pixel's channels are contiguous, the column matrix of a convolution is
+a copy of contiguous runs and its matrix product writes the output in place, without
+transposes. The 4-d arrays the kernels return are NCHW *views* of such memory: shape
+(N, C, H, W) and NCHW indexing, only the strides differ (PyTorch calls this the
+`channels_last` memory format). Passed from kernel to kernel, they need no conversion; a kernel
+given an ordinary NCHW array reads it through a transposed view or converts it once.
+
 One windowing pair serves convolution and pooling:
-`windows` is a strided view of every kH x kW window of an image, and `windows_backward` is its
-adjoint: it adds each window's gradient back onto the pixels the window was read from.
+`windows` is a strided view of every kH x kW window of an image (NCHW or channels-last), and
+`windows_backward` is its adjoint: it adds each window's gradient back onto the pixels the
+window was read from.
 """
 
 from __future__ import annotations
@@ -30,99 +39,249 @@ def pair(value) -> tuple[int, int]:
     return int(value), int(value)
 
 
-# --------------------------------------------------------------------------- windowing
+# --------------------------------------------------------------------------- layout
 
 
-def pad2d(x: np.ndarray, padding) -> np.ndarray:
-    """Zero-pad the two spatial axes: (N, C, H, W) -> (N, C, H + 2pH, W + 2pW)."""
+def to_channels_last(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> the same images as a C-contiguous (N, H, W, C) array.
+
+    A view (no copy) when x already has channels-last memory, as every 4-d kernel output has.
+    """
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def to_nchw(x: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> its (N, C, H, W) view, the form in which kernels return images."""
+    return x.transpose(0, 3, 1, 2)
+
+
+def _spatial_index(axis: int, rows: slice, cols: slice) -> tuple:
+    """Index selecting `rows` and `cols` of the spatial axes that start at `axis`."""
+    return (slice(None),) * axis + (rows, cols)
+
+
+def pad2d(x: np.ndarray, padding, channels_last: bool = False) -> np.ndarray:
+    """Zero-pad the spatial axes of an NCHW array, returning the layout the caller asks for.
+
+    (N, C, H, W) -> (N, H + 2pH, W + 2pW, C) if `channels_last`, else (N, C, H + 2pH, W + 2pW).
+    One copy does both the padding and the layout change; without padding, a view of x.
+    """
     ph, pw = pair(padding)
+    if channels_last:
+        x = x.transpose(0, 2, 3, 1)
     if ph == 0 and pw == 0:
         return x
-    n, c, h, w = x.shape
-    padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-    padded[:, :, ph : ph + h, pw : pw + w] = x
+    axis = 1 if channels_last else 2  # first spatial axis
+    h, w = x.shape[axis : axis + 2]
+    shape = list(x.shape)
+    shape[axis : axis + 2] = h + 2 * ph, w + 2 * pw
+    padded = np.zeros(shape, dtype=x.dtype)
+    padded[_spatial_index(axis, slice(ph, ph + h), slice(pw, pw + w))] = x
     return padded
 
 
-def unpad2d(x: np.ndarray, padding) -> np.ndarray:
-    """Inverse of `pad2d`: drop pH rows and pW columns on each side (a view)."""
+def unpad2d(x: np.ndarray, padding, channels_last: bool = False) -> np.ndarray:
+    """Inverse of `pad2d` on the padded layout: drop pH rows and pW columns on each side (a view)."""
     ph, pw = pair(padding)
-    return x[:, :, ph : x.shape[2] - ph, pw : x.shape[3] - pw]
+    axis = 1 if channels_last else 2
+    h, w = x.shape[axis : axis + 2]
+    return x[_spatial_index(axis, slice(ph, h - ph), slice(pw, w - pw))]
 
 
-def windows(x: np.ndarray, kernel, stride) -> np.ndarray:
-    """Read-only strided view of every window: (N, C, H, W) -> (N, C, H_out, W_out, kH, kW).
+# --------------------------------------------------------------------------- windowing
 
-    `view[n, c, i, j, m, q] = x[n, c, i*sH + m, j*sW + q]`, with
-    H_out = floor((H - kH) / sH) + 1 (rows left over at the bottom are not read). No copy.
+
+def windows(x: np.ndarray, kernel, stride, channels_last: bool = False,
+            writeable: bool = False) -> np.ndarray:
+    """Strided view of every window; the two window axes follow the two spatial axes. No copy.
+
+    NCHW:          (N, C, H, W) -> (N, C, H_out, W_out, kH, kW),
+                   view[n, c, i, j, m, q] = x[n, c, i*sH + m, j*sW + q];
+    channels_last: (N, H, W, C) -> (N, H_out, W_out, kH, kW, C),
+                   view[n, i, j, m, q, c] = x[n, i*sH + m, j*sW + q, c];
+    with H_out = floor((H - kH) / sH) + 1 (rows left over at the bottom are not read).
+    A `writeable` view writes through to x (the adjoint uses one).
     """
     kh, kw = pair(kernel)
     sh, sw = pair(stride)
-    n, c, h, w = x.shape
-    h_out = (h - kh) // sh + 1
-    w_out = (w - kw) // sw + 1
-    sn, sc, s_row, s_col = x.strides
+    axis = 1 if channels_last else 2  # first spatial axis
+    h, w = x.shape[axis : axis + 2]
+    s_row, s_col = x.strides[axis : axis + 2]
     return as_strided(
         x,
-        shape=(n, c, h_out, w_out, kh, kw),
-        strides=(sn, sc, s_row * sh, s_col * sw, s_row, s_col),
-        writeable=False,
+        shape=(*x.shape[:axis], (h - kh) // sh + 1, (w - kw) // sw + 1, kh, kw,
+               *x.shape[axis + 2 :]),
+        strides=(*x.strides[:axis], s_row * sh, s_col * sw, s_row, s_col,
+                 *x.strides[axis + 2 :]),
+        writeable=writeable,
     )
 
 
-def windows_backward(dwin: np.ndarray, x_shape, stride) -> np.ndarray:
+def windows_backward(dwin: np.ndarray, x_shape, stride, channels_last: bool = False,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """Adjoint of `windows`: sum window gradients back onto the image.
 
-    dwin: (N, C, H_out, W_out, kH, kW) -> dx: `x_shape` = (N, C, H, W), where
-    `dx[n, c, i*sH + m, j*sW + q] += dwin[n, c, i, j, m, q]`. Overlapping windows accumulate.
-    One strided slice addition per kernel offset (m, q): kH*kW additions, no per-pixel loop.
+    dwin: the shape `windows` gives for an input of `x_shape` -> dx: `x_shape`, where
+    `dx[n, c, i*sH + m, j*sW + q] += dwin[n, c, i, j, m, q]` (NCHW; likewise channels-last).
+    `out`: an array of `x_shape` to write dx into (its contents are replaced), or None.
     """
-    sh, sw = pair(stride)
-    _, _, h_out, w_out, kh, kw = dwin.shape
-    dx = np.zeros(x_shape, dtype=dwin.dtype)
+    axis = 1 if channels_last else 2
+    lead = (slice(None),) * (axis + 2)  # batch, (channels,) H_out, W_out
+    dx = np.empty(x_shape, dtype=dwin.dtype) if out is None else out
+    windows_adjoint(lambda m, q: dwin[lead + (m, q)], dx, dwin.shape[axis + 2 : axis + 4],
+                    stride, channels_last)
+    return dx
+
+
+def windows_adjoint(offset_gradient, dx: np.ndarray, kernel, stride,
+                    channels_last: bool = False) -> None:
+    """`windows_backward` with the window gradients given one kernel offset at a time.
+
+    `offset_gradient(m, q)` is the gradient of every window at its offset (m, q), shaped like
+    `windows(x)[..., m, q, ...]` (or broadcasting to it): (N, C, H_out, W_out), or
+    (N, H_out, W_out, C) channels-last. Fills dx, shaped like x (its contents are replaced):
+    `dx[..., i*sH + m, j*sW + q, ...] = Σ offset_gradient(m, q)[..., i, j, ...]`, one strided
+    slice addition per kernel offset, kH*kW of them, no per-pixel loop. Where windows do not
+    overlap (stride >= kernel) the additions are copies, and where they tile the image, dx
+    needs no zeros first.
+    """
+    (kh, kw), (sh, sw) = pair(kernel), pair(stride)
+    axis = 1 if channels_last else 2
+    h, w = dx.shape[axis : axis + 2]
+    disjoint = sh >= kh and sw >= kw
+    if not ((sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0):  # not tiled
+        dx[...] = 0
+    dx_win = windows(dx, kernel, stride, channels_last, writeable=True)
+    lead = (slice(None),) * (axis + 2)
     for m in range(kh):
         for q in range(kw):
-            dx[:, :, m : m + sh * h_out : sh, q : q + sw * w_out : sw] += dwin[:, :, :, :, m, q]
-    return dx
+            target = dx_win[lead + (m, q)]
+            if disjoint:
+                target[...] = offset_gradient(m, q)
+            else:
+                target += offset_gradient(m, q)
 
 
 # --------------------------------------------------------------------------- convolution
 
 
-def conv2d_forward(x, w, b, stride=1, padding=0):
+def columns_channels_last(c_in: int, kw: int, w_out: int) -> bool:
+    """The column layout a convolution uses: True for channels-last, False for NCHW.
+
+    The im2col copy moves contiguous runs: channels-last, a kernel row of kW*C_in values;
+    from NCHW, an output row of W_out pixels. The longer run wins: many input channels go
+    channels-last, the first layer (1 to 3 channels) goes NCHW.
+    """
+    return kw * c_in >= w_out
+
+
+def _weight_matrix(w: np.ndarray, channels_last: bool) -> np.ndarray:
+    """(C_out, C_in, kH, kW) -> (C_out, K), K ordered as the columns: (kH, kW, C_in) or (C_in, kH, kW)."""
+    return (w.transpose(0, 2, 3, 1) if channels_last else w).reshape(w.shape[0], -1)
+
+
+def im2col(x_pad: np.ndarray, kernel, stride, channels_last: bool) -> np.ndarray:
+    """The column matrix of a convolution, with a last column of ones for the bias.
+
+    x_pad: the padded input from `pad2d`, (N, H, W, C_in) channels-last or (N, C_in, H, W)
+    -> cols: (N*H_out*W_out, K + 1), K = C_in*kH*kW, where row (n, i, j) holds the window of
+    output pixel (i, j) of image n, then a 1. Channels-last, the K columns run over (m, q, c)
+    and cols is stored row-major; otherwise they run over (c, m, q) and cols is stored
+    column-major (its transpose is the contiguous array). One copy from `windows` either way.
+    """
+    win = windows(x_pad, kernel, stride, channels_last)
+    if channels_last:  # (N, H_out, W_out, kH, kW, C_in)
+        rows = win.shape[0] * win.shape[1] * win.shape[2]
+        cols = np.empty((rows, win[0, 0, 0].size + 1), dtype=x_pad.dtype)
+        cols[:, :-1].reshape(win.shape)[...] = win  # a view: rows stay whole
+        cols[:, -1] = 1
+        return cols
+    win = win.transpose(1, 4, 5, 0, 2, 3)  # (C_in, kH, kW, N, H_out, W_out)
+    cols_t = np.empty((win[:, :, :, 0, 0, 0].size + 1, win[0, 0, 0].size), dtype=x_pad.dtype)
+    cols_t[:-1].reshape(win.shape)[...] = win
+    cols_t[-1] = 1
+    return cols_t.T
+
+
+# Bytes of one column matrix: a larger batch is convolved in chunks of whole images whose
+# columns fit (the column matrix is C_in*kH*kW times the input; unchunked it would set the
+# memory peak of a training step).
+COLUMNS_BYTES = 8 * 2**20
+
+
+def image_chunks(x_pad: np.ndarray, kernel, stride, channels_last: bool) -> list[slice]:
+    """Slices of the batch axis whose `im2col` columns take at most `COLUMNS_BYTES` each."""
+    n = x_pad.shape[0]
+    per_image = windows(x_pad[:1], kernel, stride, channels_last).size * x_pad.itemsize
+    step = max(1, COLUMNS_BYTES // max(per_image, 1))
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     """Cross-correlation of x with w plus bias, as one matrix product (see `layers.Conv2D`).
 
     x: (N, C_in, H, W), w: (C_out, C_in, kH, kW), b: (C_out,) -> out: (N, C_out, H_out, W_out).
-    The windows of the padded input are copied into a column matrix (im2col) of shape
-    (N*H_out*W_out, C_in*kH*kW) and multiplied by the flattened weights.
+    With the column matrix `cols` of `im2col` (ones in its last column) and w_mat the weights as
+    a (C_out, K) matrix with b appended as a last column, out = cols · w_matᵀ: rows (n, i, j),
+    i.e. the output directly in channels-last memory (computed for `image_chunks` of the
+    batch in turn). `channels_last` chooses the column layout (None: by
+    `columns_channels_last`). The cache keeps the padded input, not the columns (C_in*kH*kW
+    times larger); backward copies the columns again.
     """
-    c_out, _, kh, kw = w.shape
-    x_pad = pad2d(x, padding)
-    win = windows(x_pad, (kh, kw), stride)  # (N, C_in, H_out, W_out, kH, kW), a view
-    n, c_in, h_out, w_out = win.shape[:4]
-    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * h_out * w_out, c_in * kh * kw)
-    out = cols @ w.reshape(c_out, -1).T + b  # (N*H_out*W_out, C_out)
-    out = np.ascontiguousarray(out.reshape(n, h_out, w_out, c_out).transpose(0, 3, 1, 2))
-    cache = (cols, w, x.shape, x_pad.shape, stride, padding)
-    return out, cache
+    c_out, c_in, kh, kw = w.shape
+    if channels_last is None:
+        (_, pw), (_, sw) = pair(padding), pair(stride)
+        channels_last = columns_channels_last(c_in, kw, (x.shape[3] + 2 * pw - kw) // sw + 1)
+    x_pad = pad2d(x, padding, channels_last)
+    axis = 1 if channels_last else 2
+    h_out, w_out = windows(x_pad, (kh, kw), stride, channels_last).shape[axis : axis + 2]
+    w_mat = np.concatenate([_weight_matrix(w, channels_last), b[:, None]], axis=1)
+    out = np.empty((x.shape[0], h_out, w_out, c_out), dtype=x.dtype)
+    for chunk in image_chunks(x_pad, (kh, kw), stride, channels_last):
+        cols = im2col(x_pad[chunk], (kh, kw), stride, channels_last)
+        np.matmul(cols, w_mat.T, out=out[chunk].reshape(-1, c_out))  # (rows, C_out)
+    cache = (x_pad, w, stride, padding, channels_last)
+    return to_nchw(out), cache
 
 
 def conv2d_backward(dout, cache):
     """Gradients of a convolution: dout (N, C_out, H_out, W_out) -> (dx, dw, db).
 
-    dw = doutᵀ · cols, db = Σ dout over (N, H_out, W_out), and dx = col2im(dout · w):
-    the column gradient is summed back onto the padded input by `windows_backward`.
+    With dout_rows the (N*H_out*W_out, C_out) matrix of dout (channels-last memory):
+    [dw_mat | db] = dout_rowsᵀ · cols (the ones column of cols sums dout into db), and
+    dx = col2im(dout_rows · w_mat): the column gradient is summed back onto the padded input
+    by `windows_backward`. Chunk by chunk of images, as the forward pass; within a chunk the
+    columns are freed before the column gradient is made. The products are ordered so that
+    OpenBLAS gets its long dimension as output rows (threaded, it can be far slower on a
+    short, wide output with a long reduction).
     """
-    cols, w, x_shape, x_pad_shape, stride, padding = cache
+    x_pad, w, stride, padding, channels_last = cache
     c_out, c_in, kh, kw = w.shape
     n, _, h_out, w_out = dout.shape
-    dout_rows = dout.transpose(0, 2, 3, 1).reshape(-1, c_out)  # (N*H_out*W_out, C_out)
-    dw = (dout_rows.T @ cols).reshape(w.shape)
-    db = dout.sum(axis=(0, 2, 3))
-    dcols = dout_rows @ w.reshape(c_out, -1)  # (N*H_out*W_out, C_in*kH*kW)
-    dwin = dcols.reshape(n, h_out, w_out, c_in, kh, kw).transpose(0, 3, 1, 2, 4, 5)
-    dx = unpad2d(windows_backward(dwin, x_pad_shape, stride), padding)
-    return np.ascontiguousarray(dx), dw, db
+    dout = to_channels_last(dout)  # (N, H_out, W_out, C_out)
+    w_mat = _weight_matrix(w, channels_last)
+    grad = 0  # [dw_mat | db], summed over the chunks
+    dx_pad = np.empty_like(x_pad)
+    for chunk in image_chunks(x_pad, (kh, kw), stride, channels_last):
+        dout_rows = dout[chunk].reshape(-1, c_out)
+        cols = im2col(x_pad[chunk], (kh, kw), stride, channels_last)
+        if channels_last:
+            grad = grad + cols.T @ dout_rows  # (K + 1, C_out): rows (m, q, c), then the bias
+            del cols
+            dwin = (dout_rows @ w_mat).reshape(-1, h_out, w_out, kh, kw, c_in)
+        else:
+            grad = grad + dout_rows.T @ cols  # (C_out, K + 1): columns (c, m, q), then the bias
+            del cols
+            dcols_t = w_mat.T @ dout_rows.T  # (C_in*kH*kW, rows)
+            dwin = dcols_t.reshape(c_in, kh, kw, -1, h_out, w_out).transpose(3, 0, 4, 5, 1, 2)
+        windows_backward(dwin, dx_pad[chunk].shape, stride, channels_last, out=dx_pad[chunk])
+    if channels_last:
+        dw = grad[:-1].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)
+        db = grad[-1]
+    else:
+        dw, db = grad[:, :-1].reshape(w.shape), grad[:, -1]
+    dx = unpad2d(dx_pad, padding, channels_last)
+    return (to_nchw(dx) if channels_last else dx), np.ascontiguousarray(dw), db.copy()
 
 
 # --------------------------------------------------------------------------- pooling
@@ -131,41 +290,62 @@ def conv2d_backward(dout, cache):
 def maxpool2d_forward(x, pool, stride):
     """Maximum of each window (see `layers.MaxPool2D`): (N, C, H, W) -> (N, C, H_out, W_out).
 
-    The cache keeps, per window, the flat index (row-major within the window) of its first
-    maximum, so that backward routes each window's gradient to exactly one input.
+    A running maximum over the kH*kW kernel offsets of the channels-last windows. The cache
+    keeps, per window, the offset k = m*kW + q of its first maximum in row-major order (only a
+    strictly greater value moves it), so that backward routes each window's gradient to
+    exactly one input. As k grows along the scan, "k where greater, else the old offset" is
+    max(old offset, k·greater): integer arithmetic, no masked writes.
     """
-    win = windows(x, pool, stride)
-    n, c, h_out, w_out, kh, kw = win.shape
-    flat = win.reshape(n, c, h_out, w_out, kh * kw)  # a copy: windows may overlap
-    argmax = flat.argmax(axis=-1)[..., None]  # first maximum, as PyTorch
-    out = np.take_along_axis(flat, argmax, axis=-1)[..., 0]
-    return out, (argmax, x.shape, (kh, kw), stride)
+    kh, kw = pair(pool)
+    win = windows(x.transpose(0, 2, 3, 1), pool, stride, channels_last=True)
+    out = win[:, :, :, 0, 0, :].copy()  # (N, H_out, W_out, C), C-contiguous
+    first = np.zeros(out.shape, dtype=np.min_scalar_type(kh * kw - 1))
+    for k in range(1, kh * kw):
+        candidate = win[:, :, :, k // kw, k % kw, :]
+        greater = candidate > out
+        np.maximum(first, greater * first.dtype.type(k), out=first)
+        np.maximum(out, candidate, out=out)
+    return to_nchw(out), (first, x.shape, (kh, kw), stride)
 
 
 def maxpool2d_backward(dout, cache):
     """Route each window's gradient to its (first) maximum; overlapping windows accumulate."""
-    argmax, x_shape, (kh, kw), stride = cache
-    dwin = np.zeros(dout.shape + (kh * kw,), dtype=dout.dtype)
-    np.put_along_axis(dwin, argmax, dout[..., None], axis=-1)
-    return windows_backward(dwin.reshape(dout.shape + (kh, kw)), x_shape, stride)
+    first, (n, c, h, w), (kh, kw), stride = cache
+    dout = to_channels_last(dout)  # (N, H_out, W_out, C), read once per kernel offset
+    dx = np.empty((n, h, w, c), dtype=dout.dtype)
+    windows_adjoint(lambda m, q: dout * (first == m * kw + q), dx, (kh, kw), stride,
+                    channels_last=True)
+    return to_nchw(dx)
 
 
 def avgpool2d_forward(x, pool, stride):
     """Mean of each window (see `layers.AvgPool2D`): (N, C, H, W) -> (N, C, H_out, W_out)."""
-    win = windows(x, pool, stride)
-    out = win.mean(axis=(-2, -1), dtype=x.dtype)
-    return out, (x.shape, pair(pool), stride)
+    win = windows(x.transpose(0, 2, 3, 1), pool, stride, channels_last=True)
+    out = win.mean(axis=(3, 4), dtype=x.dtype)  # (N, H_out, W_out, C)
+    return to_nchw(out), (x.shape, pair(pool), stride)
 
 
 def avgpool2d_backward(dout, cache):
     """Each input of a window receives dout / (kH*kW) from it; overlaps accumulate."""
-    x_shape, (kh, kw), stride = cache
-    share = (dout / dout.dtype.type(kh * kw))[..., None, None]
-    dwin = np.broadcast_to(share, dout.shape + (kh, kw))
-    return windows_backward(dwin, x_shape, stride)
+    (n, c, h, w), (kh, kw), stride = cache
+    share = (dout / dout.dtype.type(kh * kw)).transpose(0, 2, 3, 1)  # (N, H_out, W_out, C)
+    dx = np.empty((n, h, w, c), dtype=dout.dtype)
+    windows_adjoint(lambda m, q: share, dx, (kh, kw), stride, channels_last=True)
+    return to_nchw(dx)
 
 
 # --------------------------------------------------------------------------- elementwise and dense
+
+
+def matmul_long_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a · b, computed as (bᵀ · aᵀ)ᵀ (an F-ordered result) when the output is wider than tall.
+
+    Threaded OpenBLAS can be many times slower on a short, wide output (e.g. a batch of 64
+    rows by 512 features) than on its transpose, when the cores are busy.
+    """
+    if b.shape[1] > a.shape[0]:
+        return (b.T @ a.T).T
+    return a @ b
 
 
 def relu_forward(x):
@@ -190,10 +370,12 @@ def flatten_backward(dout, x_shape):
 
 def linear_forward(x, w, b):
     """x · wᵀ + b: x (N, in), w (out, in), b (out,) -> (N, out)."""
-    return x @ w.T + b, (x, w)
+    out = matmul_long_rows(x, w.T)
+    out += b
+    return out, (x, w)
 
 
 def linear_backward(dout, cache):
     """dx = dout · w, dw = doutᵀ · x, db = Σ_n dout: dout (N, out) -> (dx, dw, db)."""
     x, w = cache
-    return dout @ w, dout.T @ x, dout.sum(axis=0)
+    return matmul_long_rows(dout, w), dout.T @ x, dout.sum(axis=0)

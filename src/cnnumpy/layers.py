@@ -169,6 +169,7 @@ class Layer(Module):
             self.output_shape(x.shape[1:])
         except ValueError as err:
             raise _shape_error(self, str(err), x.shape) from None
+        self.cache = None  # the last step's cache is dead: free it before making the next one
         out, cache = self._forward(x)
         self.cache = (x.shape, x.dtype, cache)
         return out

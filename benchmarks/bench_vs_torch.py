@@ -1,0 +1,353 @@
+"""SimpleCNN speed and memory of cnnumpy against PyTorch on the CPU, float32, in one run.
+
+    python benchmarks/bench_vs_torch.py [--repeats 30] [--warmup 5] [--no-memory] [--threads N]
+
+What it measures, with the default thread settings of both libraries:
+
+- images/s of a training step (forward, softmax cross-entropy, backward, SGD-momentum update)
+  and of inference (forward only), for SimpleCNN at 3x32x32 (batch 64) and 1x28x28 (batch 128).
+  Each figure is the median of `--repeats` timed runs after `--warmup` untimed ones; the two
+  frameworks alternate run by run (and which one goes first alternates too), so a load spike
+  from another process hits both alike. Both models hold the same weights, and their losses are
+  compared once as a sanity check.
+- the ratio cnnumpy / PyTorch of every row (>= 1 means cnnumpy is at least as fast);
+- the machine's float32 GEMM rate through NumPy (median of square 1024 products), the useful
+  FLOPs of a training step (3 x the forward multiply-adds x 2 of the convolutions and linear
+  layers: forward, dX and dW), and the fraction of the GEMM rate each framework reaches;
+- a per-layer breakdown of cnnumpy's forward and backward time, next to each layer's GEMM time
+  at the measured rate (the floor a GEMM-bound layer cannot beat);
+- peak memory of a training step. Method: a fresh subprocess per framework and shape imports
+  only that framework, builds the model and the data (parameter gradients allocated), resets
+  the kernel's peak-RSS counter (writes 5 to /proc/self/clear_refs), runs warm-up and timed
+  training steps, and reports VmHWM - VmRSS-before: every byte the steps made resident
+  (activations, caches, gradients, momentum buffers, allocator slack). For cnnumpy it also
+  reports the tracemalloc peak of one step (live NumPy allocations only, no allocator slack).
+
+`--threads N` sets both libraries to N threads (OpenBLAS through OPENBLAS_NUM_THREADS, set
+before NumPy is imported; PyTorch through torch.set_num_threads). On a machine shared with
+other jobs, one thread each compares the arithmetic without the cost of waiting for a
+descheduled worker thread, which both threaded libraries pay at every parallel call.
+
+PyTorch must be installed as `pip install torch==2.13.0`; without it only cnnumpy is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+
+if "--threads" in sys.argv[:-1]:  # must precede the first import of NumPy
+    os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
+
+import numpy as np  # noqa: E402
+
+import cnnumpy as cn  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # the benchmark still times cnnumpy alone
+    torch = None
+
+SHAPES = [((3, 32, 32), 64), ((1, 28, 28), 128)]
+NUM_CLASSES = 10
+LR, MOMENTUM = 0.01, 0.9
+
+
+# --------------------------------------------------------------------------- cnnumpy side
+
+
+class CnnumpyRunner:
+    """SimpleCNN with a softmax cross-entropy loss and SGD with momentum, all in NumPy."""
+
+    def __init__(self, input_shape, batch, seed=0):
+        rng = np.random.default_rng(seed)
+        self.model = cn.SimpleCNN(input_shape, NUM_CLASSES, rng=rng)
+        self.x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        self.y = rng.integers(0, NUM_CLASSES, batch)
+        self.velocity = {}
+
+    # ---- inline loss and optimizer: switch to cnnumpy.losses / cnnumpy.optim once on main ----
+    def loss_and_grad(self, logits):
+        """Mean softmax cross-entropy and its gradient dloss/dlogits = (softmax - onehot) / N."""
+        n = len(logits)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss = -log_p[np.arange(n), self.y].mean()
+        dlogits = np.exp(log_p)
+        dlogits[np.arange(n), self.y] -= 1
+        dlogits /= np.float32(n)
+        return loss, dlogits
+
+    def sgd_momentum(self):
+        """v = momentum * v + g; p -= lr * v (PyTorch's rule), in place, float32."""
+        grads = self.model.gradients()
+        for name, param in self.model.parameters().items():
+            v = self.velocity.get(name)
+            if v is None:
+                v = self.velocity[name] = grads[name].copy()
+            else:
+                v *= np.float32(MOMENTUM)
+                v += grads[name]
+            param -= np.float32(LR) * v
+    # ---- end of inline loss and optimizer ----
+
+    def train_step(self):
+        logits = self.model.forward(self.x)
+        loss, dlogits = self.loss_and_grad(logits)
+        self.model.backward(dlogits)
+        self.sgd_momentum()
+        return loss.item()
+
+    def infer(self):
+        return self.model.forward(self.x)
+
+
+# --------------------------------------------------------------------------- PyTorch side
+
+
+class TorchRunner:
+    """The same SimpleCNN in PyTorch, with the weights of a cnnumpy model."""
+
+    def __init__(self, cn_model, x, y):
+        nn = torch.nn
+        c = cn_model.input_shape[0]
+        flat = cn_model["fc1"].in_features
+        self.model = nn.Sequential(
+            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(flat, 512), nn.ReLU(), nn.Linear(512, NUM_CLASSES),
+        )
+        params = cn_model.parameters()
+        with torch.no_grad():
+            for module, name in zip([self.model[i] for i in (0, 3, 7, 9)],
+                                    ["conv1", "conv2", "fc1", "fc2"]):
+                module.weight.copy_(torch.from_numpy(params[name + ".W"]))
+                module.bias.copy_(torch.from_numpy(params[name + ".b"]))
+        for p in self.model.parameters():
+            p.grad = torch.zeros_like(p)  # allocated up front, as cnnumpy's dW, db
+        self.x = torch.from_numpy(x)
+        self.y = torch.from_numpy(y)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def train_step(self):
+        self.opt.zero_grad(set_to_none=False)
+        loss = self.loss_fn(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def infer(self):
+        with torch.inference_mode():
+            return self.model(self.x)
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
+    """Median seconds of each callable, runs alternating between them (order flipped each round)."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def gemm_rate(n=1024, repeats=15) -> float:
+    """float32 GFLOP/s of NumPy's matmul on square n x n operands (2 n^3 flops), median."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=out)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def layer_forward_flops(model, input_shape) -> dict:
+    """Multiply-add FLOPs (2 per MAC) of each convolution and linear layer's forward, per image."""
+    flops = {}
+    shape = tuple(input_shape)
+    for name, layer in model.named_layers():
+        out_shape = layer.output_shape(shape)
+        if isinstance(layer, cn.Conv2D):
+            kh, kw = layer.kernel_size
+            flops[name] = 2 * layer.in_channels * kh * kw * int(np.prod(out_shape))
+        elif isinstance(layer, cn.Linear):
+            flops[name] = 2 * layer.in_features * layer.out_features
+        shape = out_shape
+    return flops
+
+
+def per_layer_times(runner: CnnumpyRunner, warmup: int, repeats: int):
+    """Median forward and backward seconds of every layer of the model, in forward order."""
+    layers = list(runner.model.named_layers())
+    fwd = {name: [] for name, _ in layers}
+    bwd = {name: [] for name, _ in layers}
+    for r in range(warmup + repeats):
+        h = runner.x
+        for name, layer in layers:
+            start = time.perf_counter()
+            h = layer.forward(h)
+            if r >= warmup:
+                fwd[name].append(time.perf_counter() - start)
+        _, dh = runner.loss_and_grad(h)
+        for name, layer in reversed(layers):
+            start = time.perf_counter()
+            dh = layer.backward(dh)
+            if r >= warmup:
+                bwd[name].append(time.perf_counter() - start)
+    return [(name, statistics.median(fwd[name]), statistics.median(bwd[name]))
+            for name, _ in layers]
+
+
+def memory_child(framework: str, shape_index: int, steps: int) -> dict:
+    """Run in a fresh subprocess: peak resident bytes added by training steps (see module doc)."""
+    input_shape, batch = SHAPES[shape_index]
+    runner = CnnumpyRunner(input_shape, batch)
+    if framework == "torch":
+        runner = TorchRunner(runner.model, runner.x, runner.y)
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    for _ in range(steps):
+        runner.train_step()
+    result = {"rss_peak_mib": (_status_kib("VmHWM") - before) / 1024}
+    if framework == "cnnumpy":
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        runner.train_step()
+        result["tracemalloc_peak_mib"] = (tracemalloc.get_traced_memory()[1] - base) / 2**20
+        tracemalloc.stop()
+    return result
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def measure_memory(framework: str, shape_index: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", framework, str(shape_index)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def shape_label(input_shape, batch) -> str:
+    return "x".join(map(str, input_shape)) + f" b{batch}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer breakdown")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of both libraries (default: each library's own default)")
+    parser.add_argument("--memory-child", nargs=2, metavar=("FRAMEWORK", "SHAPE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads and torch:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child[0], int(args.memory_child[1]), steps=4)))
+        return
+
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    print(f"cnnumpy {cn.__version__}, NumPy {np.__version__} (OpenBLAS threads: {threads}), "
+          + (f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)" if torch
+             else "PyTorch not installed")
+          + f", Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    gflops = gemm_rate()
+    print(f"NumPy float32 GEMM (1024^3): {gflops:.0f} GFLOP/s\n")
+
+    rows, breakdowns, flop_rows = [], [], []
+    for input_shape, batch in SHAPES:
+        ours = CnnumpyRunner(input_shape, batch)
+        theirs = TorchRunner(ours.model, ours.x, ours.y) if torch else None
+        if theirs:  # same weights, same data: the same loss
+            loss_ours, loss_theirs = ours.train_step(), theirs.train_step()
+            if not np.isclose(loss_ours, loss_theirs, rtol=1e-3):
+                raise RuntimeError(f"losses differ: cnnumpy {loss_ours}, torch {loss_theirs}")
+        label = shape_label(input_shape, batch)
+        for mode in ("train", "infer"):
+            fns = {"cnnumpy": ours.train_step if mode == "train" else ours.infer}
+            if theirs:
+                fns["torch"] = theirs.train_step if mode == "train" else theirs.infer
+            secs = interleaved_medians(fns, args.warmup, args.repeats)
+            rows.append((label, mode, {k: batch / s for k, s in secs.items()}))
+        flops = layer_forward_flops(ours.model, input_shape)
+        step_flops = 3 * sum(flops.values())
+        flop_rows.append((label, step_flops, rows[-2][2]))
+        if not args.no_layers:
+            breakdowns.append((label, batch, flops, per_layer_times(ours, args.warmup,
+                                                                    args.repeats)))
+
+    print(f"{'shape':<14}{'step':<7}{'cnnumpy img/s':>14}{'torch img/s':>13}{'ratio':>7}")
+    for label, mode, rate in rows:
+        torch_rate = rate.get("torch")
+        print(f"{label:<14}{mode:<7}{rate['cnnumpy']:>14.0f}"
+              + (f"{torch_rate:>13.0f}{rate['cnnumpy'] / torch_rate:>7.2f}" if torch_rate else ""))
+
+    print("\nTraining step against the GEMM rate (useful FLOPs = 3 x forward multiply-adds)")
+    print(f"{'shape':<14}{'MFLOP/img':>10}{'cnnumpy GFLOP/s':>16}{'of GEMM':>8}"
+          f"{'torch GFLOP/s':>14}{'of GEMM':>8}")
+    for label, step_flops, rate in flop_rows:
+        line = f"{label:<14}{step_flops / 1e6:>10.1f}"
+        for fw in ("cnnumpy", "torch"):
+            if fw in rate:
+                achieved = step_flops * rate[fw] / 1e9
+                line += f"{achieved:>16.1f}{achieved / gflops:>8.0%}" if fw == "cnnumpy" \
+                    else f"{achieved:>14.1f}{achieved / gflops:>8.0%}"
+        print(line)
+
+    for label, batch, flops, layers in breakdowns:
+        total = sum(f + b for _, f, b in layers)
+        print(f"\ncnnumpy per layer, {label} (ms per batch; GEMM floor = FLOPs / GEMM rate)")
+        print(f"{'layer':<9}{'forward':>9}{'backward':>10}{'share':>7}{'GEMM floor f+b':>16}")
+        for name, f, b in layers:
+            floor = f"{3 * flops[name] * batch / gflops / 1e6:>16.2f}" if name in flops else ""
+            print(f"{name:<9}{f * 1e3:>9.2f}{b * 1e3:>10.2f}{(f + b) / total:>7.0%}{floor}")
+        print(f"{'total':<9}{sum(f for _, f, _ in layers) * 1e3:>9.2f}"
+              f"{sum(b for _, _, b in layers) * 1e3:>10.2f}")
+
+    if not args.no_memory:
+        print("\nPeak memory of a training step (MiB; RSS added by the steps in a fresh process)")
+        print(f"{'shape':<14}{'cnnumpy':>9}{'torch':>9}{'cnnumpy tracemalloc':>21}")
+        for i, (input_shape, batch) in enumerate(SHAPES):
+            ours = measure_memory("cnnumpy", i)
+            line = f"{shape_label(input_shape, batch):<14}{ours['rss_peak_mib']:>9.1f}"
+            line += f"{measure_memory('torch', i)['rss_peak_mib']:>9.1f}" if torch else f"{'-':>9}"
+            print(line + f"{ours['tracemalloc_peak_mib']:>21.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Kernel paths the layer tests do not choose by themselves: both column layouts of the
+convolution, channels-last windows and their adjoint, and inputs in either memory layout."""
+
+import numpy as np
+import pytest
+
+import cnnumpy as cn
+from cnnumpy import functional as F
+from reference import conv2d_loops
+from test_layers import CONV_GRID
+
+
+class ForcedLayoutConv(cn.Conv2D):
+    """Conv2D whose kernel is told which column layout to use instead of choosing it."""
+
+    def __init__(self, *args, channels_last, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.channels_last = channels_last
+
+    def _forward(self, x):
+        return F.conv2d_forward(x, self.W, self.b, self.stride, self.padding,
+                                channels_last=self.channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("k, s, p, hw", CONV_GRID)
+def test_both_conv_layouts_match_loops_and_finite_differences(k, s, p, hw, channels_last, rng):
+    layer = ForcedLayoutConv(2, 3, k, s, p, channels_last=channels_last, rng=rng,
+                             dtype=np.float64)
+    layer.b = rng.standard_normal(3)
+    x = rng.standard_normal((2, 2, *hw))
+    expected = conv2d_loops(x, layer.W, layer.b, F.pair(s), F.pair(p))
+    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-12, atol=1e-12)
+    assert cn.gradient_check(layer, x, rng=rng) < 1e-7
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_both_conv_layouts_keep_float32(channels_last, rng):
+    layer = ForcedLayoutConv(3, 4, 3, 1, 1, channels_last=channels_last, rng=rng)
+    x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    out = layer.forward(x)
+    dx = layer.backward(np.ones_like(out))
+    assert out.dtype == dx.dtype == layer.dW.dtype == layer.db.dtype == np.float32
+    assert layer.dW.flags.c_contiguous and layer.dW.shape == (4, 3, 3, 3)
+
+
+def test_conv_layout_choice_follows_run_length():
+    assert F.columns_channels_last(c_in=32, kw=3, w_out=16)  # runs of 96 values vs 16
+    assert not F.columns_channels_last(c_in=3, kw=3, w_out=32)  # first layer: runs of 9 vs 32
+
+
+def channels_last_memory(x):
+    """The same NCHW array, stored channels-last (as the kernels return images)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: cn.Conv2D(3, 4, 3, padding=1, dtype=np.float64),
+    lambda: cn.Conv2D(3, 4, (2, 3), stride=(2, 1), dtype=np.float64),
+    lambda: cn.MaxPool2D(2), lambda: cn.MaxPool2D(3, 2), lambda: cn.AvgPool2D(2),
+    lambda: cn.AvgPool2D(3, 1), lambda: cn.ReLU(), lambda: cn.Flatten(),
+])
+def test_layers_give_the_same_values_for_either_memory_layout(make, rng):
+    layer = make()
+    x = rng.standard_normal((2, 3, 7, 8))
+    out = layer.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = layer.backward(dout)
+    grads = {k: v.copy() for k, v in layer.gradients().items()}
+    out_cl = layer.forward(channels_last_memory(x))
+    dout_cl = channels_last_memory(dout) if dout.ndim == 4 else dout
+    dx_cl = layer.backward(dout_cl)
+    np.testing.assert_allclose(out_cl, out, rtol=1e-13, atol=1e-13)  # sums may reassociate
+    np.testing.assert_allclose(dx_cl, dx, rtol=1e-13, atol=1e-13)
+    for name, grad in layer.gradients().items():
+        np.testing.assert_allclose(grad, grads[name], rtol=1e-13, atol=1e-13)
+
+
+def test_image_outputs_are_channels_last_views(rng):
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    out = cn.Conv2D(3, 5, 3, padding=1).forward(x)
+    assert out.shape == (2, 5, 8, 8) and out.transpose(0, 2, 3, 1).flags.c_contiguous
+    pooled = cn.MaxPool2D(2).forward(out)
+    assert pooled.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert F.to_channels_last(pooled).base is not None  # a view, no copy
+
+
+WINDOW_CASES = [  # kernel, stride, (H, W): overlapping, disjoint with gaps, tiling, remainder
+    ((3, 3), (1, 1), (6, 7)), ((2, 2), (3, 3), (8, 8)), ((2, 2), (2, 2), (6, 8)),
+    ((2, 3), (2, 3), (7, 8)), ((3, 2), (2, 1), (7, 5)),
+]
+
+
+@pytest.mark.parametrize("kernel, stride, hw", WINDOW_CASES)
+def test_channels_last_windows_are_the_nchw_windows_transposed(kernel, stride, hw, rng):
+    x = rng.standard_normal((2, 3, *hw))
+    nchw = F.windows(x, kernel, stride)  # (N, C, H_out, W_out, kH, kW)
+    nhwc = F.windows(F.to_channels_last(x), kernel, stride, channels_last=True)
+    np.testing.assert_array_equal(nhwc, nchw.transpose(0, 2, 3, 4, 5, 1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel, stride, hw", WINDOW_CASES)
+def test_windows_backward_is_the_adjoint_of_windows(kernel, stride, hw, channels_last, rng):
+    """<windows(x), g> = <x, windows_backward(g)> for every x and g."""
+    shape = (2, *hw, 3) if channels_last else (2, 3, *hw)
+    x = rng.standard_normal(shape)
+    win = F.windows(x, kernel, stride, channels_last)
+    g = rng.standard_normal(win.shape)
+    dx = F.windows_backward(g, shape, stride, channels_last)
+    assert dx.shape == shape
+    np.testing.assert_allclose(np.sum(win * g), np.sum(x * dx), rtol=1e-12)
+
+
+def test_maxpool_ties_and_overlaps_route_to_the_first_maximum_per_window():
+    """3x3 windows, stride 1, over a plateau: each window's gradient goes to its top-left pixel."""
+    x = np.zeros((1, 2, 4, 4), dtype=np.float32)
+    x[0, 1] = 7.0
+    pool = cn.MaxPool2D(3, 1)
+    pool.forward(x)
+    dx = pool.backward(np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2) + 1)
+    expected = np.zeros((4, 4), dtype=np.float32)
+    expected[:2, :2] = [[1, 2], [3, 4]]
+    np.testing.assert_array_equal(dx[0, 0], expected)
+    expected[:2, :2] = [[5, 6], [7, 8]]
+    np.testing.assert_array_equal(dx[0, 1], expected)
+
+
+def test_linear_is_the_same_for_wide_and_tall_outputs(rng):
+    for batch, out_features in [(2, 9), (9, 2)]:  # both orders of the product
+        layer = cn.Linear(5, out_features, rng=rng, dtype=np.float64)
+        x = rng.standard_normal((batch, 5))
+        np.testing.assert_allclose(layer.forward(x), x @ layer.W.T + layer.b, rtol=1e-13)
+        assert cn.gradient_check(layer, x, rng=rng) < 1e-7
