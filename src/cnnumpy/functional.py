@@ -124,12 +124,30 @@ def windows_backward(dwin: np.ndarray, x_shape, stride, channels_last: bool = Fa
     dwin: the shape `windows` gives for an input of `x_shape` -> dx: `x_shape`, where
     `dx[n, c, i*sH + m, j*sW + q] += dwin[n, c, i, j, m, q]` (NCHW; likewise channels-last).
     `out`: an array of `x_shape` to write dx into (its contents are replaced), or None.
+
+    NCHW, one strided addition per kernel offset (`windows_adjoint`), in runs of W_out values.
+    Channels-last, one addition per class of windows that share no pixel: windows (i, j) and
+    (i', j') with i ≡ i' (mod ⌈kH/sH⌉) and j ≡ j' (mod ⌈kW/sW⌉) are disjoint, so a class adds
+    whole windows at once, in runs of kW*C values (kH*kW additions for stride 1, as many as
+    offsets, but each with runs kW times longer; a single copy when windows do not overlap).
     """
     axis = 1 if channels_last else 2
     lead = (slice(None),) * (axis + 2)  # batch, (channels,) H_out, W_out
+    kernel = dwin.shape[axis + 2 : axis + 4]
     dx = np.empty(x_shape, dtype=dwin.dtype) if out is None else out
-    windows_adjoint(lambda m, q: dwin[lead + (m, q)], dx, dwin.shape[axis + 2 : axis + 4],
-                    stride, channels_last)
+    if not channels_last:
+        windows_adjoint(lambda m, q: dwin[lead + (m, q)], dx, kernel, stride)
+        return dx
+    (kh, kw), (sh, sw) = kernel, pair(stride)
+    classes_h, classes_w = -(-kh // sh), -(-kw // sw)
+    dx_win = _cleared_windows(dx, kernel, stride, channels_last)
+    for r in range(classes_h):
+        for s in range(classes_w):
+            select = (slice(None), slice(r, None, classes_h), slice(s, None, classes_w))
+            if classes_h == classes_w == 1:  # no pixel lies in two windows
+                dx_win[select] = dwin[select]
+            else:
+                dx_win[select] += dwin[select]
     return dx
 
 
@@ -142,24 +160,29 @@ def windows_adjoint(offset_gradient, dx: np.ndarray, kernel, stride,
     (N, H_out, W_out, C) channels-last. Fills dx, shaped like x (its contents are replaced):
     `dx[..., i*sH + m, j*sW + q, ...] = Σ offset_gradient(m, q)[..., i, j, ...]`, one strided
     slice addition per kernel offset, kH*kW of them, no per-pixel loop. Where windows do not
-    overlap (stride >= kernel) the additions are copies, and where they tile the image, dx
-    needs no zeros first.
+    overlap (stride >= kernel) the additions are copies.
     """
     (kh, kw), (sh, sw) = pair(kernel), pair(stride)
     axis = 1 if channels_last else 2
-    h, w = dx.shape[axis : axis + 2]
-    disjoint = sh >= kh and sw >= kw
-    if not ((sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0):  # not tiled
-        dx[...] = 0
-    dx_win = windows(dx, kernel, stride, channels_last, writeable=True)
+    dx_win = _cleared_windows(dx, kernel, stride, channels_last)
     lead = (slice(None),) * (axis + 2)
     for m in range(kh):
         for q in range(kw):
             target = dx_win[lead + (m, q)]
-            if disjoint:
+            if sh >= kh and sw >= kw:  # no pixel lies in two windows
                 target[...] = offset_gradient(m, q)
             else:
                 target += offset_gradient(m, q)
+
+
+def _cleared_windows(dx: np.ndarray, kernel, stride, channels_last: bool) -> np.ndarray:
+    """The writeable `windows` of dx, after zeroing dx unless the windows tile it exactly."""
+    (kh, kw), (sh, sw) = pair(kernel), pair(stride)
+    axis = 1 if channels_last else 2
+    h, w = dx.shape[axis : axis + 2]
+    if not ((sh, sw) == (kh, kw) and h % kh == 0 and w % kw == 0):
+        dx[...] = 0
+    return windows(dx, kernel, stride, channels_last, writeable=True)
 
 
 # --------------------------------------------------------------------------- convolution
