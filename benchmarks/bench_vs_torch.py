@@ -64,45 +64,26 @@ LR, MOMENTUM = 0.01, 0.9
 
 
 class CnnumpyRunner:
-    """SimpleCNN with a softmax cross-entropy loss and SGD with momentum, all in NumPy."""
+    """SimpleCNN with cnnumpy's softmax cross-entropy and SGD with momentum."""
 
     def __init__(self, input_shape, batch, seed=0):
         rng = np.random.default_rng(seed)
         self.model = cn.SimpleCNN(input_shape, NUM_CLASSES, rng=rng)
         self.x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
         self.y = rng.integers(0, NUM_CLASSES, batch)
-        self.velocity = {}
+        self.criterion = cn.CrossEntropyLoss()
+        self.optimizer = cn.SGD(self.model, lr=LR, momentum=MOMENTUM)
 
-    # ---- inline loss and optimizer: switch to cnnumpy.losses / cnnumpy.optim once on main ----
     def loss_and_grad(self, logits):
         """Mean softmax cross-entropy and its gradient dloss/dlogits = (softmax - onehot) / N."""
-        n = len(logits)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        loss = -log_p[np.arange(n), self.y].mean()
-        dlogits = np.exp(log_p)
-        dlogits[np.arange(n), self.y] -= 1
-        dlogits /= np.float32(n)
-        return loss, dlogits
-
-    def sgd_momentum(self):
-        """v = momentum * v + g; p -= lr * v (PyTorch's rule), in place, float32."""
-        grads = self.model.gradients()
-        for name, param in self.model.parameters().items():
-            v = self.velocity.get(name)
-            if v is None:
-                v = self.velocity[name] = grads[name].copy()
-            else:
-                v *= np.float32(MOMENTUM)
-                v += grads[name]
-            param -= np.float32(LR) * v
-    # ---- end of inline loss and optimizer ----
+        loss = self.criterion.forward(logits, self.y)
+        return loss, self.criterion.backward()
 
     def train_step(self):
         logits = self.model.forward(self.x)
         loss, dlogits = self.loss_and_grad(logits)
         self.model.backward(dlogits)
-        self.sgd_momentum()
+        self.optimizer.step()
         return loss.item()
 
     def infer(self):
