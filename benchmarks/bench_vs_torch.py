@@ -82,7 +82,7 @@ class CnnumpyRunner:
     def train_step(self):
         logits = self.model.forward(self.x)
         loss, dlogits = self.loss_and_grad(logits)
-        self.model.backward(dlogits)
+        self.model.backward(dlogits, input_grad=False)  # as PyTorch: the images need no grad
         self.optimizer.step()
         return loss.item()
 
@@ -191,9 +191,9 @@ def per_layer_times(runner: CnnumpyRunner, warmup: int, repeats: int):
             if r >= warmup:
                 fwd[name].append(time.perf_counter() - start)
         _, dh = runner.loss_and_grad(h)
-        for name, layer in reversed(layers):
+        for depth, (name, layer) in enumerate(reversed(layers), start=1):
             start = time.perf_counter()
-            dh = layer.backward(dh)
+            dh = layer.backward(dh, input_grad=depth < len(layers))
             if r >= warmup:
                 bwd[name].append(time.perf_counter() - start)
     return [(name, statistics.median(fwd[name]), statistics.median(bwd[name]))

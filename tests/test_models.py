@@ -44,6 +44,29 @@ def test_simplecnn_gradients_exact():
     assert cn.gradient_check(model, x, samples=300, rng=rng) < 1e-6
 
 
+@pytest.mark.parametrize("first", ["conv", "relu", "linear"])
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(first):
+    rng = np.random.default_rng(0)
+    conv = cn.Conv2D(2, 3, 3, padding=1, rng=rng, dtype=np.float64)
+    fc = cn.Linear(3 * 5 * 4, 4, rng=rng, dtype=np.float64)
+    layers = {"conv": [conv, cn.ReLU(), cn.Flatten(), fc],
+              "relu": [cn.ReLU(), conv, cn.Flatten(), fc], "linear": [fc]}[first]
+    model = cn.Sequential(layers)
+    x = rng.standard_normal((3, 60) if first == "linear" else (3, 2, 5, 4))
+    dout = rng.standard_normal((3, 4))
+    model.forward(x)
+    dx = model.backward(dout)
+    assert dx.shape == x.shape
+    with_input = {name: grad.copy() for name, grad in model.gradients().items()}
+    model.zero_grad()
+    model.forward(x)
+    assert model.backward(dout, input_grad=False) is None
+    without_input = model.gradients()
+    assert list(without_input) == list(with_input)
+    for name, grad in with_input.items():
+        np.testing.assert_array_equal(without_input[name], grad, err_msg=name)
+
+
 def test_parameters_are_live_and_loadable():
     model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(0))
     params = model.parameters()

@@ -267,7 +267,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     return to_nchw(out), cache
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, input_grad=True):
     """Gradients of a convolution: dout (N, C_out, H_out, W_out) -> (dx, dw, db).
 
     With dout_rows the (N*H_out*W_out, C_out) matrix of dout (channels-last memory):
@@ -277,6 +277,8 @@ def conv2d_backward(dout, cache):
     columns are freed before the column gradient is made. The products are ordered so that
     OpenBLAS gets its long dimension as output rows (threaded, it can be far slower on a
     short, wide output with a long reduction).
+    With input_grad=False, dx is None and neither dout_rows · w_mat nor col2im is computed
+    (a model's first layer: nothing needs the gradient of the images).
     """
     x_pad, w, stride, padding, channels_last = cache
     c_out, c_in, kh, kw = w.shape
@@ -284,17 +286,21 @@ def conv2d_backward(dout, cache):
     dout = to_channels_last(dout)  # (N, H_out, W_out, C_out)
     w_mat = _weight_matrix(w, channels_last)
     grad = 0  # [dw_mat | db], summed over the chunks
-    dx_pad = np.empty_like(x_pad)
+    dx_pad = np.empty_like(x_pad) if input_grad else None
     for chunk in image_chunks(x_pad, (kh, kw), stride, channels_last):
         dout_rows = dout[chunk].reshape(-1, c_out)
         cols = im2col(x_pad[chunk], (kh, kw), stride, channels_last)
         if channels_last:
             grad = grad + cols.T @ dout_rows  # (K + 1, C_out): rows (m, q, c), then the bias
             del cols
+            if not input_grad:
+                continue
             dwin = (dout_rows @ w_mat).reshape(-1, h_out, w_out, kh, kw, c_in)
         else:
             grad = grad + dout_rows.T @ cols  # (C_out, K + 1): columns (c, m, q), then the bias
             del cols
+            if not input_grad:
+                continue
             dcols_t = w_mat.T @ dout_rows.T  # (C_in*kH*kW, rows)
             dwin = dcols_t.reshape(c_in, kh, kw, -1, h_out, w_out).transpose(3, 0, 4, 5, 1, 2)
         windows_backward(dwin, dx_pad[chunk].shape, stride, channels_last, out=dx_pad[chunk])
@@ -303,8 +309,11 @@ def conv2d_backward(dout, cache):
         db = grad[-1]
     else:
         dw, db = grad[:, :-1].reshape(w.shape), grad[:, -1]
+    dw, db = np.ascontiguousarray(dw), db.copy()
+    if not input_grad:
+        return None, dw, db
     dx = unpad2d(dx_pad, padding, channels_last)
-    return (to_nchw(dx) if channels_last else dx), np.ascontiguousarray(dw), db.copy()
+    return (to_nchw(dx) if channels_last else dx), dw, db
 
 
 # --------------------------------------------------------------------------- pooling
@@ -398,7 +407,11 @@ def linear_forward(x, w, b):
     return out, (x, w)
 
 
-def linear_backward(dout, cache):
-    """dx = dout · w, dw = doutᵀ · x, db = Σ_n dout: dout (N, out) -> (dx, dw, db)."""
+def linear_backward(dout, cache, input_grad=True):
+    """dx = dout · w, dw = doutᵀ · x, db = Σ_n dout: dout (N, out) -> (dx, dw, db).
+
+    With input_grad=False, dx is None and not computed.
+    """
     x, w = cache
-    return matmul_long_rows(dout, w), dout.T @ x, dout.sum(axis=0)
+    dx = matmul_long_rows(dout, w) if input_grad else None
+    return dx, dout.T @ x, dout.sum(axis=0)

@@ -5,6 +5,7 @@ its last forward pass, and nothing else. Every layer has
 
     out = layer.forward(x)       # checks the input, calls the kernel, keeps the cache
     dx = layer.backward(dout)    # exact gradient of the scalar `dout` came from; sets dW, db
+    layer.backward(dout, input_grad=False)  # sets dW, db only; returns None (a first layer)
 
 Parameter walking (the contract optimizers and checkpoints rely on), for a layer or a model:
 
@@ -38,7 +39,9 @@ class Module:
     def forward(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Gradient for the input of the last forward (None when input_grad is False: only the
+        parameter gradients are made, as for the images under a model's first layer)."""
         raise NotImplementedError
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -134,7 +137,8 @@ class Layer(Module):
     """A leaf layer: validates its input, calls a kernel, keeps the cache for backward.
 
     Subclasses set `param_names` and implement `output_shape`, `_forward(x) -> (out, cache)`
-    and `_backward(dout, cache) -> dx` (which stores parameter gradients).
+    and `_backward(dout, cache) -> dx`; a layer with parameters implements
+    `_backward(dout, cache, input_grad) -> dx or None`, which stores the parameter gradients.
     """
 
     param_names: tuple[str, ...] = ()
@@ -174,7 +178,7 @@ class Layer(Module):
         self.cache = (x.shape, x.dtype, cache)
         return out
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         name = type(self).__name__
         if self.cache is None:
             raise RuntimeError(f"{name}.backward called before forward")
@@ -188,7 +192,9 @@ class Layer(Module):
             )
         if dout.dtype != x_dtype:
             raise TypeError(f"{name}.backward expected a {x_dtype} gradient, got {dout.dtype}")
-        return self._backward(dout, cache)
+        if self.param_names:
+            return self._backward(dout, cache, input_grad)
+        return self._backward(dout, cache) if input_grad else None
 
     def _forward(self, x):
         raise NotImplementedError
@@ -309,8 +315,8 @@ class Conv2D(Layer):
     def _forward(self, x):
         return F.conv2d_forward(x, self.W, self.b, self.stride, self.padding)
 
-    def _backward(self, dout, cache):
-        dx, self.dW, self.db = F.conv2d_backward(dout, cache)
+    def _backward(self, dout, cache, input_grad):
+        dx, self.dW, self.db = F.conv2d_backward(dout, cache, input_grad)
         return dx
 
     def _repr_args(self):
@@ -450,8 +456,8 @@ class Linear(Layer):
     def _forward(self, x):
         return F.linear_forward(x, self.W, self.b)
 
-    def _backward(self, dout, cache):
-        dx, self.dW, self.db = F.linear_backward(dout, cache)
+    def _backward(self, dout, cache, input_grad):
+        dx, self.dW, self.db = F.linear_backward(dout, cache, input_grad)
         return dx
 
     def _repr_args(self):

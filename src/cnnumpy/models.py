@@ -56,11 +56,17 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        """Run every layer's backward in reverse order; returns the gradient for the input."""
-        for layer in reversed(self.layers.values()):
-            dout = layer.backward(dout)
-        return dout
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Run every layer's backward in reverse order; returns the gradient for the input.
+
+        With input_grad=False the first layer makes only its parameter gradients and None is
+        returned: training does not need the gradient of the images (for conv1, its
+        col2im is skipped).
+        """
+        layers = list(self.layers.values())
+        for depth, layer in enumerate(reversed(layers), start=1):
+            dout = layer.backward(dout, input_grad=input_grad or depth < len(layers))
+        return dout if input_grad else None
 
     def __repr__(self) -> str:
         lines = [f"  ({name}): {layer!r}" for name, layer in self.layers.items()]

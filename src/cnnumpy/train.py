@@ -371,7 +371,7 @@ class _Run:
         if not math.isfinite(loss):
             self.last_loss = loss
             return None
-        self.model.backward(self.criterion.backward())
+        self.model.backward(self.criterion.backward(), input_grad=False)
         self.optimizer.step()
         correct = int((logits.argmax(axis=1) == y).sum())
         p.loss_sum += loss * len(y)
