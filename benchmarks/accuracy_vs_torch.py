@@ -1,14 +1,17 @@
 """Test accuracy and seconds per epoch of the default recipe: cnnumpy against PyTorch.
 
     python benchmarks/accuracy_vs_torch.py [--epochs 15] [--limit N] [--only cnnumpy|torch]
+                                           [--init uniform|he] [--same-init]
 
 Both train SimpleCNN (conv 32, pool, conv 64, pool, fc 512, fc 10) on Fashion-MNIST with the
 recipe of `cnnumpy train`: SGD with Nesterov momentum 0.9 and weight decay 5e-4, PyTorch's
 OneCycleLR peaking at --lr (momentum cycled 0.95-0.85-0.95), batch 128, random crop (pad 2) and
 horizontal flip, inputs normalised with the training set's mean and std. The batches (order,
 augmentation, normalisation) come from the same NumPy code and seed for both; only the model,
-loss, optimizer and schedule differ by framework. PyTorch keeps its own default initialisation
-unless --same-init copies cnnumpy's initial weights into it. PyTorch runs when importable
+loss, optimizer and schedule differ by framework. cnnumpy initialises with --init (default
+uniform, as the recipe: PyTorch's own default distribution); PyTorch keeps its default
+initialisation unless --same-init copies cnnumpy's initial weights into it (with --init he,
+that measures the recipe from He's initialisation in both). PyTorch runs when importable
 (`pip install torch==2.13.0`). Prints one row per framework.
 """
 
@@ -86,6 +89,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir")
     parser.add_argument("--only", choices=("cnnumpy", "torch"))
+    parser.add_argument("--init", choices=("uniform", "he"), default="uniform",
+                        help="cnnumpy's initialisation (default uniform, as `cnnumpy train`)")
     parser.add_argument("--same-init", action="store_true",
                         help="start PyTorch from cnnumpy's initial weights")
     parser.add_argument("--progress", action="store_true", help="cnnumpy's progress bar")
@@ -98,7 +103,7 @@ def main() -> None:
     if args.test_limit:
         test = test.subset(slice(0, args.test_limit))
     model = cn.SimpleCNN(train.sample_shape, train.num_classes,
-                         rng=np.random.default_rng(args.seed))
+                         rng=np.random.default_rng(args.seed), init=args.init)
     rows = []
     if args.only != "cnnumpy":
         try:

@@ -40,13 +40,15 @@ def train_args(data_dir, out, epochs=2):
 
 
 def test_train_evaluate_predict(data_dir, tmp_path):
-    result = cnnumpy(*train_args(data_dir, "run"), "--val-split", "0.25", cwd=tmp_path)
+    result = cnnumpy(*train_args(data_dir, "run"), "--val-split", "0.25", "--init", "uniform",
+                     cwd=tmp_path)
     assert "test accuracy" in result.stdout
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert "val_acc" in json.loads(lines[0])
     checkpoint = cn.load_checkpoint(tmp_path / "run" / "best.npz")
     assert checkpoint.metadata["train_settings"]["limit"] == 64
+    assert checkpoint.metadata["train_settings"]["init"] == "uniform"
     assert checkpoint.metadata["class_names"][9] == "Ankle boot"
 
     metrics = json.loads(cnnumpy("evaluate", "run/last.npz", "--json", cwd=tmp_path).stdout)

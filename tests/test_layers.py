@@ -127,6 +127,24 @@ def test_he_initialisation_statistics():
     assert abs(layer.W.mean()) < 0.01
 
 
+@pytest.mark.parametrize("make, fan_in", [(lambda init: cn.Conv2D(16, 64, 3, init=init,
+                                                                   rng=np.random.default_rng(0)),
+                                             16 * 9),
+                                            (lambda init: cn.Linear(200, 300, init=init,
+                                                                    rng=np.random.default_rng(0)),
+                                             200)])
+def test_uniform_initialisation_is_pytorchs_default(make, fan_in):
+    layer = make("uniform")
+    bound = 1 / np.sqrt(fan_in)
+    for values in (layer.W, layer.b):
+        assert values.dtype == np.float32
+        assert np.abs(values).max() <= bound and np.abs(values).max() > 0.9 * bound
+    assert abs(layer.W.std() - bound / np.sqrt(3)) < 0.05 * bound  # U(-a, a) has std a/√3
+    assert layer.W.std() < make("he").W.std() / 2
+    with pytest.raises(ValueError, match=r"init must be one of \['he', 'uniform'\], got 'xavier'"):
+        make("xavier")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dtype_is_preserved(dtype, rng):
     for layer, shape in [(cn.Conv2D(2, 3, 3, padding=1, dtype=dtype), (2, 2, 6, 6)),

@@ -67,6 +67,16 @@ def test_backward_without_input_grad_gives_the_same_parameter_gradients(first):
         np.testing.assert_array_equal(without_input[name], grad, err_msg=name)
 
 
+def test_simplecnn_init_reaches_every_layer():
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(0), init="uniform")
+    he = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(0))
+    assert model.config() == he.config()  # the architecture; its checkpoints load into either
+    for name, layer in model.named_layers():
+        if layer.param_names:
+            assert layer.b.any(), name  # uniform draws the biases too; He leaves them at 0
+    assert not he["fc1"].b.any()
+
+
 def test_parameters_are_live_and_loadable():
     model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(0))
     params = model.parameters()

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import functional as F
 from .functional import pair
+from .init import initial_parameters
 from .shapes import conv_output_size
 
 
@@ -137,8 +138,8 @@ class Layer(Module):
     """A leaf layer: validates its input, calls a kernel, keeps the cache for backward.
 
     Subclasses set `param_names` and implement `output_shape`, `_forward(x) -> (out, cache)`
-    and `_backward(dout, cache) -> dx`; a layer with parameters implements
-    `_backward(dout, cache, input_grad) -> dx or None`, which stores the parameter gradients.
+    and `_backward(dout, cache) -> dx`, which stores the parameter gradients; a layer with
+    parameters also takes `input_grad=False`, to store them without making dx (returns None).
     """
 
     param_names: tuple[str, ...] = ()
@@ -192,9 +193,11 @@ class Layer(Module):
             )
         if dout.dtype != x_dtype:
             raise TypeError(f"{name}.backward expected a {x_dtype} gradient, got {dout.dtype}")
+        if input_grad:
+            return self._backward(dout, cache)
         if self.param_names:
-            return self._backward(dout, cache, input_grad)
-        return self._backward(dout, cache) if input_grad else None
+            return self._backward(dout, cache, input_grad=False)
+        return None  # no parameters, and no one wants dx
 
     def _forward(self, x):
         raise NotImplementedError
@@ -254,13 +257,6 @@ def _check_spatial(layer, input_shape, kernel, stride, padding) -> tuple[int, in
     return c, h_out, w_out
 
 
-def _he_normal(rng, shape, fan_in, dtype) -> np.ndarray:
-    """He initialisation: N(0, 2 / fan_in), as in the lesson."""
-    if np.dtype(dtype) not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
-    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
-
-
 class Conv2D(Layer):
     """2-d convolution (cross-correlation, as in the lesson and PyTorch) over NCHW images.
 
@@ -275,6 +271,7 @@ class Conv2D(Layer):
         padding: zeros added on each side, pH = pW, or a pair (default 0).
         rng: `numpy.random.Generator` for the initial weights (default: a fresh one).
         dtype: float32 (default) or float64.
+        init: "he" (default) or "uniform" (PyTorch's default), see `cnnumpy.init`.
 
     Shape:
         input (N, C_in, H, W) -> output (N, C_out, H_out, W_out), with
@@ -283,12 +280,13 @@ class Conv2D(Layer):
     Parameters:
         W: (C_out, C_in, kH, kW), He-initialised: N(0, 2 / (C_in·kH·kW)).
         b: (C_out,), zeros.
+        (with init="uniform": W and b ~ U(-1/√(C_in·kH·kW), 1/√(C_in·kH·kW)))
     """
 
     param_names = ("W", "b")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+                 rng: np.random.Generator | None = None, dtype=np.float32, init: str = "he"):
         self.in_channels = _check_positive("in_channels", in_channels)[0]
         self.out_channels = _check_positive("out_channels", out_channels)[0]
         self.kernel_size = _check_positive("kernel_size", kernel_size)
@@ -297,8 +295,7 @@ class Conv2D(Layer):
         rng = np.random.default_rng() if rng is None else rng
         kh, kw = self.kernel_size
         shape = (self.out_channels, self.in_channels, kh, kw)
-        self.W = _he_normal(rng, shape, self.in_channels * kh * kw, dtype)
-        self.b = np.zeros(self.out_channels, dtype=self.W.dtype)
+        self.W, self.b = initial_parameters(init, rng, shape, self.in_channels * kh * kw, dtype)
         self.dW = np.zeros_like(self.W)
         self.db = np.zeros_like(self.b)
 
@@ -315,7 +312,7 @@ class Conv2D(Layer):
     def _forward(self, x):
         return F.conv2d_forward(x, self.W, self.b, self.stride, self.padding)
 
-    def _backward(self, dout, cache, input_grad):
+    def _backward(self, dout, cache, input_grad=True):
         dx, self.dW, self.db = F.conv2d_backward(dout, cache, input_grad)
         return dx
 
@@ -421,6 +418,7 @@ class Linear(Layer):
         in_features, out_features: sizes of each input and output sample.
         rng: `numpy.random.Generator` for the initial weights (default: a fresh one).
         dtype: float32 (default) or float64.
+        init: "he" (default) or "uniform" (PyTorch's default), see `cnnumpy.init`.
 
     Shape:
         input (N, in_features) -> output (N, out_features).
@@ -428,18 +426,18 @@ class Linear(Layer):
     Parameters:
         W: (out_features, in_features), He-initialised: N(0, 2 / in_features).
         b: (out_features,), zeros.
+        (with init="uniform": W and b ~ U(-1/√in_features, 1/√in_features))
     """
 
     param_names = ("W", "b")
 
     def __init__(self, in_features, out_features, *, rng: np.random.Generator | None = None,
-                 dtype=np.float32):
+                 dtype=np.float32, init: str = "he"):
         self.in_features = _check_positive("in_features", in_features)[0]
         self.out_features = _check_positive("out_features", out_features)[0]
         rng = np.random.default_rng() if rng is None else rng
         shape = (self.out_features, self.in_features)
-        self.W = _he_normal(rng, shape, self.in_features, dtype)
-        self.b = np.zeros(self.out_features, dtype=self.W.dtype)
+        self.W, self.b = initial_parameters(init, rng, shape, self.in_features, dtype)
         self.dW = np.zeros_like(self.W)
         self.db = np.zeros_like(self.b)
 
@@ -456,7 +454,7 @@ class Linear(Layer):
     def _forward(self, x):
         return F.linear_forward(x, self.W, self.b)
 
-    def _backward(self, dout, cache, input_grad):
+    def _backward(self, dout, cache, input_grad=True):
         dx, self.dW, self.db = F.linear_backward(dout, cache, input_grad)
         return dx
 

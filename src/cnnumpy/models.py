@@ -87,13 +87,15 @@ class SimpleCNN(Sequential):
         num_classes: number of output logits (default 10).
         rng: `numpy.random.Generator` for the initial weights (default: a fresh one).
         dtype: float32 (default) or float64.
+        init: initialisation of every layer, "he" (default, the lesson's) or "uniform"
+            (PyTorch's default), see `cnnumpy.init`.
 
     Shape:
         input (N, C, H, W) -> logits (N, num_classes).
     """
 
     def __init__(self, input_shape=(3, 32, 32), num_classes: int = 10, *,
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+                 rng: np.random.Generator | None = None, dtype=np.float32, init: str = "he"):
         input_shape = tuple(input_shape)
         if len(input_shape) != 3 or not all(
             isinstance(v, (int, np.integer)) and v >= 1 for v in input_shape
@@ -104,10 +106,10 @@ class SimpleCNN(Sequential):
         rng = np.random.default_rng() if rng is None else rng
         channels, height, width = input_shape
         features = Sequential({
-            "conv1": Conv2D(channels, 32, 3, padding=1, rng=rng, dtype=dtype),
+            "conv1": Conv2D(channels, 32, 3, padding=1, rng=rng, dtype=dtype, init=init),
             "relu1": ReLU(),
             "pool1": MaxPool2D(2),
-            "conv2": Conv2D(32, 64, 3, padding=1, rng=rng, dtype=dtype),
+            "conv2": Conv2D(32, 64, 3, padding=1, rng=rng, dtype=dtype, init=init),
             "relu2": ReLU(),
             "pool2": MaxPool2D(2),
             "flatten": Flatten(),
@@ -120,14 +122,15 @@ class SimpleCNN(Sequential):
             ) from None
         super().__init__({
             **features.layers,
-            "fc1": Linear(flat_size, 512, rng=rng, dtype=dtype),
+            "fc1": Linear(flat_size, 512, rng=rng, dtype=dtype, init=init),
             "relu3": ReLU(),
-            "fc2": Linear(512, num_classes, rng=rng, dtype=dtype),
+            "fc2": Linear(512, num_classes, rng=rng, dtype=dtype, init=init),
         })
         self.input_shape = tuple(int(v) for v in input_shape)
         self.num_classes = int(num_classes)
 
     def config(self) -> dict:
-        """The constructor arguments, JSON-ready (for checkpoints)."""
+        """The architecture's constructor arguments, JSON-ready (for checkpoints); not `init`,
+        which only draws the first weights."""
         return {"name": "SimpleCNN", "input_shape": list(self.input_shape),
                 "num_classes": self.num_classes}
