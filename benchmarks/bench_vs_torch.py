@@ -21,7 +21,8 @@ What it measures, with the default thread settings of both libraries:
   the kernel's peak-RSS counter (writes 5 to /proc/self/clear_refs), runs warm-up and timed
   training steps, and reports VmHWM - VmRSS-before: every byte the steps made resident
   (activations, caches, gradients, momentum buffers, allocator slack). For cnnumpy it also
-  reports the tracemalloc peak of one step (live NumPy allocations only, no allocator slack).
+  reports the tracemalloc peak of one step (live NumPy allocations only, no allocator slack;
+  the step starts with an empty `cnnumpy.workspace`, so its recycled arrays count).
 
 `--threads N` sets both libraries to N threads (OpenBLAS through OPENBLAS_NUM_THREADS, set
 before NumPy is imported; PyTorch through torch.set_num_threads). On a machine shared with
@@ -213,6 +214,7 @@ def memory_child(framework: str, shape_index: int, steps: int) -> dict:
         runner.train_step()
     result = {"rss_peak_mib": (_status_kib("VmHWM") - before) / 1024}
     if framework == "cnnumpy":
+        cn.workspace.release()  # so that the traced step allocates its recycled arrays again
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         runner.train_step()

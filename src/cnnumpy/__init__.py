@@ -6,7 +6,7 @@
     dx = model.backward(np.ones_like(logits) / 8)                               # (8, 1, 28, 28)
 """
 
-from . import functional
+from . import functional, workspace
 from .gradcheck import GradientCheckError, gradient_check
 from .layers import AvgPool2D, Conv2D, Flatten, Layer, Linear, MaxPool2D, Module, ReLU
 from .models import Sequential, SimpleCNN
@@ -27,5 +27,6 @@ __all__ = [
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "AvgPool2D", "Conv2D", "Field", "Flatten", "GradientCheckError", "Layer", "Linear",
     "MaxPool2D", "Module", "ReLU", "Sequential", "SimpleCNN", "conv_output_size", "functional",
+    "workspace",
     "gradient_check", "receptive_field", "receptive_fields", "__version__",
 ]

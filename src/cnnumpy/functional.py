@@ -20,6 +20,10 @@ transposes. The 4-d arrays the kernels return are NCHW *views* of such memory: s
 `channels_last` memory format). Passed from kernel to kernel, they need no conversion; a kernel
 given an ordinary NCHW array reads it through a transposed view or converts it once.
 
+Memory. Large arrays (outputs, masks, columns, gradients) come from `cnnumpy.workspace`,
+which recycles the memory of earlier arrays that nothing references any more instead of
+asking the operating system for new pages at every step.
+
 One windowing pair serves convolution and pooling:
 `windows` is a strided view of every kH x kW window of an image (NCHW or channels-last), and
 `windows_backward` is its adjoint: it adds each window's gradient back onto the pixels the
@@ -30,6 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from . import workspace
 
 
 def pair(value) -> tuple[int, int]:
@@ -75,9 +81,20 @@ def pad2d(x: np.ndarray, padding, channels_last: bool = False) -> np.ndarray:
     h, w = x.shape[axis : axis + 2]
     shape = list(x.shape)
     shape[axis : axis + 2] = h + 2 * ph, w + 2 * pw
-    padded = np.zeros(shape, dtype=x.dtype)
-    padded[_spatial_index(axis, slice(ph, ph + h), slice(pw, pw + w))] = x
+    padded = workspace.empty(shape, x.dtype)
+    inside = _spatial_index(axis, slice(ph, ph + h), slice(pw, pw + w))
+    _clear_border(padded, axis, ph, pw)
+    padded[inside] = x
     return padded
+
+
+def _clear_border(padded: np.ndarray, axis: int, ph: int, pw: int) -> None:
+    """Zero the pH rows and pW columns on each side of the spatial axes starting at `axis`."""
+    every = slice(None)
+    for edge in (slice(0, ph), slice(padded.shape[axis] - ph, None)):
+        padded[_spatial_index(axis, edge, every)] = 0
+    for edge in (slice(0, pw), slice(padded.shape[axis + 1] - pw, None)):
+        padded[_spatial_index(axis, every, edge)] = 0
 
 
 def unpad2d(x: np.ndarray, padding, channels_last: bool = False) -> np.ndarray:
@@ -134,7 +151,7 @@ def windows_backward(dwin: np.ndarray, x_shape, stride, channels_last: bool = Fa
     axis = 1 if channels_last else 2
     lead = (slice(None),) * (axis + 2)  # batch, (channels,) H_out, W_out
     kernel = dwin.shape[axis + 2 : axis + 4]
-    dx = np.empty(x_shape, dtype=dwin.dtype) if out is None else out
+    dx = workspace.empty(x_shape, dwin.dtype) if out is None else out
     if not channels_last:
         windows_adjoint(lambda m, q: dwin[lead + (m, q)], dx, kernel, stride)
         return dx
@@ -213,14 +230,16 @@ def im2col(x_pad: np.ndarray, kernel, stride, channels_last: bool) -> np.ndarray
     column-major (its transpose is the contiguous array). One copy from `windows` either way.
     """
     win = windows(x_pad, kernel, stride, channels_last)
+    axis = 1 if channels_last else 2  # first spatial axis
+    rows = win.shape[0] * win.shape[axis] * win.shape[axis + 1]  # N*H_out*W_out
+    k = win.size // rows  # C_in*kH*kW
     if channels_last:  # (N, H_out, W_out, kH, kW, C_in)
-        rows = win.shape[0] * win.shape[1] * win.shape[2]
-        cols = np.empty((rows, win[0, 0, 0].size + 1), dtype=x_pad.dtype)
+        cols = workspace.empty((rows, k + 1), x_pad.dtype)
         cols[:, :-1].reshape(win.shape)[...] = win  # a view: rows stay whole
         cols[:, -1] = 1
         return cols
     win = win.transpose(1, 4, 5, 0, 2, 3)  # (C_in, kH, kW, N, H_out, W_out)
-    cols_t = np.empty((win[:, :, :, 0, 0, 0].size + 1, win[0, 0, 0].size), dtype=x_pad.dtype)
+    cols_t = workspace.empty((k + 1, rows), x_pad.dtype)
     cols_t[:-1].reshape(win.shape)[...] = win
     cols_t[-1] = 1
     return cols_t.T
@@ -259,10 +278,11 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     axis = 1 if channels_last else 2
     h_out, w_out = windows(x_pad, (kh, kw), stride, channels_last).shape[axis : axis + 2]
     w_mat = np.concatenate([_weight_matrix(w, channels_last), b[:, None]], axis=1)
-    out = np.empty((x.shape[0], h_out, w_out, c_out), dtype=x.dtype)
+    out = workspace.empty((x.shape[0], h_out, w_out, c_out), x.dtype)
     for chunk in image_chunks(x_pad, (kh, kw), stride, channels_last):
-        cols = im2col(x_pad[chunk], (kh, kw), stride, channels_last)
-        np.matmul(cols, w_mat.T, out=out[chunk].reshape(-1, c_out))  # (rows, C_out)
+        # (rows, C_out); the columns are let go at once, for the next chunk to reuse
+        np.matmul(im2col(x_pad[chunk], (kh, kw), stride, channels_last), w_mat.T,
+                  out=out[chunk].reshape(-1, c_out))
     cache = (x_pad, w, stride, padding, channels_last)
     return to_nchw(out), cache
 
@@ -274,7 +294,8 @@ def conv2d_backward(dout, cache, input_grad=True):
     [dw_mat | db] = dout_rowsᵀ · cols (the ones column of cols sums dout into db), and
     dx = col2im(dout_rows · w_mat): the column gradient is summed back onto the padded input
     by `windows_backward`. Chunk by chunk of images, as the forward pass; within a chunk the
-    columns are freed before the column gradient is made. The products are ordered so that
+    columns are let go before the column gradient is made (which then takes their memory, see
+    `cnnumpy.workspace`). The products are ordered so that
     OpenBLAS gets its long dimension as output rows (threaded, it can be far slower on a
     short, wide output with a long reduction).
     With input_grad=False, dx is None and neither dout_rows · w_mat nor col2im is computed
@@ -285,25 +306,33 @@ def conv2d_backward(dout, cache, input_grad=True):
     n, _, h_out, w_out = dout.shape
     dout = to_channels_last(dout)  # (N, H_out, W_out, C_out)
     w_mat = _weight_matrix(w, channels_last)
-    grad = 0  # [dw_mat | db], summed over the chunks
-    dx_pad = np.empty_like(x_pad) if input_grad else None
-    for chunk in image_chunks(x_pad, (kh, kw), stride, channels_last):
+    dx_pad = workspace.empty_like(x_pad) if input_grad else None
+
+    def chunk_gradients(chunk: slice) -> np.ndarray:
+        """[dw_mat | db] of a chunk of images, and their dx_pad (when input_grad). Its arrays
+        are let go on return, so that the next chunk reuses their memory."""
         dout_rows = dout[chunk].reshape(-1, c_out)
         cols = im2col(x_pad[chunk], (kh, kw), stride, channels_last)
         if channels_last:
-            grad = grad + cols.T @ dout_rows  # (K + 1, C_out): rows (m, q, c), then the bias
-            del cols
-            if not input_grad:
-                continue
-            dwin = (dout_rows @ w_mat).reshape(-1, h_out, w_out, kh, kw, c_in)
+            grad = cols.T @ dout_rows  # (K + 1, C_out): rows (m, q, c), then the bias
         else:
-            grad = grad + dout_rows.T @ cols  # (C_out, K + 1): columns (c, m, q), then the bias
-            del cols
-            if not input_grad:
-                continue
-            dcols_t = w_mat.T @ dout_rows.T  # (C_in*kH*kW, rows)
+            grad = dout_rows.T @ cols  # (C_out, K + 1): columns (c, m, q), then the bias
+        if not input_grad:
+            return grad
+        del cols
+        if channels_last:
+            dcols = workspace.empty((len(dout_rows), w_mat.shape[1]), dout.dtype)
+            np.matmul(dout_rows, w_mat, out=dcols)  # (rows, C_in*kH*kW)
+            dwin = dcols.reshape(-1, h_out, w_out, kh, kw, c_in)
+        else:
+            dcols_t = workspace.empty((w_mat.shape[1], len(dout_rows)), dout.dtype)
+            np.matmul(w_mat.T, dout_rows.T, out=dcols_t)  # (C_in*kH*kW, rows)
             dwin = dcols_t.reshape(c_in, kh, kw, -1, h_out, w_out).transpose(3, 0, 4, 5, 1, 2)
         windows_backward(dwin, dx_pad[chunk].shape, stride, channels_last, out=dx_pad[chunk])
+        return grad
+
+    chunks = image_chunks(x_pad, (kh, kw), stride, channels_last)
+    grad = sum(chunk_gradients(chunk) for chunk in chunks)  # [dw_mat | db]
     if channels_last:
         dw = grad[:-1].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)
         db = grad[-1]
@@ -330,8 +359,10 @@ def maxpool2d_forward(x, pool, stride):
     """
     kh, kw = pair(pool)
     win = windows(x.transpose(0, 2, 3, 1), pool, stride, channels_last=True)
-    out = win[:, :, :, 0, 0, :].copy()  # (N, H_out, W_out, C), C-contiguous
-    first = np.zeros(out.shape, dtype=np.min_scalar_type(kh * kw - 1))
+    out = workspace.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, H_out, W_out, C)
+    first = workspace.empty(out.shape, np.min_scalar_type(kh * kw - 1))
+    out[...] = win[:, :, :, 0, 0, :]
+    first[...] = 0
     for k in range(1, kh * kw):
         candidate = win[:, :, :, k // kw, k % kw, :]
         greater = candidate > out
@@ -344,7 +375,7 @@ def maxpool2d_backward(dout, cache):
     """Route each window's gradient to its (first) maximum; overlapping windows accumulate."""
     first, (n, c, h, w), (kh, kw), stride = cache
     dout = to_channels_last(dout)  # (N, H_out, W_out, C), read once per kernel offset
-    dx = np.empty((n, h, w, c), dtype=dout.dtype)
+    dx = workspace.empty((n, h, w, c), dout.dtype)
     windows_adjoint(lambda m, q: dout * (first == m * kw + q), dx, (kh, kw), stride,
                     channels_last=True)
     return to_nchw(dx)
@@ -361,7 +392,7 @@ def avgpool2d_backward(dout, cache):
     """Each input of a window receives dout / (kH*kW) from it; overlaps accumulate."""
     (n, c, h, w), (kh, kw), stride = cache
     share = (dout / dout.dtype.type(kh * kw)).transpose(0, 2, 3, 1)  # (N, H_out, W_out, C)
-    dx = np.empty((n, h, w, c), dtype=dout.dtype)
+    dx = workspace.empty((n, h, w, c), dout.dtype)
     windows_adjoint(lambda m, q: share, dx, (kh, kw), stride, channels_last=True)
     return to_nchw(dx)
 
@@ -382,12 +413,15 @@ def matmul_long_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def relu_forward(x):
     """max(x, 0), elementwise; the cache is the mask of positive inputs."""
-    return np.maximum(x, 0), x > 0
+    out, positive = workspace.empty_like(x), workspace.empty_like(x, bool)  # x's memory layout
+    np.maximum(x, 0, out=out)
+    np.greater(x, 0, out=positive)
+    return out, positive
 
 
 def relu_backward(dout, positive):
     """dout where the input was positive, 0 elsewhere (the derivative at 0 is taken as 0)."""
-    return dout * positive
+    return np.multiply(dout, positive, out=workspace.empty_like(dout))
 
 
 def flatten_forward(x):
