@@ -6,10 +6,14 @@ What it measures, with the default thread settings of both libraries:
 
 - images/s of a training step (forward, softmax cross-entropy, backward, SGD-momentum update)
   and of inference (forward only), for SimpleCNN at 3x32x32 (batch 64) and 1x28x28 (batch 128).
-  Each figure is the median of `--repeats` timed runs after `--warmup` untimed ones; the two
-  frameworks alternate run by run (and which one goes first alternates too), so a load spike
-  from another process hits both alike. Both models hold the same weights, and their losses are
-  compared once as a sanity check.
+  Each figure is the median of `--repeats` timed runs after `--warmup` untimed ones. The two
+  frameworks take turns in blocks of `BLOCK` timed runs (which one goes first alternates), so
+  that a load spike from another process hits both alike; each block starts with one untimed
+  run. That run matters: right after the other library's call, its worker threads are still
+  spinning on the cores (OpenBLAS's and PyTorch's OpenMP threads both busy-wait for a while
+  before they sleep), and measured there, a PyTorch step took twice as long, a cnnumpy step
+  about 10% longer. Both models hold the same weights, and their losses are compared once as
+  a sanity check.
 - the ratio cnnumpy / PyTorch of every row (>= 1 means cnnumpy is at least as fast);
 - the machine's float32 GEMM rate through NumPy (median of square 1024 products), the useful
   FLOPs of a training step (3 x the forward multiply-adds x 2 of the convolutions and linear
@@ -134,18 +138,25 @@ class TorchRunner:
 # --------------------------------------------------------------------------- measurements
 
 
+BLOCK = 5  # timed runs of one framework before the other takes its turn
+
+
 def interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
-    """Median seconds of each callable, runs alternating between them (order flipped each round)."""
+    """Median seconds of each callable over `repeats` timed runs, taken in alternating blocks of
+    `BLOCK` runs, each block after one untimed run (see the module doc); the order of the
+    callables is flipped each round."""
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
     times = {name: [] for name in names}
-    for r in range(repeats):
+    for r in range(-(-repeats // BLOCK)):
         for name in (names if r % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
+            fns[name]()  # the other library's threads may still be spinning
+            for _ in range(min(BLOCK, repeats - len(times[name]))):
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

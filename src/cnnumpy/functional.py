@@ -153,7 +153,8 @@ def windows_backward(dwin: np.ndarray, x_shape, stride, channels_last: bool = Fa
     kernel = dwin.shape[axis + 2 : axis + 4]
     dx = workspace.empty(x_shape, dwin.dtype) if out is None else out
     if not channels_last:
-        windows_adjoint(lambda m, q: dwin[lead + (m, q)], dx, kernel, stride)
+        windows_adjoint(lambda m, q, out=None: _into(dwin[lead + (m, q)], out), dx, kernel,
+                        stride)
         return dx
     (kh, kw), (sh, sw) = kernel, pair(stride)
     classes_h, classes_w = -(-kh // sh), -(-kw // sw)
@@ -172,12 +173,13 @@ def windows_adjoint(offset_gradient, dx: np.ndarray, kernel, stride,
                     channels_last: bool = False) -> None:
     """`windows_backward` with the window gradients given one kernel offset at a time.
 
-    `offset_gradient(m, q)` is the gradient of every window at its offset (m, q), shaped like
-    `windows(x)[..., m, q, ...]` (or broadcasting to it): (N, C, H_out, W_out), or
-    (N, H_out, W_out, C) channels-last. Fills dx, shaped like x (its contents are replaced):
-    `dx[..., i*sH + m, j*sW + q, ...] = Σ offset_gradient(m, q)[..., i, j, ...]`, one strided
-    slice addition per kernel offset, kH*kW of them, no per-pixel loop. Where windows do not
-    overlap (stride >= kernel) the additions are copies.
+    `offset_gradient(m, q, out=None)` returns the gradient of every window at its offset
+    (m, q), shaped like `windows(x)[..., m, q, ...]` (or broadcasting to it): (N, C, H_out,
+    W_out), or (N, H_out, W_out, C) channels-last; given `out` (such a view of dx), it writes
+    the gradient there instead, like a ufunc. Fills dx, shaped like x (its contents are
+    replaced): `dx[..., i*sH + m, j*sW + q, ...] = Σ offset_gradient(m, q)[..., i, j, ...]`,
+    one strided slice addition per kernel offset, kH*kW of them, no per-pixel loop. Where
+    windows do not overlap (stride >= kernel), each offset's gradient is written in place.
     """
     (kh, kw), (sh, sw) = pair(kernel), pair(stride)
     axis = 1 if channels_last else 2
@@ -187,9 +189,17 @@ def windows_adjoint(offset_gradient, dx: np.ndarray, kernel, stride,
         for q in range(kw):
             target = dx_win[lead + (m, q)]
             if sh >= kh and sw >= kw:  # no pixel lies in two windows
-                target[...] = offset_gradient(m, q)
+                offset_gradient(m, q, out=target)
             else:
                 target += offset_gradient(m, q)
+
+
+def _into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """`values`, or `out` with values copied into it (an `offset_gradient` of values at hand)."""
+    if out is None:
+        return values
+    out[...] = values
+    return out
 
 
 def _cleared_windows(dx: np.ndarray, kernel, stride, channels_last: bool) -> np.ndarray:
@@ -363,10 +373,12 @@ def maxpool2d_forward(x, pool, stride):
     first = workspace.empty(out.shape, np.min_scalar_type(kh * kw - 1))
     out[...] = win[:, :, :, 0, 0, :]
     first[...] = 0
+    greater, moved = np.empty(out.shape, dtype=bool), np.empty_like(first)
     for k in range(1, kh * kw):
         candidate = win[:, :, :, k // kw, k % kw, :]
-        greater = candidate > out
-        np.maximum(first, greater * first.dtype.type(k), out=first)
+        np.greater(candidate, out, out=greater)
+        np.multiply(greater, first.dtype.type(k), out=moved)  # k where greater, else 0
+        np.maximum(first, moved, out=first)
         np.maximum(out, candidate, out=out)
     return to_nchw(out), (first, x.shape, (kh, kw), stride)
 
@@ -376,8 +388,8 @@ def maxpool2d_backward(dout, cache):
     first, (n, c, h, w), (kh, kw), stride = cache
     dout = to_channels_last(dout)  # (N, H_out, W_out, C), read once per kernel offset
     dx = workspace.empty((n, h, w, c), dout.dtype)
-    windows_adjoint(lambda m, q: dout * (first == m * kw + q), dx, (kh, kw), stride,
-                    channels_last=True)
+    windows_adjoint(lambda m, q, out=None: np.multiply(dout, first == m * kw + q, out=out), dx,
+                    (kh, kw), stride, channels_last=True)
     return to_nchw(dx)
 
 
@@ -391,9 +403,11 @@ def avgpool2d_forward(x, pool, stride):
 def avgpool2d_backward(dout, cache):
     """Each input of a window receives dout / (kH*kW) from it; overlaps accumulate."""
     (n, c, h, w), (kh, kw), stride = cache
-    share = (dout / dout.dtype.type(kh * kw)).transpose(0, 2, 3, 1)  # (N, H_out, W_out, C)
+    dout = dout.transpose(0, 2, 3, 1)  # (N, H_out, W_out, C)
+    share = dout.dtype.type(1 / (kh * kw))
     dx = workspace.empty((n, h, w, c), dout.dtype)
-    windows_adjoint(lambda m, q: share, dx, (kh, kw), stride, channels_last=True)
+    windows_adjoint(lambda m, q, out=None: np.multiply(dout, share, out=out), dx, (kh, kw),
+                    stride, channels_last=True)
     return to_nchw(dx)
 
 
