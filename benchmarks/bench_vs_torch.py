@@ -92,7 +92,7 @@ class CnnumpyRunner:
         return loss.item()
 
     def infer(self):
-        return self.model.forward(self.x)
+        return self.model.forward(self.x, keep_cache=False)  # as PyTorch's inference_mode
 
 
 # --------------------------------------------------------------------------- PyTorch side

@@ -224,3 +224,39 @@ def test_repr_shows_non_default_arguments():
     assert repr(cn.MaxPool2D(2)) == "MaxPool2D(2)"
     assert repr(cn.AvgPool2D(3, 1)) == "AvgPool2D(3, stride=1)"
     assert repr(cn.Linear(4, 2)) == "Linear(4, 2)"
+
+
+INFERENCE_LAYERS = [
+    lambda: conv_layer(3, 1, 1),
+    lambda: cn.ReLU(),
+    lambda: cn.MaxPool2D(2),
+    lambda: cn.MaxPool2D(3, stride=2),  # overlapping windows
+    lambda: cn.MaxPool2D((1, 2), stride=(1, 3)),
+    lambda: cn.AvgPool2D(2),
+    lambda: cn.Flatten(),
+]
+
+
+@pytest.mark.parametrize("make", INFERENCE_LAYERS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_without_cache_gives_the_same_output_and_keeps_nothing(make, dtype, rng):
+    layer = make()
+    if layer.param_names:
+        layer.astype(dtype)
+    x = rng.standard_normal((3, 2, 7, 8)).astype(dtype)
+    x[0, 0, :2, :2] = 0  # ties inside a pooling window
+    expected = layer.forward(x)
+    out = layer.forward(x, keep_cache=False)
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == dtype
+    assert layer.cache is None
+    with pytest.raises(RuntimeError, match="keep_cache=False"):
+        layer.backward(np.ones_like(expected))
+
+
+def test_inference_kernels_match_the_training_kernels(rng):
+    x = cn.functional.to_nchw(rng.standard_normal((4, 12, 10, 5)).astype(np.float32))
+    np.testing.assert_array_equal(cn.functional.relu(x), cn.functional.relu_forward(x)[0])
+    for pool, stride in [(2, 2), (3, 1), ((2, 3), (2, 1))]:
+        np.testing.assert_array_equal(cn.functional.maxpool2d(x, pool, stride),
+                                      cn.functional.maxpool2d_forward(x, pool, stride)[0])

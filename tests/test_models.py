@@ -128,3 +128,37 @@ def test_same_generator_same_weights():
     b = cn.SimpleCNN(rng=np.random.default_rng(7))
     for (name, p), q in zip(a.parameters().items(), b.parameters().values()):
         np.testing.assert_array_equal(p, q, err_msg=name)
+
+
+def test_inference_forward_gives_the_training_logits_and_no_cache():
+    model = cn.SimpleCNN(input_shape=(3, 16, 16), num_classes=4, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).random((5, 3, 16, 16)).astype(np.float32)
+    logits = model.forward(x)
+    np.testing.assert_array_equal(model.forward(x, keep_cache=False), logits)
+    assert all(layer.cache is None for _, layer in model.named_layers())
+    with pytest.raises(RuntimeError, match="keep_cache=False"):
+        model.backward(np.ones_like(logits))
+
+
+@pytest.mark.parametrize("pool", [cn.MaxPool2D(2), cn.MaxPool2D(3, stride=2)])
+def test_pooling_before_relu_gives_exactly_the_written_order(pool):
+    """Sequential runs ReLU -> MaxPool2D as MaxPool2D -> ReLU: same output, same gradients,
+    also where whole windows are negative or tie at zero after the ReLU."""
+    rng = np.random.default_rng(0)
+    conv = cn.Conv2D(2, 3, 3, padding=1, rng=rng, dtype=np.float64)
+    model = cn.Sequential({"conv": conv, "relu": cn.ReLU(), "pool": pool, "flat": cn.Flatten()})
+    x = rng.standard_normal((4, 2, 9, 9))
+    x[0] = 0  # conv output = bias only: ties inside every window
+    x[1, :, :5, :5] = -5.0
+    results = {}
+    for commute in (True, False):
+        model.commute_relu_pool = commute
+        out = model.forward(x)
+        dout = rng.standard_normal(out.shape) if commute else results[True][3]
+        dx = model.backward(dout)
+        results[commute] = (out, dx, conv.dW.copy(), dout)
+        executed = [type(layer).__name__ for layer in model._executed]
+        assert executed.index("ReLU") > executed.index(type(pool).__name__) if commute \
+            else executed.index("ReLU") < executed.index(type(pool).__name__)
+    for a, b in zip(results[True][:3], results[False][:3]):
+        np.testing.assert_array_equal(a, b)

@@ -354,6 +354,18 @@ def conv2d_backward(dout, cache, input_grad=True):
 # --------------------------------------------------------------------------- pooling
 
 
+def maxpool2d(x, pool, stride):
+    """Maximum of each window, without the offsets backward needs (inference):
+    (N, C, H, W) -> (N, C, H_out, W_out), a running maximum over the kH*kW kernel offsets."""
+    kh, kw = pair(pool)
+    win = windows(x.transpose(0, 2, 3, 1), pool, stride, channels_last=True)
+    out = workspace.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, H_out, W_out, C)
+    out[...] = win[:, :, :, 0, 0, :]
+    for k in range(1, kh * kw):
+        np.maximum(out, win[:, :, :, k // kw, k % kw, :], out=out)
+    return to_nchw(out)
+
+
 def maxpool2d_forward(x, pool, stride):
     """Maximum of each window (see `layers.MaxPool2D`): (N, C, H, W) -> (N, C, H_out, W_out).
 
@@ -421,12 +433,15 @@ def matmul_long_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b
 
 
+def relu(x):
+    """max(x, 0), elementwise, in x's memory layout."""
+    return np.maximum(x, 0, out=workspace.empty_like(x))
+
+
 def relu_forward(x):
-    """max(x, 0), elementwise; the cache is the mask of positive inputs."""
-    out, positive = workspace.empty_like(x), workspace.empty_like(x, bool)  # x's memory layout
-    np.maximum(x, 0, out=out)
-    np.greater(x, 0, out=positive)
-    return out, positive
+    """`relu(x)`; the cache is the mask of positive inputs."""
+    positive = np.greater(x, 0, out=workspace.empty_like(x, bool))
+    return relu(x), positive
 
 
 def relu_backward(dout, positive):

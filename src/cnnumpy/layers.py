@@ -4,6 +4,7 @@ A layer owns its parameters (`W`, `b`), their gradients (`dW`, `db`) and one `ca
 its last forward pass, and nothing else. Every layer has
 
     out = layer.forward(x)       # checks the input, calls the kernel, keeps the cache
+    out = layer.forward(x, keep_cache=False)   # inference: no cache, less work and memory
     dx = layer.backward(dout)    # exact gradient of the scalar `dout` came from; sets dW, db
     layer.backward(dout, input_grad=False)  # sets dW, db only; returns None (a first layer)
 
@@ -37,7 +38,10 @@ class Module:
 
     training = True
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
+        """The output for a batch x. With keep_cache=False (inference), the layers keep
+        nothing for backward, and skip the work that only backward needs (ReLU's mask,
+        max-pooling's offsets of the maxima)."""
         raise NotImplementedError
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -140,6 +144,7 @@ class Layer(Module):
     Subclasses set `param_names` and implement `output_shape`, `_forward(x) -> (out, cache)`
     and `_backward(dout, cache) -> dx`, which stores the parameter gradients; a layer with
     parameters also takes `input_grad=False`, to store them without making dx (returns None).
+    `_infer(x) -> out` is the forward pass without a cache (by default `_forward`'s output).
     """
 
     param_names: tuple[str, ...] = ()
@@ -154,7 +159,7 @@ class Layer(Module):
         for key in self.param_names:
             yield key, getattr(self, grad_prefix + key)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
         name = type(self).__name__
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{name} expects a NumPy array, got {type(x).__name__}")
@@ -175,6 +180,8 @@ class Layer(Module):
         except ValueError as err:
             raise _shape_error(self, str(err), x.shape) from None
         self.cache = None  # the last step's cache is dead: free it before making the next one
+        if not keep_cache:
+            return self._infer(x)
         out, cache = self._forward(x)
         self.cache = (x.shape, x.dtype, cache)
         return out
@@ -182,7 +189,8 @@ class Layer(Module):
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         name = type(self).__name__
         if self.cache is None:
-            raise RuntimeError(f"{name}.backward called before forward")
+            raise RuntimeError(f"{name}.backward called before forward (or after a "
+                               f"forward with keep_cache=False, which keeps nothing for it)")
         x_shape, x_dtype, cache = self.cache
         expected = (x_shape[0], *self.output_shape(x_shape[1:]))
         if not isinstance(dout, np.ndarray) or dout.shape != expected:
@@ -201,6 +209,9 @@ class Layer(Module):
 
     def _forward(self, x):
         raise NotImplementedError
+
+    def _infer(self, x):
+        return self._forward(x)[0]
 
     def _backward(self, dout, cache):
         raise NotImplementedError
@@ -360,6 +371,9 @@ class MaxPool2D(_Pool2D):
     def _forward(self, x):
         return F.maxpool2d_forward(x, self.pool_size, self.stride)
 
+    def _infer(self, x):
+        return F.maxpool2d(x, self.pool_size, self.stride)
+
     def _backward(self, dout, cache):
         return F.maxpool2d_backward(dout, cache)
 
@@ -390,6 +404,9 @@ class ReLU(Layer):
 
     def _forward(self, x):
         return F.relu_forward(x)
+
+    def _infer(self, x):
+        return F.relu(x)
 
     def _backward(self, dout, cache):
         return F.relu_backward(dout, cache)

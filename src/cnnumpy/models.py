@@ -12,6 +12,14 @@ from .layers import Conv2D, Flatten, Layer, Linear, MaxPool2D, Module, ReLU, _jo
 class Sequential(Module):
     """Layers applied one after the other; backward runs them in reverse.
 
+    ReLU then max-pooling runs as max-pooling then ReLU: the two commute,
+    max(relu(x)) = relu(max(x)), since ReLU never changes the order of two values, and so do
+    their gradients (each window's gradient goes to its first maximum, and ReLU lets it through
+    exactly where that maximum is positive). Pooling first, ReLU and its backward work on a
+    quarter of the values (2x2 windows). Outputs and gradients are exactly those of the
+    written order; only the caches each of the two layers keeps differ. Set
+    `commute_relu_pool = False` to run the layers as written.
+
     Args:
         layers: a list of modules (named "0", "1", ...) or a dict of name -> module.
             The names make the parameter names: `{"conv1": Conv2D(...)}` owns `conv1.W`.
@@ -30,6 +38,19 @@ class Sequential(Module):
             if not name or "." in name:
                 raise ValueError(f"layer names must be non-empty and contain no '.', got {name!r}")
         self.layers = named
+        self._executed: list[Module] = []  # the order of the last forward, for backward
+
+    commute_relu_pool = True
+
+    def _execution_order(self) -> list[Module]:
+        """The layers in the order forward runs them: each ReLU directly followed by a
+        MaxPool2D swapped with it (see the class doc)."""
+        order = list(self.layers.values())
+        if self.commute_relu_pool:
+            for i in range(len(order) - 1):
+                if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2D:
+                    order[i], order[i + 1] = order[i + 1], order[i]
+        return order
 
     def __getitem__(self, name: str) -> Module:
         return self.layers[name]
@@ -47,13 +68,16 @@ class Sequential(Module):
             shape = layer.output_shape(shape)
         return shape
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Run every layer in order: (N, *input_shape) -> (N, *output_shape)."""
+    def forward(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
+        """Run every layer in order: (N, *input_shape) -> (N, *output_shape).
+
+        keep_cache=False: inference, nothing kept for backward (see `Module.forward`)."""
         if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
             if not np.isfinite(x).all():
                 raise ValueError(f"input contains NaN or infinite values (shape {x.shape})")
-        for layer in self.layers.values():
-            x = layer.forward(x)
+        self._executed = self._execution_order()
+        for layer in self._executed:
+            x = layer.forward(x, keep_cache)
         return x
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -63,7 +87,7 @@ class Sequential(Module):
         returned: training does not need the gradient of the images (for conv1, its
         col2im is skipped).
         """
-        layers = list(self.layers.values())
+        layers = self._executed or list(self.layers.values())  # (before forward: raises)
         for depth, layer in enumerate(reversed(layers), start=1):
             dout = layer.backward(dout, input_grad=input_grad or depth < len(layers))
         return dout if input_grad else None

@@ -173,7 +173,7 @@ def _forward_outputs(model, x: np.ndarray) -> list[tuple[str, object, np.ndarray
     """(name, layer, output) of every leaf layer, running them in order on the batch x."""
     outputs = []
     for name, layer in model.named_layers():
-        x = layer.forward(x)
+        x = layer.forward(x, keep_cache=False)
         outputs.append((name, layer, x))
     return outputs
 

@@ -145,7 +145,7 @@ def evaluate(model, data, normalization, *, batch_size: int = 500) -> dict:
     try:
         for part in _batch_slices(len(images), batch_size):
             x = prepare_batch(images[part], normalization, model.dtype)
-            logits = model.forward(x)
+            logits = model.forward(x, keep_cache=False)
             loss_sum += float(criterion.forward(logits, labels[part])) * len(x)
             correct += int((logits.argmax(axis=1) == labels[part]).sum())
     finally:
@@ -161,7 +161,8 @@ def predict_proba(model, images_uint8: np.ndarray, normalization, *,
     model.eval()
     try:
         return np.concatenate([
-            softmax(model.forward(prepare_batch(images_uint8[part], normalization, model.dtype)))
+            softmax(model.forward(prepare_batch(images_uint8[part], normalization, model.dtype),
+                                  keep_cache=False))
             for part in _batch_slices(len(images_uint8), batch_size)
         ])
     finally:
