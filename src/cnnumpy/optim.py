@@ -183,7 +183,7 @@ class SGD(Optimizer):
                 buf = buffers[name] = d.copy()
             else:
                 buf *= self.momentum
-                buf += (1 - self.dampening) * d
+                buf += (1 - self.dampening) * d if self.dampening else d
             d = d + self.momentum * buf if self.nesterov else buf
         param -= self.lr * d
 
