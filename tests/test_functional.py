@@ -132,3 +132,17 @@ def test_linear_is_the_same_for_wide_and_tall_outputs(rng):
         x = rng.standard_normal((batch, 5))
         np.testing.assert_allclose(layer.forward(x), x @ layer.W.T + layer.b, rtol=1e-13)
         assert cn.gradient_check(layer, x, rng=rng) < 1e-7
+
+
+@pytest.mark.parametrize("pool, stride", [(2, 2), (3, 2), ((2, 3), (1, 2))])
+def test_maxpool_in_blocks_of_images_gives_the_one_pass_results(pool, stride, rng, monkeypatch):
+    x = np.maximum(rng.standard_normal((5, 3, 9, 10)), 0).astype(np.float32)  # ties at zero
+    out, cache = F.maxpool2d_forward(x, pool, stride)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dx = F.maxpool2d_backward(dout, cache)
+    monkeypatch.setattr(F, "POOL_BLOCK_BYTES", 2 * x[0].nbytes)  # blocks of 2, 2 and 1 images
+    assert len(F.batch_blocks(len(x), x[0].nbytes, F.POOL_BLOCK_BYTES)) == 3
+    out_blocks, cache_blocks = F.maxpool2d_forward(x, pool, stride)
+    np.testing.assert_array_equal(out_blocks, out)
+    np.testing.assert_array_equal(cache_blocks[0], cache[0])
+    np.testing.assert_array_equal(F.maxpool2d_backward(dout, cache_blocks), dx)

@@ -261,12 +261,16 @@ def im2col(x_pad: np.ndarray, kernel, stride, channels_last: bool) -> np.ndarray
 COLUMNS_BYTES = 8 * 2**20
 
 
+def batch_blocks(n: int, bytes_per_image: int, budget: int) -> list[slice]:
+    """Slices of range(n), each of as many images as fit in `budget` bytes (at least one)."""
+    step = max(1, budget // max(bytes_per_image, 1))
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
 def image_chunks(x_pad: np.ndarray, kernel, stride, channels_last: bool) -> list[slice]:
     """Slices of the batch axis whose `im2col` columns take at most `COLUMNS_BYTES` each."""
-    n = x_pad.shape[0]
     per_image = windows(x_pad[:1], kernel, stride, channels_last).size * x_pad.itemsize
-    step = max(1, COLUMNS_BYTES // max(per_image, 1))
-    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+    return batch_blocks(x_pad.shape[0], per_image, COLUMNS_BYTES)
 
 
 def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
@@ -353,6 +357,10 @@ def conv2d_backward(dout, cache, input_grad=True):
 
 # --------------------------------------------------------------------------- pooling
 
+# Bytes of input pooled at a time: the several passes over the kernel offsets then re-read
+# data that is still in the cache.
+POOL_BLOCK_BYTES = 2 * 2**20
+
 
 def maxpool2d(x, pool, stride):
     """Maximum of each window, without the offsets backward needs (inference):
@@ -379,15 +387,20 @@ def maxpool2d_forward(x, pool, stride):
     win = windows(x.transpose(0, 2, 3, 1), pool, stride, channels_last=True)
     out = workspace.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, H_out, W_out, C)
     first = workspace.empty(out.shape, np.min_scalar_type(kh * kw - 1))
-    out[...] = win[:, :, :, 0, 0, :]
-    first[...] = 0
-    greater, moved = np.empty(out.shape, dtype=bool), np.empty_like(first)
-    for k in range(1, kh * kw):
-        candidate = win[:, :, :, k // kw, k % kw, :]
-        np.greater(candidate, out, out=greater)
-        np.multiply(greater, first.dtype.type(k), out=moved)  # k where greater, else 0
-        np.maximum(first, moved, out=first)
-        np.maximum(out, candidate, out=out)
+    blocks = batch_blocks(len(x), x[0].nbytes, POOL_BLOCK_BYTES)
+    block_shape = (blocks[0].stop - blocks[0].start, *out.shape[1:])
+    greater, moved = np.empty(block_shape, dtype=bool), np.empty(block_shape, first.dtype)
+    for images in blocks:
+        maximum, offset = out[images], first[images]
+        is_greater, k_where_greater = greater[: len(maximum)], moved[: len(maximum)]
+        maximum[...] = win[images, :, :, 0, 0, :]
+        offset[...] = 0
+        for k in range(1, kh * kw):
+            candidate = win[images, :, :, k // kw, k % kw, :]
+            np.greater(candidate, maximum, out=is_greater)
+            np.multiply(is_greater, first.dtype.type(k), out=k_where_greater)
+            np.maximum(offset, k_where_greater, out=offset)
+            np.maximum(maximum, candidate, out=maximum)
     return to_nchw(out), (first, x.shape, (kh, kw), stride)
 
 
@@ -396,8 +409,10 @@ def maxpool2d_backward(dout, cache):
     first, (n, c, h, w), (kh, kw), stride = cache
     dout = to_channels_last(dout)  # (N, H_out, W_out, C), read once per kernel offset
     dx = workspace.empty((n, h, w, c), dout.dtype)
-    windows_adjoint(lambda m, q, out=None: np.multiply(dout, first == m * kw + q, out=out), dx,
-                    (kh, kw), stride, channels_last=True)
+    for images in batch_blocks(n, dx[0].nbytes, POOL_BLOCK_BYTES):
+        windows_adjoint(lambda m, q, out=None: np.multiply(dout[images],
+                                                           first[images] == m * kw + q, out=out),
+                        dx[images], (kh, kw), stride, channels_last=True)
     return to_nchw(dx)
 
 
