@@ -191,8 +191,9 @@ def layer_forward_flops(model, input_shape) -> dict:
 
 
 def per_layer_times(runner: CnnumpyRunner, warmup: int, repeats: int):
-    """Median forward and backward seconds of every layer of the model, in forward order."""
-    layers = list(runner.model.named_layers())
+    """Median forward and backward seconds of every layer of the model, in the order its
+    forward runs them (pool1 before relu1: see `cn.Sequential`)."""
+    layers = runner.model.execution_order()
     fwd = {name: [] for name, _ in layers}
     bwd = {name: [] for name, _ in layers}
     for r in range(warmup + repeats):

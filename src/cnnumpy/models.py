@@ -42,13 +42,13 @@ class Sequential(Module):
 
     commute_relu_pool = True
 
-    def _execution_order(self) -> list[Module]:
-        """The layers in the order forward runs them: each ReLU directly followed by a
+    def execution_order(self) -> list[tuple[str, Module]]:
+        """(name, layer) in the order forward runs them: each ReLU directly followed by a
         MaxPool2D swapped with it (see the class doc)."""
-        order = list(self.layers.values())
+        order = list(self.layers.items())
         if self.commute_relu_pool:
             for i in range(len(order) - 1):
-                if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2D:
+                if type(order[i][1]) is ReLU and type(order[i + 1][1]) is MaxPool2D:
                     order[i], order[i + 1] = order[i + 1], order[i]
         return order
 
@@ -75,7 +75,7 @@ class Sequential(Module):
         if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
             if not np.isfinite(x).all():
                 raise ValueError(f"input contains NaN or infinite values (shape {x.shape})")
-        self._executed = self._execution_order()
+        self._executed = [layer for _, layer in self.execution_order()]
         for layer in self._executed:
             x = layer.forward(x, keep_cache)
         return x
