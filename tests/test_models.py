@@ -162,3 +162,19 @@ def test_pooling_before_relu_gives_exactly_the_written_order(pool):
             else executed.index("ReLU") < executed.index(type(pool).__name__)
     for a, b in zip(results[True][:3], results[False][:3]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_modules_written_without_keep_cache_still_train_in_a_sequential():
+    class Double(cn.Module):
+        def forward(self, x):
+            return 2 * x
+
+        def named_layers(self, prefix=""):
+            return iter(())
+
+        def output_shape(self, input_shape):
+            return input_shape
+
+    model = cn.Sequential([Double(), cn.ReLU()])
+    x = np.array([[-1.0, 2.0]])
+    np.testing.assert_array_equal(model(x), [[0.0, 4.0]])

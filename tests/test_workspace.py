@@ -98,3 +98,13 @@ def test_kernel_results_survive_later_calls():
     for array, copy in zip(kept["one"], copies):
         np.testing.assert_array_equal(array, copy)
     assert not np.array_equal(kept["one"][0], kept["two"][0])
+
+
+def test_kept_bytes_stay_within_max_bytes(monkeypatch):
+    monkeypatch.setattr(workspace, "MAX_BYTES", 3 * LARGE * 4)
+    for size in (LARGE, 2 * LARGE + 1, 5 * LARGE, LARGE * 3 // 2 + 1):  # each freed at once
+        workspace.empty(size, np.float32)
+        assert sum(block.nbytes for block in workspace._blocks()) <= workspace.MAX_BYTES
+    held = [workspace.empty(LARGE, np.float32) for _ in range(4)]  # a 4th does not fit
+    assert sum(block.nbytes for block in workspace._blocks()) <= workspace.MAX_BYTES
+    assert len({address(a) for a in held}) == 4

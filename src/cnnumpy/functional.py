@@ -368,9 +368,10 @@ def maxpool2d(x, pool, stride):
     kh, kw = pair(pool)
     win = windows(x.transpose(0, 2, 3, 1), pool, stride, channels_last=True)
     out = workspace.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, H_out, W_out, C)
-    out[...] = win[:, :, :, 0, 0, :]
-    for k in range(1, kh * kw):
-        np.maximum(out, win[:, :, :, k // kw, k % kw, :], out=out)
+    for images in batch_blocks(len(x), x[0].nbytes, POOL_BLOCK_BYTES):
+        out[images] = win[images, :, :, 0, 0, :]
+        for k in range(1, kh * kw):
+            np.maximum(out[images], win[images, :, :, k // kw, k % kw, :], out=out[images])
     return to_nchw(out)
 
 
@@ -387,20 +388,23 @@ def maxpool2d_forward(x, pool, stride):
     win = windows(x.transpose(0, 2, 3, 1), pool, stride, channels_last=True)
     out = workspace.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, H_out, W_out, C)
     first = workspace.empty(out.shape, np.min_scalar_type(kh * kw - 1))
-    blocks = batch_blocks(len(x), x[0].nbytes, POOL_BLOCK_BYTES)
-    block_shape = (blocks[0].stop - blocks[0].start, *out.shape[1:])
-    greater, moved = np.empty(block_shape, dtype=bool), np.empty(block_shape, first.dtype)
-    for images in blocks:
-        maximum, offset = out[images], first[images]
-        is_greater, k_where_greater = greater[: len(maximum)], moved[: len(maximum)]
-        maximum[...] = win[images, :, :, 0, 0, :]
-        offset[...] = 0
+
+    def scan(images: slice) -> None:
+        """out and first of a block of images."""
+        best, best_offset = out[images], first[images]
+        greater = np.empty(best.shape, dtype=bool)
+        k_where_greater = np.empty_like(best_offset)
+        best[...] = win[images, :, :, 0, 0, :]
+        best_offset[...] = 0
         for k in range(1, kh * kw):
             candidate = win[images, :, :, k // kw, k % kw, :]
-            np.greater(candidate, maximum, out=is_greater)
-            np.multiply(is_greater, first.dtype.type(k), out=k_where_greater)
-            np.maximum(offset, k_where_greater, out=offset)
-            np.maximum(maximum, candidate, out=maximum)
+            np.greater(candidate, best, out=greater)
+            np.multiply(greater, best_offset.dtype.type(k), out=k_where_greater)
+            np.maximum(best_offset, k_where_greater, out=best_offset)
+            np.maximum(best, candidate, out=best)
+
+    for images in batch_blocks(len(x), x[0].nbytes, POOL_BLOCK_BYTES):
+        scan(images)
     return to_nchw(out), (first, x.shape, (kh, kw), stride)
 
 
@@ -409,10 +413,17 @@ def maxpool2d_backward(dout, cache):
     first, (n, c, h, w), (kh, kw), stride = cache
     dout = to_channels_last(dout)  # (N, H_out, W_out, C), read once per kernel offset
     dx = workspace.empty((n, h, w, c), dout.dtype)
+
+    def route(images: slice) -> None:
+        """dx of a block of images: at each kernel offset, the gradient of the windows whose
+        first maximum lies there."""
+        def offset_gradient(m, q, out=None):
+            return np.multiply(dout[images], first[images] == m * kw + q, out=out)
+
+        windows_adjoint(offset_gradient, dx[images], (kh, kw), stride, channels_last=True)
+
     for images in batch_blocks(n, dx[0].nbytes, POOL_BLOCK_BYTES):
-        windows_adjoint(lambda m, q, out=None: np.multiply(dout[images],
-                                                           first[images] == m * kw + q, out=out),
-                        dx[images], (kh, kw), stride, channels_last=True)
+        route(images)
     return to_nchw(dx)
 
 

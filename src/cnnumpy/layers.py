@@ -49,8 +49,8 @@ class Module:
         parameter gradients are made, as for the images under a model's first layer)."""
         raise NotImplementedError
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x)
+    def __call__(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
+        return self.forward(x) if keep_cache else self.forward(x, keep_cache=False)
 
     def named_layers(self, prefix: str = "") -> Iterator[tuple[str, "Layer"]]:
         """(dotted name, layer) of every leaf layer, in forward order."""

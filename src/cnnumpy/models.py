@@ -17,8 +17,10 @@ class Sequential(Module):
     their gradients (each window's gradient goes to its first maximum, and ReLU lets it through
     exactly where that maximum is positive). Pooling first, ReLU and its backward work on a
     quarter of the values (2x2 windows). Outputs and gradients are exactly those of the
-    written order; only the caches each of the two layers keeps differ. Set
-    `commute_relu_pool = False` to run the layers as written.
+    written order as long as the activations hold no NaN (a window [5, NaN] passes its
+    gradient to the 5 when ReLU comes first, to nobody when pooling does: NaN > 0 is false);
+    only the caches each of the two layers keeps differ. Set `commute_relu_pool = False` to
+    run the layers as written.
 
     Args:
         layers: a list of modules (named "0", "1", ...) or a dict of name -> module.
@@ -26,6 +28,8 @@ class Sequential(Module):
 
     Shape: whatever its layers make of it; `output_shape(input_shape)` folds their rules.
     """
+
+    commute_relu_pool = True
 
     def __init__(self, layers):
         if isinstance(layers, dict):
@@ -39,8 +43,6 @@ class Sequential(Module):
                 raise ValueError(f"layer names must be non-empty and contain no '.', got {name!r}")
         self.layers = named
         self._executed: list[Module] = []  # the order of the last forward, for backward
-
-    commute_relu_pool = True
 
     def execution_order(self) -> list[tuple[str, Module]]:
         """(name, layer) in the order forward runs them: each ReLU directly followed by a
@@ -77,7 +79,7 @@ class Sequential(Module):
                 raise ValueError(f"input contains NaN or infinite values (shape {x.shape})")
         self._executed = [layer for _, layer in self.execution_order()]
         for layer in self._executed:
-            x = layer.forward(x, keep_cache)
+            x = layer.forward(x) if keep_cache else layer.forward(x, keep_cache=False)
         return x
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -87,7 +89,8 @@ class Sequential(Module):
         returned: training does not need the gradient of the images (for conv1, its
         col2im is skipped).
         """
-        layers = self._executed or list(self.layers.values())  # (before forward: raises)
+        # Before any forward, the written order: its last layer then says what is missing.
+        layers = self._executed or list(self.layers.values())
         for depth, layer in enumerate(reversed(layers), start=1):
             dout = layer.backward(dout, input_grad=input_grad or depth < len(layers))
         return dout if input_grad else None

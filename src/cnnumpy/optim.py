@@ -183,7 +183,10 @@ class SGD(Optimizer):
                 buf = buffers[name] = d.copy()
             else:
                 buf *= self.momentum
-                buf += (1 - self.dampening) * d if self.dampening else d
+                if self.dampening:
+                    buf += (1 - self.dampening) * d
+                else:  # no scaling pass
+                    buf += d
             d = d + self.momentum * buf if self.nesterov else buf
         param -= self.lr * d
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import channel_stats, normalize, num_batches, random_crop, random_hflip
+from . import workspace
 from .losses import CrossEntropyLoss, softmax
 
 METRICS_FILE = "metrics.jsonl"
@@ -150,6 +151,7 @@ def evaluate(model, data, normalization, *, batch_size: int = 500) -> dict:
             correct += int((logits.argmax(axis=1) == labels[part]).sum())
     finally:
         model.train(was_training)
+        workspace.release()  # the evaluation batches' memory is not training's
     return {"loss": loss_sum / len(images), "accuracy": correct / len(images),
             "count": len(images)}
 
@@ -167,6 +169,7 @@ def predict_proba(model, images_uint8: np.ndarray, normalization, *,
         ])
     finally:
         model.train(was_training)
+        workspace.release()
 
 
 # --------------------------------------------------------------------------- signals

@@ -14,9 +14,11 @@ Each array is a view of a block of bytes that this module keeps. When nothing re
 block any more (no array or view made from it is alive: every view holds a reference to the
 block, so its reference count is back to what this module holds), a later request of a size
 from half the block to the whole block reuses it. An array handed out is never reused while
-anything can still read it. Blocks are per thread; at most `MAX_BLOCKS` are kept, and
+anything can still read it (reference counts are CPython's: elsewhere nothing is reused).
+Blocks are per thread; at most `MAX_BLOCKS` blocks and `MAX_BYTES` bytes are kept, and
 `release()` lets go of the calling thread's blocks. Arrays under `MIN_BYTES` come from
-`np.empty` (the C allocator reuses freed memory of that size without new pages).
+`np.empty`: glibc's allocator, for one, serves such sizes from memory it already holds once
+it has seen them freed (its threshold for fresh mappings grows with the blocks freed).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 
 MIN_BYTES = 4 * 2**20
 MAX_BLOCKS = 16
+MAX_BYTES = 256 * 2**20
 
 _local = threading.local()
 
@@ -39,6 +42,7 @@ def _references(blocks: list[np.ndarray], index: int) -> int:
 # What `_references` counts for a block that only the list holds (the interpreter's own
 # temporary references included): a block is free when its count is back to this.
 _FREE = _references([np.empty(1, dtype=np.uint8)], 0)
+_RECYCLES = sys.implementation.name == "cpython"
 
 
 def _blocks() -> list[np.ndarray]:
@@ -48,17 +52,25 @@ def _blocks() -> list[np.ndarray]:
 
 
 def _block_for(nbytes: int) -> np.ndarray:
-    """The smallest free kept block of nbytes to 2*nbytes bytes, else a new block (kept
-    unless `MAX_BLOCKS` are kept and none of them is free)."""
+    """The smallest free kept block of nbytes to 2*nbytes bytes, else a new block, kept if
+    forgetting free blocks (the oldest first) makes room for it within `MAX_BLOCKS` and
+    `MAX_BYTES`."""
     blocks = _blocks()
     free = [index for index in range(len(blocks)) if _references(blocks, index) == _FREE]
     fitting = [index for index in free if nbytes <= blocks[index].nbytes <= 2 * nbytes]
     if fitting:
         return blocks[min(fitting, key=lambda index: blocks[index].nbytes)]
     block = np.empty(nbytes, dtype=np.uint8)
-    if len(blocks) >= MAX_BLOCKS and free:
-        del blocks[free[0]]  # forget the oldest free block
-    if len(blocks) < MAX_BLOCKS:
+    kept = sum(kept_block.nbytes for kept_block in blocks)
+    forget = []
+    for index in free:
+        if len(blocks) - len(forget) < MAX_BLOCKS and kept + nbytes <= MAX_BYTES:
+            break
+        forget.append(index)
+        kept -= blocks[index].nbytes
+    for index in reversed(forget):
+        del blocks[index]
+    if len(blocks) < MAX_BLOCKS and kept + nbytes <= MAX_BYTES:
         blocks.append(block)
     return block
 
@@ -68,7 +80,7 @@ def empty(shape, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(size) for size in shape)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes < MIN_BYTES:
+    if nbytes < MIN_BYTES or not _RECYCLES:
         return np.empty(shape, dtype=dtype)
     return _block_for(nbytes)[:nbytes].view(dtype).reshape(shape)
 
