@@ -29,7 +29,8 @@ What it measures, with the default thread settings of both libraries:
   the step starts with an empty `cnnumpy.workspace`, so its recycled arrays count).
 
 `--threads N` sets both libraries to N threads (OpenBLAS through OPENBLAS_NUM_THREADS, set
-before NumPy is imported; PyTorch through torch.set_num_threads). On a machine shared with
+before NumPy is imported, and cnnumpy's batch split into N parts; PyTorch through
+torch.set_num_threads). On a machine shared with
 other jobs, one thread each compares the arithmetic without the cost of waiting for a
 descheduled worker thread, which both threaded libraries pay at every parallel call.
 
@@ -48,12 +49,15 @@ import sys
 import time
 import tracemalloc
 
+WORKERS = None  # cnnumpy's parts per batch (cnnumpy.parallel): default, the available CPUs
 if "--threads" in sys.argv[:-1]:  # must precede the first import of NumPy
     os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
+    WORKERS = int(sys.argv[sys.argv.index("--threads") + 1])
 
 import numpy as np  # noqa: E402
 
 import cnnumpy as cn  # noqa: E402
+from cnnumpy.parallel import BatchParallel  # noqa: E402
 
 try:
     import torch
@@ -78,6 +82,7 @@ class CnnumpyRunner:
         self.y = rng.integers(0, NUM_CLASSES, batch)
         self.criterion = cn.CrossEntropyLoss()
         self.optimizer = cn.SGD(self.model, lr=LR, momentum=MOMENTUM)
+        self.passes = BatchParallel(self.model, WORKERS)  # as `cnnumpy train`: batch over cores
 
     def loss_and_grad(self, logits):
         """Mean softmax cross-entropy and its gradient dloss/dlogits = (softmax - onehot) / N."""
@@ -85,14 +90,13 @@ class CnnumpyRunner:
         return loss, self.criterion.backward()
 
     def train_step(self):
-        logits = self.model.forward(self.x)
-        loss, dlogits = self.loss_and_grad(logits)
-        self.model.backward(dlogits, input_grad=False)  # as PyTorch: the images need no grad
+        # forward, loss, backward (the images need no gradient, as in PyTorch), update
+        loss, _ = self.passes.forward_backward(self.x, self.y, self.criterion)
         self.optimizer.step()
         return loss.item()
 
     def infer(self):
-        return self.model.forward(self.x, keep_cache=False)  # as PyTorch's inference_mode
+        return self.passes.forward(self.x)  # no caches, as PyTorch's inference_mode
 
 
 # --------------------------------------------------------------------------- PyTorch side

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-data.sh
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install --quiet -e ".[progress,image,plot]"
+.venv/bin/pip install --quiet -e ".[progress,image,plot,threads]"
 exec .venv/bin/cnnumpy train --out runs/fmnist "$@"

@@ -42,6 +42,7 @@ import numpy as np
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import channel_stats, normalize, num_batches, random_crop, random_hflip
 from . import workspace
+from .parallel import BatchParallel
 from .losses import CrossEntropyLoss, softmax
 
 METRICS_FILE = "metrics.jsonl"
@@ -241,8 +242,9 @@ class _Run:
 
     def __init__(self, model, train_data, val_data, optimizer, schedule, epochs, batch_size,
                  augment, crop_padding, flip, label_smoothing, rng, run_dir, normalization,
-                 metadata):
+                 metadata, workers):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.passes = BatchParallel(model, workers)
         self.train_images, self.train_labels = _check_data(train_data, "train_data")
         self.val_data = val_data
         if val_data is not None:
@@ -370,12 +372,11 @@ class _Run:
                           rng=rng, crop_padding=self.crop_padding, flip=self.flip)
         y = self.train_labels[indices]
         lr = self.schedule.apply(self.optimizer, p.step) if self.schedule else self.optimizer.lr
-        logits = self.model.forward(x)
-        loss = float(self.criterion.forward(logits, y))
+        loss, logits = self.passes.forward_backward(x, y, self.criterion)
+        loss = float(loss)
         if not math.isfinite(loss):
             self.last_loss = loss
             return None
-        self.model.backward(self.criterion.backward(), input_grad=False)
         self.optimizer.step()
         correct = int((logits.argmax(axis=1) == y).sum())
         p.loss_sum += loss * len(y)
@@ -437,7 +438,7 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
         run_dir=None, normalization=None, resume=None,
         callbacks: tuple[Callable[[BatchInfo], bool | None], ...] = (),
         handle_signals: bool = True, progress: bool = True, verbose: bool = True,
-        metadata: dict | None = None) -> History:
+        metadata: dict | None = None, workers: int | None = None) -> History:
     """Train `model` on `train_data` for `epochs` epochs; returns the per-epoch History.
 
     Args:
@@ -461,6 +462,10 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
         handle_signals: turn SIGINT / SIGTERM into a clean stop with a resumable last.npz.
         progress: show a tqdm bar (when tqdm is installed); verbose: print one line per epoch.
         metadata: JSON-ready entries added to every checkpoint (e.g. the command line).
+        workers: parts each batch is split into, one thread and one model replica each
+            (`cnnumpy.parallel.BatchParallel`); default the available CPUs. Gradients are
+            those of the whole batch up to the order of float sums, so a run is repeatable
+            with the same number of workers.
 
     Returns:
         A History: a list of {"epoch", "lr", "train_loss", "train_acc", ["val_loss",
@@ -479,7 +484,8 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
     if normalization is None:
         normalization = channel_stats(_check_data(train_data, "train_data")[0])
     run = _Run(model, train_data, val_data, optimizer, schedule, epochs, batch_size, augment,
-               crop_padding, flip, label_smoothing, rng, run_dir, normalization, metadata)
+               crop_padding, flip, label_smoothing, rng, run_dir, normalization, metadata,
+               workers)
     if resume is not None:
         run.restore(resume if isinstance(resume, Checkpoint) else load_checkpoint(resume))
     with StopRequest(handle_signals) as stop:
