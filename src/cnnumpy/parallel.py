@@ -32,6 +32,7 @@ except ImportError:  # the optional extra is not installed: no data parallelism
 
 _controller = None
 _executor: ThreadPoolExecutor | None = None
+_executor_threads = 0
 
 
 def available_cpus() -> int:
@@ -43,17 +44,21 @@ def available_cpus() -> int:
 
 
 def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries loaded, or None (no threadpoolctl, or no
+    BLAS it knows: then the threads of the products cannot be held to one)."""
     global _controller
     if _controller is None and ThreadpoolController is not None:
-        _controller = ThreadpoolController().select(user_api="blas")
-    return _controller
+        blas = ThreadpoolController().select(user_api="blas")
+        _controller = blas if blas.info() else False
+    return _controller or None
 
 
 def _threads(workers: int) -> ThreadPoolExecutor:
     """One pool of threads for every BatchParallel, grown when more workers are wanted."""
-    global _executor
-    if _executor is None or _executor._max_workers < workers:
+    global _executor, _executor_threads
+    if _executor is None or _executor_threads < workers:
         _executor = ThreadPoolExecutor(workers, thread_name_prefix="cnnumpy")
+        _executor_threads = workers
     return _executor
 
 
