@@ -17,11 +17,12 @@ from .schedules import Constant, OneCycle, Schedule, StepDecay, WarmupCosine, bu
 from .registry import build_model, register_model
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .train import History, evaluate, fit, predict_proba
+from .parallel import BatchParallel
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "Checkpoint", "Constant", "CrossEntropyLoss", "History", "OneCycle",
+    "Adam", "AdamW", "BatchParallel", "Checkpoint", "Constant", "CrossEntropyLoss", "History", "OneCycle",
     "Optimizer", "SGD", "Schedule", "StepDecay", "WarmupCosine", "build_model", "build_schedule",
     "evaluate", "fit", "load_checkpoint", "predict_proba", "register_model", "save_checkpoint",
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
