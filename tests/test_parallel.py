@@ -77,3 +77,28 @@ def test_one_worker_is_the_plain_pass():
         np.testing.assert_array_equal(grad, grads[name])
     with pytest.raises(ValueError, match="workers"):
         BatchParallel(model, 0)
+
+
+@needs_threadpoolctl
+def test_replicas_are_made_again_when_the_model_changes():
+    model, x, y = model_and_batch(6)
+    passes = BatchParallel(model, 2)
+    passes.forward(x)
+    model.layers["pool1"] = cn.AvgPool2D(2)  # no parameters, another computation
+    np.testing.assert_allclose(passes.forward(x), model.forward(x, keep_cache=False), rtol=1e-12)
+    model.commute_relu_pool = False
+    np.testing.assert_allclose(passes.forward(x), model.forward(x, keep_cache=False), rtol=1e-12)
+
+
+@needs_threadpoolctl
+def test_an_error_in_a_part_is_raised_after_every_part_ended():
+    model, x, y = model_and_batch(6)
+    passes = BatchParallel(model, 3)
+    bad = y.copy()
+    bad[-1] = 99  # not a class: the last part's loss raises
+    with pytest.raises(ValueError):
+        passes.forward_backward(x, bad, cn.CrossEntropyLoss())
+    with pytest.raises(ValueError, match="labels"):
+        passes.forward_backward(x, y[:-1], cn.CrossEntropyLoss())
+    loss, _ = passes.forward_backward(x, y, cn.CrossEntropyLoss())  # still usable
+    assert np.isfinite(loss)

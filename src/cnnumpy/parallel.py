@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import copy
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -33,6 +34,7 @@ except ImportError:  # the optional extra is not installed: no data parallelism
 _controller = None
 _executor: ThreadPoolExecutor | None = None
 _executor_threads = 0
+_parallel_region = threading.Lock()  # one split pass at a time: BLAS's thread limit is global
 
 
 def available_cpus() -> int:
@@ -85,15 +87,27 @@ class BatchParallel:
         self.model = model
         self.workers = workers if _blas_controller() is not None else 1
         self._replicas: list = []
+        self._made_for = None  # the model's structure the replicas were made for
+
+    def _structure(self) -> tuple:
+        """What the replicas copy besides the parameter values: the layer objects, their
+        settings (strides, sizes...), the parameter arrays, the model's ReLU/pool order."""
+        def settings(layer):
+            return tuple((key, value) for key, value in vars(layer).items()
+                         if key not in ("cache", "training") and not isinstance(value, np.ndarray))
+
+        layers = tuple((id(layer), settings(layer)) for _, layer in self.model.named_layers())
+        params = tuple(id(array) for array in self.model.parameters().values())
+        return layers, params, getattr(self.model, "commute_relu_pool", None)
 
     def _replicas_for(self, count: int) -> list:
         """`count` replicas: the model's parameter arrays, their own caches and gradients.
-        Made again when the model's parameter arrays were replaced (e.g. by astype)."""
-        params = self.model.parameters()
-        current = (self._replicas and all(
-            got is params[name] for name, got in self._replicas[0].parameters().items()))
-        if not current or len(self._replicas) < count:
-            shared = {id(array): array for array in params.values()}
+        Made again when the model's structure changed (layers replaced or reconfigured,
+        parameter arrays replaced, e.g. by astype)."""
+        structure = self._structure()
+        if structure != self._made_for or len(self._replicas) < count:
+            self._made_for = structure
+            shared = {id(array): array for array in self.model.parameters().values()}
             for _, layer in self.model.named_layers():
                 shared[id(layer.cache)] = None  # a copy needs no caches
             self._replicas = [copy.deepcopy(self.model, dict(shared)) for _ in range(count)]
@@ -105,15 +119,15 @@ class BatchParallel:
         """work(replica, part) for the parts of range(n), in parallel, BLAS one-threaded:
         the first part in the calling thread, the others in pool threads."""
         parts = batch_parts(n, self.workers)
-        replicas = self._replicas_for(len(parts))
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        with _parallel_region, _blas_controller().limit(limits=1, user_api="blas"):
+            replicas = self._replicas_for(len(parts))
             others = [_threads(len(parts) - 1).submit(work, replica, part)
                       for replica, part in zip(replicas[1:], parts[1:])]
             try:
                 first = work(replicas[0], parts[0])
-            finally:  # the other parts use the replicas: never return before they end
-                results = [other.result() for other in others]
-        return [first, *results]
+            finally:  # the other parts use the replicas: never return before they all end
+                wait(others)
+        return [first, *(other.result() for other in others)]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The model's output for x, without caches (inference)."""
@@ -126,7 +140,10 @@ class BatchParallel:
     def forward_backward(self, x: np.ndarray, labels: np.ndarray, criterion):
         """(mean loss over the batch, logits), and the model's parameter gradients of that
         mean loss. `criterion` is e.g. `CrossEntropyLoss()` (each part uses a copy). The
-        images' gradient is not made (the first layer skips it)."""
+        images' gradient is not made (the first layer skips it). Split, the criterion itself
+        keeps no cache (its copies did the work)."""
+        if len(labels) != len(x):
+            raise ValueError(f"got {len(labels)} labels for a batch of {len(x)} images")
         if self.workers == 1 or len(x) < 2:
             logits = self.model.forward(x)
             loss = criterion.forward(logits, labels)
@@ -142,6 +159,7 @@ class BatchParallel:
             replica.backward(dlogits, input_grad=False)
             return loss, logits
 
+        criterion.cache = None
         results = self._run(part_pass, len(x))
         parts = batch_parts(len(x), self.workers)
         replicas = self._replicas[: len(parts)]
