@@ -12,7 +12,7 @@ What it measures, with the default thread settings of both libraries:
   run. That run matters: right after the other library's call, its worker threads are still
   spinning on the cores (OpenBLAS's and PyTorch's OpenMP threads both busy-wait for a while
   before they sleep), and measured there, a PyTorch step took twice as long, a cnnumpy step
-  about 10% longer. Both models hold the same weights, and their losses are compared once as
+  6-12% longer. Both models hold the same weights, and their losses are compared once as
   a sanity check.
 - the ratio cnnumpy / PyTorch of every row (>= 1 means cnnumpy is at least as fast);
 - the machine's float32 GEMM rate through NumPy (median of square 1024 products), the useful

@@ -365,14 +365,8 @@ POOL_BLOCK_BYTES = 2 * 2**20
 
 def maxpool2d(x, pool, stride):
     """Maximum of each window, without the offsets backward needs (inference):
-    (N, C, H, W) -> (N, C, H_out, W_out), a running maximum over the kH*kW kernel offsets."""
-    kh, kw = pair(pool)
-    win = windows(x.transpose(0, 2, 3, 1), pool, stride, channels_last=True)
-    out = workspace.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, H_out, W_out, C)
-    for images in batch_blocks(len(x), x[0].nbytes, POOL_BLOCK_BYTES):
-        out[images] = win[images, :, :, 0, 0, :]
-        for k in range(1, kh * kw):
-            np.maximum(out[images], win[images, :, :, k // kw, k % kw, :], out=out[images])
+    (N, C, H, W) -> (N, C, H_out, W_out). See `maxpool2d_forward`."""
+    out, _ = _max_scan(x, pool, stride, offsets=False)
     return to_nchw(out)
 
 
@@ -385,28 +379,37 @@ def maxpool2d_forward(x, pool, stride):
     exactly one input. As k grows along the scan, "k where greater, else the old offset" is
     max(old offset, k·greater): integer arithmetic, no masked writes.
     """
+    out, first = _max_scan(x, pool, stride, offsets=True)
+    return to_nchw(out), (first, x.shape, pair(pool), stride)
+
+
+def _max_scan(x, pool, stride, offsets: bool):
+    """(out, first): the running maximum (N, H_out, W_out, C) and, if `offsets`, the offset
+    of each window's first maximum (else None), in blocks of `POOL_BLOCK_BYTES` of images."""
     kh, kw = pair(pool)
     win = windows(x.transpose(0, 2, 3, 1), pool, stride, channels_last=True)
     out = workspace.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, H_out, W_out, C)
-    first = workspace.empty(out.shape, np.min_scalar_type(kh * kw - 1))
+    first = workspace.empty(out.shape, np.min_scalar_type(kh * kw - 1)) if offsets else None
 
     def scan(images: slice) -> None:
-        """out and first of a block of images."""
-        best, best_offset = out[images], first[images]
-        greater = np.empty(best.shape, dtype=bool)
-        k_where_greater = np.empty_like(best_offset)
+        best = out[images]
         best[...] = win[images, :, :, 0, 0, :]
-        best_offset[...] = 0
+        if offsets:
+            best_offset = first[images]
+            best_offset[...] = 0
+            greater = np.empty(best.shape, dtype=bool)
+            k_where_greater = np.empty_like(best_offset)
         for k in range(1, kh * kw):
             candidate = win[images, :, :, k // kw, k % kw, :]
-            np.greater(candidate, best, out=greater)
-            np.multiply(greater, best_offset.dtype.type(k), out=k_where_greater)
-            np.maximum(best_offset, k_where_greater, out=best_offset)
+            if offsets:
+                np.greater(candidate, best, out=greater)
+                np.multiply(greater, best_offset.dtype.type(k), out=k_where_greater)
+                np.maximum(best_offset, k_where_greater, out=best_offset)
             np.maximum(best, candidate, out=best)
 
     for images in batch_blocks(len(x), x[0].nbytes, POOL_BLOCK_BYTES):
         scan(images)
-    return to_nchw(out), (first, x.shape, (kh, kw), stride)
+    return out, first
 
 
 def maxpool2d_backward(dout, cache):
