@@ -141,7 +141,7 @@ def test_uniform_initialisation_is_pytorchs_default(make, fan_in):
         assert np.abs(values).max() <= bound and np.abs(values).max() > 0.9 * bound
     assert abs(layer.W.std() - bound / np.sqrt(3)) < 0.05 * bound  # U(-a, a) has std a/√3
     assert layer.W.std() < make("he").W.std() / 2
-    with pytest.raises(ValueError, match=r"init must be one of \['he', 'uniform'\], got 'xavier'"):
+    with pytest.raises(ValueError, match=r"init must be one of \['he', 'uniform', 'he_out', 'normal'\], got 'xavier'"):
         make("xavier")
 
 

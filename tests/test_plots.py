@@ -139,12 +139,12 @@ def test_receptive_field_box_is_the_gradient_support():
                                           dtype=np.float64)})
     image = rng.standard_normal((1, 20, 20))
     for layer, unit in (("b", (1, 2)), ("b", (0, 0)), ("pool", (9, 9)), ("a", (0, 19))):
-        top, left, height, width = plots.receptive_field_box(model, layer, unit)
+        top, left, height, width = plots.receptive_field_box(model, layer, unit, image.shape)
         rows, cols = np.nonzero(plots.unit_gradient(model, image, layer, unit, channel=1)[0])
         assert (rows.min(), rows.max()) == (max(top, 0), min(top + height, 20) - 1)
         assert (cols.min(), cols.max()) == (max(left, 0), min(left + width, 20) - 1)
     # by hand for b: height r 3, 4, 8 j 1, 2, 4 start -1; width r 3, 4, 12 j 1, 2, 4 start -5
-    assert plots.receptive_field_box(model, "b", (1, 2)) == (-1 + 4, -5 + 8, 8, 12)
+    assert plots.receptive_field_box(model, "b", (1, 2), (1, 20, 20)) == (-1 + 4, -5 + 8, 8, 12)
 
 
 def test_receptive_field_plot(tmp_path, model, image):
@@ -158,7 +158,7 @@ def test_receptive_field_plot(tmp_path, model, image):
         path = plots.receptive_field_plot(model, image, tmp_path / f"rf{unit}.png", unit=unit,
                                           figsize=(6, 3), dpi=DPI)
         _pixels(path, (6, 3))
-    with pytest.raises(ValueError, match=r"no layer named 'conv9'"):
+    with pytest.raises(ValueError, match=r"no module named 'conv9' ran"):
         plots.receptive_field_plot(model, image, tmp_path / "x.png", layer="conv9")
     with pytest.raises(ValueError, match=r"fc1' has no spatial output"):
         plots.unit_gradient(model, image, "fc1", (0, 0))

@@ -67,7 +67,7 @@ def test_receptive_field_matches_gradient_support():
     dout = np.zeros_like(out)
     dout[0, 0, 1, 2] = 1.0
     rows, cols = np.nonzero(model.backward(dout)[0, 0])
-    field = cn.receptive_fields(model)[-1]
+    field = cn.receptive_fields(model, input_shape=(1, 20, 20))[-1]
     assert rows.min() == field.start + 1 * field.jump and cols.min() == field.start + 2 * field.jump
     assert rows.max() - rows.min() + 1 == field.size == cols.max() - cols.min() + 1
 

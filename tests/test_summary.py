@@ -103,7 +103,7 @@ def test_deeper_stack_with_stride_padding_pooling_and_non_square_fields():
         ("flat", (64,), 0, 0, None, None),
         ("head", (3,), 64 * 3 + 3, 64 * 3, None, None),
     ]
-    assert [f.size for f in cn.receptive_fields(model)] == [3, 4, 8, 24, 32]
+    assert [f.size for f in cn.receptive_fields(model, input_shape=(1, 20, 16))] == [3, 4, 8, 24, 32]
     elements = 320 + 320 + 1280 + 320 + 192 + 192 + 192 + 64 + 3
     assert summary.activation_bytes == 8 * elements  # float64
     lines = model.summary((1, 20, 16)).splitlines()

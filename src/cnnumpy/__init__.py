@@ -6,10 +6,12 @@
     dx = model.backward(np.ones_like(logits) / 8)                               # (8, 1, 28, 28)
 """
 
-from . import functional, workspace
+from . import functional, trace, workspace
 from .gradcheck import GradientCheckError, gradient_check
-from .layers import AvgPool2D, Conv2D, Flatten, Layer, Linear, MaxPool2D, Module, ReLU
-from .models import Sequential, SimpleCNN
+from .layers import (AdaptiveAvgPool2D, Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D,
+                     Dropout, Flatten, GlobalAvgPool2D, Layer, Linear, MaxPool2D, Module, ReLU)
+from . import models
+from .models import Residual, Sequential, SimpleCNN
 from .shapes import Field, conv_output_size, receptive_field, receptive_fields
 from .losses import CrossEntropyLoss, softmax_cross_entropy, softmax_cross_entropy_backward
 from .optim import SGD, Adam, AdamW, Optimizer
@@ -26,8 +28,9 @@ __all__ = [
     "Optimizer", "SGD", "Schedule", "StepDecay", "WarmupCosine", "build_model", "build_schedule",
     "evaluate", "fit", "load_checkpoint", "predict_proba", "register_model", "save_checkpoint",
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
-    "AvgPool2D", "Conv2D", "Field", "Flatten", "GradientCheckError", "Layer", "Linear",
-    "MaxPool2D", "Module", "ReLU", "Sequential", "SimpleCNN", "conv_output_size", "functional",
-    "workspace",
+    "AdaptiveAvgPool2D", "Add", "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dropout",
+    "Field", "Flatten", "GlobalAvgPool2D", "GradientCheckError", "Layer", "Linear",
+    "MaxPool2D", "Module", "ReLU", "Residual", "Sequential", "SimpleCNN", "conv_output_size",
+    "functional", "models", "trace", "workspace",
     "gradient_check", "receptive_field", "receptive_fields", "__version__",
 ]

@@ -2,7 +2,8 @@
 
 Layout of the archive (plain NumPy arrays; `np.load(path, allow_pickle=False)` opens it):
 
-    model/<param name>            every parameter, e.g. model/conv1.W  (in the model's dtype)
+    model/<name>                  every parameter and buffer (`model.state_dict()`), e.g.
+                                  model/conv1.W, model/bn1.running_mean
     optimizer/<slot>/<param>      optimizer state, e.g. optimizer/momentum_buffer/conv1.W
     extra/<name>                  any other arrays of the caller (normalisation, epoch order)
     __metadata__                  UTF-8 JSON as a uint8 array: format, cnnumpy version,
@@ -60,7 +61,7 @@ def save_checkpoint(path, model, *, optimizer=None, arrays: dict | None = None,
         raise TypeError(f"only models with config() can be saved, got {type(model).__name__}")
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cnnumpy_version": _version(),
             "model": model.config(), "dtype": str(model.dtype), "optimizer": None}
-    stored = {f"model/{name}": value for name, value in model.parameters().items()}
+    stored = {f"model/{name}": value for name, value in model.state_dict().items()}
     if optimizer is not None:
         state = optimizer.state_dict()
         meta["optimizer"] = {k: v for k, v in state.items() if k != "arrays"}
@@ -80,7 +81,7 @@ class Checkpoint:
 
     path: Path
     metadata: dict
-    parameters: dict[str, np.ndarray]
+    parameters: dict[str, np.ndarray]   # the model's state dict: parameters and buffers
     optimizer_arrays: dict[str, np.ndarray] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -98,14 +99,15 @@ class Checkpoint:
         return model
 
     def load_into(self, model) -> None:
-        """Copy the stored parameters into `model`, which must have the stored architecture."""
+        """Copy the stored parameters and buffers into `model`, which must have the stored
+        architecture."""
         config = model.config() if hasattr(model, "config") else None
         if config != self.metadata["model"]:
             raise self.error(f"incompatible architecture: the checkpoint holds "
                              f"{self.metadata['model']}, the model is {config}")
         try:
-            model.load_parameters(self.parameters)
-        except ValueError as err:
+            model.load_state_dict(self.parameters)
+        except (ValueError, TypeError) as err:
             raise self.error(f"incompatible architecture: {err}") from None
 
     def restore_optimizer(self, optimizer) -> None:

@@ -3,6 +3,9 @@
     "he"       W ~ N(0, 2 / fan_in),            b = 0     the lesson's He initialisation
     "uniform"  W ~ U(-1/√fan_in, 1/√fan_in),    b ~ U(-1/√fan_in, 1/√fan_in)
                (PyTorch's default for Conv2d and Linear: kaiming_uniform with a = √5)
+    "he_out"   W ~ N(0, 2 / fan_out),           b = 0     torchvision's for the convolutions
+               of ResNet and VGG (kaiming_normal_, mode "fan_out"); fan_out = C_out·kH·kW
+    "normal"   W ~ N(0, 0.01²),                 b = 0     torchvision's for VGG's linear layers
 
 fan_in is the number of inputs of one output unit: C_in·kH·kW for a convolution,
 in_features for a linear layer. He keeps the variance of ReLU activations constant from
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-INITS = ("he", "uniform")
+INITS = ("he", "uniform", "he_out", "normal")
 
 
 def initial_parameters(init: str, rng: np.random.Generator, weight_shape: tuple[int, ...],
@@ -26,8 +29,14 @@ def initial_parameters(init: str, rng: np.random.Generator, weight_shape: tuple[
     if init == "he":
         weight = rng.standard_normal(weight_shape) * np.sqrt(2.0 / fan_in)
         bias = np.zeros(weight_shape[0])
+    elif init in ("he_out", "normal"):  # drawn in the target dtype: VGG has 138 M weights
+        fan_out = weight_shape[0] * int(np.prod(weight_shape[2:], dtype=np.int64))
+        std = np.sqrt(2.0 / fan_out) if init == "he_out" else 0.01
+        weight = rng.standard_normal(weight_shape, dtype=np.dtype(dtype).type)
+        weight *= np.dtype(dtype).type(std)
+        bias = np.zeros(weight_shape[0])
     else:
         bound = 1.0 / np.sqrt(fan_in)
         weight = rng.uniform(-bound, bound, weight_shape)
         bias = rng.uniform(-bound, bound, weight_shape[0])
-    return weight.astype(dtype), bias.astype(dtype)
+    return weight.astype(dtype, copy=False), bias.astype(dtype)

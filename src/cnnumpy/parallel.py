@@ -4,10 +4,21 @@ NumPy runs its elementwise work (ReLU, pooling, im2col, col2im, the optimizer's 
 one core; only BLAS's matrix products spread over the others. `BatchParallel` gives every
 core a part of the batch instead: each part goes through its own replica of the model in its
 own thread (NumPy releases the GIL in its loops and products), with BLAS held to one thread
-meanwhile. Replicas share the model's parameter arrays and keep their own caches and
-gradients. A training pass scales each part's loss gradient by the part's share of the batch
+meanwhile. Replicas share the model's parameter arrays and keep their own caches, gradients
+and buffers. A training pass scales each part's loss gradient by the part's share of the batch
 and sums the replicas' parameter gradients into the model's, which gives the gradient of the
 mean loss over the whole batch, as one pass over it would (up to the order of float sums).
+
+Layers whose result depends on the whole batch see where their part lies through a split
+(`BatchSplit`: `start`, `total`, and `sum(array)`, the sum of an array over every part):
+BatchNorm normalises with the statistics of the whole batch (the parts' sums, summed), and
+Dropout draws exactly its part's slice of the whole batch's mask. So a split pass computes
+what a whole-batch pass does. Buffers (running statistics, Dropout's stream) go from the
+model to the replicas before a pass and back from the first replica after it: every part
+computes the same update, and the model takes it once.
+
+A batch may itself be one part of a larger batch split over processes (`cnnumpy.distributed`):
+`BatchParallel(model, outer=split)` then composes its parts with that split.
 
     passes = BatchParallel(model)                            # one part per available CPU
     loss, logits = passes.forward_backward(x, labels, criterion)   # then optimizer.step()
@@ -34,7 +45,9 @@ except ImportError:  # the optional extra is not installed: no data parallelism
 _controller = None
 _executor: ThreadPoolExecutor | None = None
 _executor_threads = 0
-_parallel_region = threading.Lock()  # one split pass at a time: BLAS's thread limit is global
+_parallel_region = threading.Lock()
+# Attributes of a module that change from pass to pass, not its structure.
+_PER_PASS = ("cache", "training", "batch_split", "_executed")  # one split pass at a time: BLAS's thread limit is global
 
 
 def available_cpus() -> int:
@@ -64,6 +77,62 @@ def _threads(workers: int) -> ThreadPoolExecutor:
     return _executor
 
 
+class BatchSplit:
+    """Where one part of a batch split into parts lies, and how to sum over all parts.
+
+    `start`: index of the part's first sample in the whole batch; `total`: samples in the
+    whole batch; `sum(array)`: the elementwise sum of `array` over every part (each part calls
+    it the same number of times, in the same order; the result is not to be changed in place).
+    """
+
+    start: int = 0
+    total: int = 0
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _Parts:
+    """The parts of one split pass in threads, meeting at a barrier to sum arrays."""
+
+    def __init__(self, count: int, outer: BatchSplit | None):
+        self.barrier = threading.Barrier(count)
+        self.slots: list = [None] * count
+        self.outer = outer
+        self.result = None
+
+    def sum(self, index: int, array: np.ndarray) -> np.ndarray:
+        self.slots[index] = array
+        self.barrier.wait()  # every part's array is in
+        if index == 0:  # a new result object: the last one may still be read
+            total = self.slots[0].copy()
+            for other in self.slots[1:]:
+                total += other
+            self.result = total if self.outer is None else self.outer.sum(total)
+        self.barrier.wait()  # the result is out; it is replaced only after the next first wait
+        return self.result
+
+
+class _ThreadPart(BatchSplit):
+    def __init__(self, parts: _Parts, index: int, start: int, total: int):
+        self.parts, self.index, self.start, self.total = parts, index, start, total
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        return self.parts.sum(self.index, array)
+
+
+def set_batch_split(model, split: BatchSplit | None) -> None:
+    """Tell every module of `model` that reads it (BatchNorm, Dropout) where its batch lies."""
+    for module in model.modules():
+        if hasattr(module, "batch_split"):
+            module.batch_split = split
+
+
+def _copy_buffers(source, target) -> None:
+    for (name, value), (_, kept) in zip(source.buffers().items(), target.buffers().items()):
+        np.copyto(kept, value)
+
+
 def batch_parts(n: int, parts: int) -> list[slice]:
     """At most `parts` slices of near-equal length covering range(n), none empty."""
     parts = max(1, min(parts, n))
@@ -78,27 +147,30 @@ class BatchParallel:
         model: a cnnumpy module (its layers keep the caches of a whole-batch pass only when
             the batch is not split).
         workers: parts per batch; default the available CPUs. 1 runs the model whole.
+        outer: the `BatchSplit` of a batch that is itself a part of a larger one (a process's
+            part, `cnnumpy.distributed`), or None.
     """
 
-    def __init__(self, model, workers: int | None = None):
+    def __init__(self, model, workers: int | None = None, outer: BatchSplit | None = None):
         workers = available_cpus() if workers is None else workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.model = model
+        self.outer = outer
         self.workers = workers if _blas_controller() is not None else 1
         self._replicas: list = []
         self._made_for = None  # the model's structure the replicas were made for
 
     def _structure(self) -> tuple:
-        """What the replicas copy besides the parameter values: the layer objects, their
-        settings (strides, sizes...), the parameter arrays, the model's ReLU/pool order."""
-        def settings(layer):
-            return tuple((key, value) for key, value in vars(layer).items()
-                         if key not in ("cache", "training") and not isinstance(value, np.ndarray))
+        """What the replicas copy besides the parameter values: the module objects, their
+        settings (strides, sizes, ReLU/pool order...), the parameter arrays."""
+        def settings(module):
+            return tuple((key, value) for key, value in vars(module).items()
+                         if key not in _PER_PASS and not isinstance(value, np.ndarray))
 
-        layers = tuple((id(layer), settings(layer)) for _, layer in self.model.named_layers())
+        modules = tuple((id(module), settings(module)) for module in self.model.modules())
         params = tuple(id(array) for array in self.model.parameters().values())
-        return layers, params, getattr(self.model, "commute_relu_pool", None)
+        return modules, params
 
     def _replicas_for(self, count: int) -> list:
         """`count` replicas: the model's parameter arrays, their own caches and gradients.
@@ -108,31 +180,61 @@ class BatchParallel:
         if structure != self._made_for or len(self._replicas) < count:
             self._made_for = structure
             shared = {id(array): array for array in self.model.parameters().values()}
-            for _, layer in self.model.named_layers():
-                shared[id(layer.cache)] = None  # a copy needs no caches
+            for module in self.model.modules():
+                shared[id(getattr(module, "cache", None))] = None  # a copy needs no caches
             self._replicas = [copy.deepcopy(self.model, dict(shared)) for _ in range(count)]
         for replica in self._replicas[:count]:
             replica.train(self.model.training)
+            _copy_buffers(self.model, replica)
         return self._replicas[:count]
 
     def _run(self, work, n: int) -> list:
         """work(replica, part) for the parts of range(n), in parallel, BLAS one-threaded:
-        the first part in the calling thread, the others in pool threads."""
+        the first part in the calling thread, the others in pool threads. Each replica knows
+        its part's place in the batch (set_batch_split); the first replica's buffers go back
+        to the model."""
         parts = batch_parts(n, self.workers)
+        meeting = _Parts(len(parts), self.outer)
+        offset, total = (0, n) if self.outer is None else (self.outer.start, self.outer.total)
+
+        def run_part(index, replica, part):
+            set_batch_split(replica, _ThreadPart(meeting, index, offset + part.start, total))
+            try:
+                return work(replica, part)
+            except BaseException:
+                meeting.barrier.abort()  # the others may wait for this part's sums
+                raise
+
         with _parallel_region, _blas_controller().limit(limits=1, user_api="blas"):
             replicas = self._replicas_for(len(parts))
-            others = [_threads(len(parts) - 1).submit(work, replica, part)
-                      for replica, part in zip(replicas[1:], parts[1:])]
+            others = [_threads(len(parts) - 1).submit(run_part, index, replica, part)
+                      for index, (replica, part) in enumerate(zip(replicas, parts)) if index]
+            first, errors = None, []
             try:
-                first = work(replicas[0], parts[0])
+                first = run_part(0, replicas[0], parts[0])
+            except Exception as err:  # raised below, once the other parts have ended
+                errors.append(err)
             finally:  # the other parts use the replicas: never return before they all end
                 wait(others)
+            errors += [other.exception() for other in others if other.exception() is not None]
+            if errors:  # the first error that is not another part's broken barrier
+                raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
+                           errors[0])
+            _copy_buffers(replicas[0], self.model)
         return [first, *(other.result() for other in others)]
+
+    def _whole(self, work):
+        """work() on the model itself, the batch whole (or the outer split's part)."""
+        set_batch_split(self.model, self.outer)
+        try:
+            return work()
+        finally:
+            set_batch_split(self.model, None)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The model's output for x, without caches (inference)."""
         if self.workers == 1 or len(x) < 2:
-            return self.model.forward(x, keep_cache=False)
+            return self._whole(lambda: self.model.forward(x, keep_cache=False))
         outputs = self._run(lambda replica, part: replica.forward(x[part], keep_cache=False),
                             len(x))
         return np.concatenate(outputs)
@@ -144,18 +246,26 @@ class BatchParallel:
         keeps no cache (its copies did the work)."""
         if len(labels) != len(x):
             raise ValueError(f"got {len(labels)} labels for a batch of {len(x)} images")
-        if self.workers == 1 or len(x) < 2:
+        total = len(x) if self.outer is None else self.outer.total  # the mean is over it
+
+        def whole_pass():
             logits = self.model.forward(x)
             loss = criterion.forward(logits, labels)
-            self.model.backward(criterion.backward(), input_grad=False)
+            dlogits = criterion.backward()
+            if total != len(x):
+                dlogits *= dlogits.dtype.type(len(x) / total)  # this process's share
+            self.model.backward(dlogits, input_grad=False)
             return loss, logits
+
+        if self.workers == 1 or len(x) < 2:
+            return self._whole(whole_pass)
 
         def part_pass(replica, part):
             own = copy.copy(criterion)
             logits = replica.forward(x[part])
             loss = own.forward(logits, labels[part])
             dlogits = own.backward()
-            dlogits *= dlogits.dtype.type((part.stop - part.start) / len(x))  # share of the mean
+            dlogits *= dlogits.dtype.type((part.stop - part.start) / total)  # share of the mean
             replica.backward(dlogits, input_grad=False)
             return loss, logits
 
@@ -163,9 +273,8 @@ class BatchParallel:
         results = self._run(part_pass, len(x))
         parts = batch_parts(len(x), self.workers)
         replicas = self._replicas[: len(parts)]
-        for name_layers in zip(self.model.named_layers(),
-                               *(replica.named_layers() for replica in replicas)):
-            layer, first, *others = [pair[1] for pair in name_layers]
+        for modules in zip(self.model.modules(), *(replica.modules() for replica in replicas)):
+            layer, first, *others = modules
             for key in layer.param_names:
                 total = getattr(first, "d" + key)  # summed in place: no new arrays
                 for other in others:

@@ -13,8 +13,10 @@ draws one figure, writes it to `path` as a PNG of `figsize` inches at `dpi` dots
     receptive_field_plot(model, image, path)             the input pixels one unit sees
 
 Images are single samples (C, H, W), floating point as the model sees them (normalised) or
-uint8 pixels; they are shown rescaled to [0, 1]. The functions that run the model walk its
-leaf layers in order (`named_layers`), so they need a chain of layers (Sequential, SimpleCNN).
+uint8 pixels; they are shown rescaled to [0, 1]. The functions that run the model record one
+forward pass (`cnnumpy.trace`, in evaluation mode), so they work for any tree of modules:
+a layer or a block of a residual network is named as in `model.named_modules()`
+("layer2.0.conv1", "layer2.0").
 
 Drawing uses matplotlib's object API with the Agg canvas (`matplotlib.figure.Figure`), never
 pyplot: no window opens and the process's matplotlib backend is left alone.
@@ -24,14 +26,14 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from . import trace
 from .layers import Conv2D
-from .shapes import receptive_fields
+from .shapes import traced_fields
 from .train import METRICS_FILE
 
 DEFAULT_DPI = 100
@@ -144,38 +146,24 @@ def _show_mosaic(ax, tiles: np.ndarray, columns: int, cmap: str = "gray",
 # --------------------------------------------------------------------------- running layers
 
 
-@contextmanager
-def _evaluation(model) -> Iterator[None]:
-    """Evaluation mode inside the block, the previous mode after it."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _batch_of_one(model, image: np.ndarray) -> np.ndarray:
     """(C, H, W) image -> (1, C, H, W) in the model's dtype."""
     image = _check_image(image)
     return image[None].astype(model.dtype or np.float32)
 
 
-def _layer_index(layers: list, name: str) -> int:
-    """Position of the layer called `name` in the (name, layer) list; ValueError if absent."""
-    names = [layer_name for layer_name, _ in layers]
-    if name not in names:
-        raise ValueError(f"no layer named {name!r}; the layers are {names}")
-    return names.index(name)
+def _leaf_outputs(model, x: np.ndarray) -> list[tuple[str, object, np.ndarray]]:
+    """(name, layer, output) of every leaf layer, in the order a forward pass of x runs them."""
+    return [(call.name, call.module, call.output) for call in trace.record(model, x).leaves()]
 
 
-def _forward_outputs(model, x: np.ndarray) -> list[tuple[str, object, np.ndarray]]:
-    """(name, layer, output) of every leaf layer, running them in order on the batch x."""
-    outputs = []
-    for name, layer in model.named_layers():
-        x = layer.forward(x, keep_cache=False)
-        outputs.append((name, layer, x))
-    return outputs
+def _image_call(recorded: "trace.Trace", layer: str) -> "trace.Call":
+    """The call of `layer` in a trace, which must give images (a convolution, pool or block)."""
+    call = recorded.call(layer)
+    if call.output.ndim != 4:
+        raise ValueError(f"layer {layer!r} has no spatial output (shape "
+                         f"{call.output.shape[1:]}); choose a convolution, a pool or a block")
+    return call
 
 
 def unit_gradient(model, image: np.ndarray, layer: str, unit: tuple[int, int],
@@ -183,47 +171,40 @@ def unit_gradient(model, image: np.ndarray, layer: str, unit: tuple[int, int],
     """Gradient of one unit of `layer`'s output with respect to the input image.
 
     The unit is at (row, column) of the layer's output maps, in map `channel`, or summed over
-    all maps when channel is None. Runs the layers up to `layer` forward on the image and
-    back from that one-hot gradient; the non-zero pixels of the result lie inside the unit's
-    receptive field (`receptive_field_box`). Returns (C, H, W).
+    all maps when channel is None. `layer` is any module that outputs images (a convolution,
+    a pool, a residual block). One forward pass is recorded and the gradient goes back from
+    that unit through the layers it depends on (`cnnumpy.trace.backward_from`); its non-zero
+    pixels lie inside the unit's receptive field (`receptive_field_box`). Returns (C, H, W).
     """
-    layers = list(model.named_layers())
-    chain = [module for _, module in layers[: _layer_index(layers, layer) + 1]]
-    x = _batch_of_one(model, image)
-    with _evaluation(model):
-        for module in chain:
-            x = module.forward(x)
-        if x.ndim != 4:
-            raise ValueError(f"layer {layer!r} has no spatial output (shape {x.shape[1:]}); "
-                             f"choose a convolution or a pool")
-        row, column = unit
-        channels = slice(None) if channel is None else channel
-        if not (0 <= row < x.shape[2] and 0 <= column < x.shape[3]) or not (
-                channel is None or 0 <= channel < x.shape[1]):
-            where = f"unit {tuple(unit)}" + ("" if channel is None else f" of map {channel}")
-            raise ValueError(f"{where} is outside the output of {layer!r}, of shape "
-                             f"{x.shape[1:]} (maps, rows, columns)")
-        dout = np.zeros_like(x)
-        dout[0, channels, row, column] = 1
-        for module in reversed(chain):
-            dout = module.backward(dout)
-    return dout[0]
+    recorded = trace.record(model, _batch_of_one(model, image), keep_cache=True)
+    out = _image_call(recorded, layer).output
+    row, column = unit
+    channels = slice(None) if channel is None else channel
+    if not (0 <= row < out.shape[2] and 0 <= column < out.shape[3]) or not (
+            channel is None or 0 <= channel < out.shape[1]):
+        where = f"unit {tuple(unit)}" + ("" if channel is None else f" of map {channel}")
+        raise ValueError(f"{where} is outside the output of {layer!r}, of shape "
+                         f"{out.shape[1:]} (maps, rows, columns)")
+    dout = np.zeros_like(out)
+    dout[0, channels, row, column] = 1
+    with trace.evaluation(model):
+        return trace.backward_from(recorded, out, dout)[0]
 
 
-def receptive_field_box(model, layer: str, unit: tuple[int, int]) -> tuple[int, int, int, int]:
+def receptive_field_box(model, layer: str, unit: tuple[int, int],
+                        input_shape=None) -> tuple[int, int, int, int]:
     """(top, left, height, width) in input pixels of the field of unit (row, column) of `layer`.
 
-    From `receptive_fields`: top = start + row · jump along the height (left likewise along
-    the width), height and width the field sizes. Negative or too large coordinates lie in
-    the padding, outside the image.
+    From the traced receptive fields (`cnnumpy.shapes.traced_fields`) of one forward pass on
+    an input of `input_shape` (default the model's `input_shape`): top = start + row · jump
+    along the height (left likewise along the width), height and width the field sizes.
+    Negative or too large coordinates lie in the padding, outside the image.
     """
-    layers = list(model.named_layers())
-    index = _layer_index(layers, layer)
-    windowed = [name for name, module in layers[: index + 1] if module.window is not None]
-    if not windowed:
-        return unit[0], unit[1], 1, 1
-    height = receptive_fields(model, axis=0)[len(windowed) - 1]
-    width = receptive_fields(model, axis=1)[len(windowed) - 1]
+    input_shape = getattr(model, "input_shape", None) if input_shape is None else input_shape
+    if input_shape is None:
+        raise ValueError("pass input_shape=(C, H, W): the model has no input_shape")
+    recorded = trace.record(model, np.zeros((1, *input_shape), model.dtype or np.float32))
+    height, width = traced_fields(recorded)[id(_image_call(recorded, layer).output)]
     row, column = unit
     return (height.start + row * height.jump, width.start + column * width.jump,
             height.size, width.size)
@@ -237,7 +218,7 @@ def saliency(model, image: np.ndarray, target: int | None = None) -> tuple[np.nd
     Returns ((H, W) float array, target).
     """
     x = _batch_of_one(model, image)
-    with _evaluation(model):
+    with trace.evaluation(model):
         logits = model.forward(x)
         if target is None:
             target = int(logits[0].argmax())
@@ -369,8 +350,7 @@ def feature_maps(model, image: np.ndarray, path, *, max_channels: int = 16,
 
     Each map is rescaled on its own; one row per convolution.
     """
-    with _evaluation(model):
-        outputs = _forward_outputs(model, _batch_of_one(model, image))
+    outputs = _leaf_outputs(model, _batch_of_one(model, image))
     convolutions = [(name, out[0]) for name, layer, out in outputs if isinstance(layer, Conv2D)]
     if not convolutions:
         raise ValueError("the model has no Conv2D layer to show the feature maps of")
@@ -461,12 +441,19 @@ def saliency_map(model, image: np.ndarray, path, *, target: int | None = None,
     return _save(fig, path)
 
 
-def _default_field_layer(model) -> str:
-    """The last layer with a window (convolution or pool): the widest field of an image map."""
-    windowed = [name for name, layer in model.named_layers() if layer.window is not None]
-    if not windowed:
+def _default_field_layer(recorded: "trace.Trace") -> str:
+    """The last module whose output is still an image larger than one pixel, behind a
+    convolution or pool: the widest field of an image map."""
+    windowed = False
+    candidates = []
+    for call in recorded.calls:
+        if call.is_leaf and call.module.receptive_window(call.inputs[0].shape[1:]) is not None:
+            windowed = True
+        if windowed and call.name and call.output.ndim == 4 and call.output[0, 0].size > 1:
+            candidates.append(call.name)
+    if not candidates:
         raise ValueError("the model has no convolution or pool: every field is one pixel")
-    return windowed[-1]
+    return candidates[-1]
 
 
 def receptive_field_plot(model, image: np.ndarray, path, *, layer: str | None = None,
@@ -482,15 +469,14 @@ def receptive_field_plot(model, image: np.ndarray, path, *, layer: str | None = 
     """
     from matplotlib.patches import Rectangle
 
-    layer = _default_field_layer(model) if layer is None else layer
-    layers = list(model.named_layers())
     shape = tuple(_check_image(image).shape)
-    for _, module in layers[: _layer_index(layers, layer) + 1]:
-        shape = module.output_shape(shape)
+    recorded = trace.record(model, np.zeros((1, *shape), model.dtype or np.float32))
+    layer = _default_field_layer(recorded) if layer is None else layer
+    out = _image_call(recorded, layer).output
     if unit is None:
-        unit = (shape[1] // 2, shape[2] // 2) if len(shape) == 3 else (0, 0)
+        unit = (out.shape[2] // 2, out.shape[3] // 2)
     gradient = np.abs(unit_gradient(model, image, layer, unit, channel)).max(axis=0)
-    top, left, height, width = receptive_field_box(model, layer, unit)
+    top, left, height, width = receptive_field_box(model, layer, unit, shape)
     inside = top >= 0 and left >= 0 and top + height <= image.shape[1] \
         and left + width <= image.shape[2]
     fig = _figure(figsize, dpi)

@@ -5,24 +5,33 @@
 
 A model class is registered under its lower-case name; it must have `config()` returning
 {"name": <class name>, **constructor keyword arguments} and accept `rng` and `dtype` keywords.
+The zoo's builders (`resnet18`, `vgg16_bn`, ...) are registered under their names too, for
+the command line (`cnnumpy train --model resnet20`); the models they build save the config
+of their class (`{"name": "CifarResNet", "depth": 20, ...}`). Names are case-insensitive.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .models import SimpleCNN
+from . import models
 
 MODELS: dict[str, type] = {}
 
 
-def register_model(cls: type) -> type:
-    """Add a model class to the registry (usable as a decorator); returns the class."""
-    MODELS[cls.__name__.lower()] = cls
+def register_model(cls, name: str | None = None):
+    """Add a model class or builder function to the registry under `name` (default its own
+    name), lower-cased; usable as a decorator; returns it."""
+    MODELS[(name or cls.__name__).lower()] = cls
     return cls
 
 
-register_model(SimpleCNN)
+for _model in (models.SimpleCNN, models.AlexNet, models.VGG, models.ResNet, models.CifarResNet,
+               models.alexnet, models.vgg11, models.vgg13, models.vgg16, models.vgg19,
+               models.vgg11_bn, models.vgg13_bn, models.vgg16_bn, models.vgg19_bn,
+               models.resnet18, models.resnet34, models.resnet50,
+               models.resnet20, models.resnet32, models.resnet56):
+    register_model(_model)
 
 
 def model_class(name: str) -> type:
@@ -39,6 +48,8 @@ def build_model(config: dict, *, rng: np.random.Generator | None = None, dtype=n
         raise ValueError(f"a model config is a dict with a 'name', got {config!r}")
     cls = model_class(config["name"])
     arguments = {k: v for k, v in config.items() if k != "name"}
+    arguments = {k: tuple(v) if isinstance(v, list) and k == "input_shape" else v
+                 for k, v in arguments.items()}
     try:
         return cls(**arguments, rng=rng, dtype=dtype)
     except TypeError as err:

@@ -12,6 +12,12 @@ between neighbouring units of layer l), from the lesson's recurrence:
 so j_{l-1} is the product of the strides before layer l. The field of unit i of layer l starts
 at input pixel `start_l + i * j_l`, with start_0 = 0 and start_l = start_{l-1} - p_l * j_{l-1}
 (negative where the field reaches into the padding).
+
+Through branches (a residual block adds two paths), the field of a sum is the union of its
+inputs' fields: from the smallest start to the largest end over the paths, the largest field
+over all paths (Araujo, Norris and Sim, "Computing receptive fields of convolutional neural
+networks", Distill 2019). `traced_fields` follows a recorded forward pass (`cnnumpy.trace`),
+so it handles any tree of modules.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from __future__ import annotations
 import operator
 from typing import Iterable, NamedTuple
 
-from .functional import pair
+import numpy as np
+
+from .functional.windowing import pair
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -63,10 +71,66 @@ class Field(NamedTuple):
     start: int  # first input pixel seen by unit 0 (negative inside the padding)
 
 
+def _step(field: Field, kernel: int, stride: int, padding: int) -> Field:
+    """The recurrence through one window: r += (k - 1)·j, start -= p·j, j *= s."""
+    return Field(field.size + (kernel - 1) * field.jump, field.jump * stride,
+                 field.start - padding * field.jump)
+
+
+def _union(fields: list[Field]) -> Field:
+    """The field of a sum of units: from the first start to the last end over the inputs."""
+    start = min(f.start for f in fields)
+    end = max(f.start + f.size for f in fields)
+    return Field(end - start, max(f.jump for f in fields), start)
+
+
+def traced_fields(trace) -> dict[int, tuple[Field, Field] | None]:
+    """(height, width) receptive field of every array of a trace, keyed by id(array); None
+    for arrays that are no longer images (after Flatten: a unit then sees the whole input).
+
+    Each leaf maps its input's field: windowed layers (convolutions, pools; their
+    `receptive_window`) by the recurrence, `Add` by the union of its inputs' fields, the others
+    (ReLU, BatchNorm, Dropout) keep it.
+    """
+    unit = Field(1, 1, 0)
+    fields: dict[int, tuple[Field, Field] | None] = {id(trace.input): (unit, unit)}
+    for call in trace.leaves():
+        inputs = [fields.get(id(x)) for x in call.inputs]
+        if call.output.ndim != 4 or any(field is None for field in inputs):
+            fields[id(call.output)] = None
+            continue
+        if len(inputs) > 1:
+            field = tuple(_union([f[axis] for f in inputs]) for axis in (0, 1))
+        else:
+            field = inputs[0]
+            window = call.module.receptive_window(call.inputs[0].shape[1:])
+            if window is not None:
+                kernel, stride, padding = (pair(v) for v in window)
+                field = tuple(_step(field[axis], kernel[axis], stride[axis], padding[axis])
+                              for axis in (0, 1))
+        fields[id(call.output)] = field
+    return fields
+
+
+def _model_fields(model, input_shape) -> list[tuple[Field, Field]]:
+    """(height, width) fields of the windowed leaves of `model`, in the order they run."""
+    from . import trace  # late: trace is about modules, this module about arithmetic
+
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
+            raise ValueError(f"the receptive fields of a {type(model).__name__} depend on its "
+                             f"input: pass input_shape=(C, H, W)")
+    x = np.zeros((1, *input_shape), dtype=model.dtype or np.float32)
+    recorded = trace.record(model, x)
+    fields = traced_fields(recorded)
+    return [fields[id(call.output)] for call in recorded.leaves()
+            if call.module.receptive_window(call.inputs[0].shape[1:]) is not None
+            and fields[id(call.output)] is not None]
+
+
 def _layer_windows(spec) -> list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]:
-    """(kernel, stride, padding) pairs of every windowed layer of a model or a list."""
-    if hasattr(spec, "named_layers"):
-        return [layer.window for _, layer in spec.named_layers() if layer.window is not None]
+    """(kernel, stride, padding) pairs of a list of (kernel, stride[, padding]) items."""
     windows = []
     for item in spec:
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
@@ -79,18 +143,22 @@ def _layer_windows(spec) -> list[tuple[tuple[int, int], tuple[int, int], tuple[i
     return windows
 
 
-def receptive_fields(spec, axis: int = 0) -> list[Field]:
+def receptive_fields(spec, axis: int = 0, input_shape=None) -> list[Field]:
     """Receptive field, jump and start of every windowed layer, along one axis.
 
-    `spec` is a model (its convolutions and pools count; ReLU, Flatten and Linear do not) or a
+    `spec` is a model (its convolutions and pools count, in the order they run; ReLU,
+    Flatten and Linear do not; through a residual block, the union of the paths) or a
     list of (kernel, stride) or (kernel, stride, padding) tuples, each an int or an
-    (h, w) pair. `axis` 0 is the height, 1 the width.
+    (h, w) pair. `axis` 0 is the height, 1 the width. A model is traced on one input of
+    `input_shape` (C, H, W), by default its `input_shape` attribute.
 
     >>> [f.size for f in receptive_fields([(3, 1), (3, 1), (3, 2)])]
     [3, 5, 7]
     """
     if axis not in (0, 1):
         raise ValueError(f"axis must be 0 (height) or 1 (width), got {axis!r}")
+    if hasattr(spec, "named_modules"):
+        return [field[axis] for field in _model_fields(spec, input_shape)]
     size, jump, start = 1, 1, 0
     fields = []
     for kernel, stride, padding in _layer_windows(spec):
@@ -102,7 +170,7 @@ def receptive_fields(spec, axis: int = 0) -> list[Field]:
     return fields
 
 
-def receptive_field(spec: Iterable) -> int:
+def receptive_field(spec: Iterable, input_shape=None) -> int:
     """Receptive field of the last layer of `spec` (see `receptive_fields`), in pixels.
 
     >>> receptive_field([(3, 1), (3, 1), (3, 2)])   # the lesson's example: 7, not 11
@@ -110,9 +178,10 @@ def receptive_field(spec: Iterable) -> int:
 
     Raises ValueError when the field is not square; use `receptive_fields(spec, axis)` then.
     """
-    spec = _layer_windows(spec)
-    height = receptive_fields(spec, axis=0)
-    width = receptive_fields(spec, axis=1)
+    if not hasattr(spec, "named_modules"):
+        spec = _layer_windows(spec)
+    height = receptive_fields(spec, axis=0, input_shape=input_shape)
+    width = receptive_fields(spec, axis=1, input_shape=input_shape)
     if not height:
         return 1
     if height[-1].size != width[-1].size:

@@ -1,23 +1,31 @@
-"""A model summary: one row per layer with its output shape, parameters, multiply-accumulates,
+"""A model summary: one row per module with its output shape, parameters, multiply-accumulates,
 receptive field and jump, then totals; returned as a string, in the shape of Keras's table.
+
+The rows come from one recorded forward pass of a zero image (`cnnumpy.trace`, in evaluation
+mode: the model is left as it was), in the order the modules run, blocks before their
+layers: a residual network shows `layer1`, `layer1.0`, `layer1.0.conv1`, ... A block's row
+counts the parameters and MACs of everything inside it; the totals count each once.
 
     print(cn.SimpleCNN((1, 28, 28)).summary((1, 28, 28)))
 
 Definitions (per image, i.e. for a batch of one):
 
-- **Parameters**: elements of the layer's `W` and `b`.
+- **Parameters**: elements of the module's parameters (`W` and `b`, BatchNorm's γ and β;
+  not buffers such as running statistics), and of its children's for a block.
 - **MACs** (multiply-accumulates) of the layers that multiply by weights:
   Conv2D  C_out · H_out · W_out · C_in · kH · kW      (one per weight per output position)
   Linear  out_features · in_features
   Bias additions are not counted; pools, ReLU and Flatten count 0 (they compare or add).
-- **Receptive field / jump** (`cnnumpy.shapes.receptive_fields`): how many input pixels one
+- **Receptive field / jump** (`cnnumpy.shapes.traced_fields`): how many input pixels one
   unit of the layer sees, and how many input pixels lie between neighbouring units; a layer
-  without a window (ReLU) keeps those of the layer before it. Shown "h x w" when they differ
+  without a window (ReLU, BatchNorm) keeps those of the layer before it, and a sum (the
+  `Add` of a residual block) takes the union of its paths' fields. Shown "h x w" when they differ
   along the two axes, and "-" once the output is no longer an image (after Flatten): a unit
   of a Linear layer sees the whole input.
 - **Activation memory for training**: the bytes of the tensors a forward pass keeps until
-  backward has run, counted as the input image plus the output of every layer, in the
-  model's dtype. Flatten's output counts 0 (a reshape shares its input's memory). The
+  backward has run, counted as the input image plus the output of every leaf layer, in the
+  model's dtype. Flatten's output counts 0 (a reshape shares its input's memory), and so
+  does an output that is its input (an identity, such as adaptive pooling to the same size). The
   kernels' scratch buffers (im2col columns, max-pool indices, ReLU masks) and the gradients
   are not counted: they depend on the implementation, so the figure is a lower bound.
 """
@@ -28,20 +36,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import trace
 from .layers import Conv2D, Flatten, Linear
-from .shapes import Field, receptive_fields
+from .shapes import Field, traced_fields
+
+# The largest input (elements of one sample) a summary traces: a summary runs the model.
+MAX_INPUT_ELEMENTS = 2**27
 
 
 @dataclass(frozen=True)
 class LayerSummary:
     """One row of the table."""
 
-    name: str                       # dotted name, e.g. "conv1"
+    name: str                       # dotted name, e.g. "conv1" or "layer1.0.conv1"
     type: str                       # class name, e.g. "Conv2D"
     output_shape: tuple[int, ...]   # one sample, no batch axis
     parameters: int
     macs: int                       # multiply-accumulates per image
     field: tuple[Field, Field] | None  # (height, width) receptive field; None after Flatten
+    leaf: bool = True               # False for a block (its figures include its children's)
 
 
 @dataclass(frozen=True)
@@ -53,13 +66,11 @@ class ModelSummary:
     rows: list[LayerSummary]
     activation_bytes: int           # per image, for training (see the module docstring)
 
-    @property
-    def parameters(self) -> int:
-        return sum(row.parameters for row in self.rows)
+    parameters: int                 # of the whole model
 
     @property
     def macs(self) -> int:
-        return sum(row.macs for row in self.rows)
+        return sum(row.macs for row in self.rows if row.leaf)
 
 
 def _macs(layer, output_shape: tuple[int, ...]) -> int:
@@ -78,24 +89,30 @@ def summarize(model, input_shape) -> ModelSummary:
     Raises ValueError (from the layers' shape rules) when the shape does not fit the model.
     """
     input_shape = tuple(int(v) for v in input_shape)
-    fields = zip(receptive_fields(model, axis=0), receptive_fields(model, axis=1))
-    field: tuple[Field, Field] | None = (Field(1, 1, 0), Field(1, 1, 0))
-    itemsize = np.dtype(model.dtype or np.float32).itemsize
-    activations = int(np.prod(input_shape, dtype=np.int64))
+    if min(input_shape, default=0) < 1 or np.prod(input_shape, dtype=np.float64) > \
+            MAX_INPUT_ELEMENTS:
+        raise ValueError(f"input_shape must be positive sizes of at most {MAX_INPUT_ELEMENTS:,} "
+                         f"elements in all (a summary runs the model once), got {input_shape}")
+    model.output_shape(input_shape)  # the layers' own errors, before anything runs
+    dtype = model.dtype or np.float32
+    recorded = trace.record(model, np.zeros((1, *input_shape), dtype=dtype))
+    fields = traced_fields(recorded)
+    leaves = recorded.leaves()
+    macs = {id(call): _macs(call.module, call.output.shape[1:]) for call in leaves}
+    calls = [call for call in recorded.calls if call.depth > 0] or recorded.calls
     rows = []
-    shape = input_shape
-    for name, layer in model.named_layers():
-        shape = tuple(layer.output_shape(shape))
-        if layer.window is not None:
-            field = next(fields)
-        if len(shape) != 3:
-            field = None
-        if not isinstance(layer, Flatten):
-            activations += int(np.prod(shape, dtype=np.int64))
-        parameters = sum(int(p.size) for p in layer.parameters().values())
-        rows.append(LayerSummary(name or type(layer).__name__, type(layer).__name__, shape,
-                                 parameters, _macs(layer, shape), field))
-    return ModelSummary(type(model).__name__, input_shape, rows, activations * itemsize)
+    for call in calls:
+        inside = [leaf for leaf in leaves if leaf is call
+                  or leaf.name.startswith(call.name + ".")] if call.name else leaves
+        rows.append(LayerSummary(
+            call.name or type(call.module).__name__, type(call.module).__name__,
+            tuple(call.output.shape[1:]), int(call.module.num_parameters()),
+            sum(macs[id(leaf)] for leaf in inside), fields.get(id(call.output)), call.is_leaf))
+    kept = [call.output for call in leaves if not isinstance(call.module, Flatten)
+            and not any(call.output is x for x in call.inputs)]
+    activations = sum(out[0].size for out in kept) + int(np.prod(input_shape, dtype=np.int64))
+    return ModelSummary(type(model).__name__, input_shape, rows,
+                        activations * np.dtype(dtype).itemsize, int(model.num_parameters()))
 
 
 def _both_axes(height: int, width: int) -> str:

@@ -1,0 +1,77 @@
+"""Elementwise and dense kernels: ReLU, flatten, fully connected."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import workspace
+
+
+def matmul_long_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a · b, computed as (bᵀ · aᵀ)ᵀ (an F-ordered result) when the output is wider than tall.
+
+    Threaded OpenBLAS can be many times slower on a short, wide output (e.g. a batch of 64
+    rows by 512 features) than on its transpose, when the cores are busy.
+    """
+    if b.shape[1] > a.shape[0]:
+        return (b.T @ a.T).T
+    return a @ b
+
+
+def relu(x):
+    """max(x, 0), elementwise, in x's memory layout."""
+    return np.maximum(x, 0, out=workspace.empty_like(x))
+
+
+def relu_forward(x):
+    """`relu(x)`; the cache is the mask of positive inputs."""
+    positive = np.greater(x, 0, out=workspace.empty_like(x, bool))
+    return relu(x), positive
+
+
+def relu_backward(dout, positive):
+    """dout where the input was positive, 0 elsewhere (the derivative at 0 is taken as 0)."""
+    return np.multiply(dout, positive, out=workspace.empty_like(dout))
+
+
+def flatten_forward(x):
+    """(N, d1, d2, ...) -> (N, d1*d2*...); the cache is the input shape."""
+    return x.reshape(x.shape[0], -1), x.shape
+
+
+def flatten_backward(dout, x_shape):
+    """Reshape the gradient back to the input's shape."""
+    return dout.reshape(x_shape)
+
+
+def linear_forward(x, w, b):
+    """x · wᵀ + b: x (N, in), w (out, in), b (out,) -> (N, out)."""
+    out = matmul_long_rows(x, w.T)
+    out += b
+    return out, (x, w)
+
+
+def linear_backward(dout, cache, input_grad=True):
+    """dx = dout · w, dw = doutᵀ · x, db = Σ_n dout: dout (N, out) -> (dx, dw, db).
+
+    With input_grad=False, dx is None and not computed.
+    """
+    x, w = cache
+    dx = matmul_long_rows(dout, w) if input_grad else None
+    return dx, dout.T @ x, dout.sum(axis=0)
+
+
+def dropout_mask(uniform: np.ndarray, p: float, dtype) -> np.ndarray:
+    """Inverted dropout's mask from uniform draws in [0, 1): 1/(1-p) where u >= p (kept),
+    0 elsewhere, so that the kept values are scaled and the expected output is the input."""
+    dtype = np.dtype(dtype)
+    return np.where(uniform >= p, dtype.type(1 / (1 - p)), dtype.type(0))
+
+
+def dropout_forward(x, mask):
+    """x · mask (see `dropout_mask`); the cache is the mask."""
+    return np.multiply(x, mask, out=workspace.empty_like(x)), mask
+
+
+def dropout_backward(dout, mask):
+    return np.multiply(dout, mask, out=workspace.empty_like(dout))

@@ -1,0 +1,90 @@
+"""Batch normalisation (see `cnnumpy.layers.BatchNorm2D` for the formulas and shapes).
+
+The kernels see the batch as a matrix of rows: (N, C) features, or every pixel of (N, C, H, W)
+images as a row of C channels (the channels-last memory of the other kernels' outputs, so
+the rows are a view, not a copy). Statistics are per channel, over the rows.
+
+A batch split into parts (threads, processes) normalises with the statistics of the whole
+batch when `total_sum` is given: a function returning the elementwise sum of an array over
+every part (`cnnumpy.parallel`); without it, the part is the whole batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import workspace
+from .windowing import to_channels_last, to_nchw
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """(N, C) -> itself; (N, C, H, W) -> (N*H*W, C) rows, a view of channels-last memory."""
+    return x if x.ndim == 2 else to_channels_last(x).reshape(-1, x.shape[1])
+
+
+def _like_input(rows: np.ndarray, x_shape) -> np.ndarray:
+    """Rows back in the input's shape: (N, C), or the NCHW view of (N, H, W, C) memory."""
+    if len(x_shape) == 2:
+        return rows
+    n, c, h, w = x_shape
+    return to_nchw(rows.reshape(n, h, w, c))
+
+
+def _whole(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
+    """Training mode: normalise every channel with the batch's mean and biased variance.
+
+        mean = Σ x / m,   var = Σ (x - mean)² / m,   x̂ = (x - mean) / √(var + eps),
+        out = γ · x̂ + β,   over the m = N (·H·W) values of each channel
+
+    Returns (out, cache, mean, var): the batch statistics, for the running averages.
+    """
+    total_sum = total_sum or _whole
+    rows = _rows(x)
+    sums = total_sum(np.append(rows.sum(axis=0), rows.dtype.type(len(rows))))
+    count, mean = sums[-1], sums[:-1] / sums[-1]
+    xhat = np.subtract(rows, mean, out=workspace.empty_like(rows))  # (rows, C): x - mean
+    var = total_sum(np.einsum("ij,ij->j", xhat, xhat)) / count
+    inv_std = 1 / np.sqrt(var + eps)
+    xhat *= inv_std
+    out = np.multiply(xhat, gamma, out=workspace.empty_like(rows))
+    out += beta
+    return _like_input(out, x.shape), (xhat, gamma, inv_std, count, x.shape), mean, var
+
+
+def batchnorm_backward(dout, cache, total_sum=None):
+    """Exact gradients of the training-mode function (the statistics depend on every input):
+
+        dβ = Σ dout,   dγ = Σ dout · x̂,
+        dx = γ / √(var + eps) · (dout - dβ_all / m - x̂ · dγ_all / m)
+
+    where dβ_all, dγ_all are the sums over the whole batch (every part). Returns
+    (dx, dgamma, dbeta), the parameter gradients of this part's rows only (the parts' sums
+    add up to the whole batch's, as any parameter gradient's do).
+    """
+    total_sum = total_sum or _whole
+    xhat, gamma, inv_std, count, x_shape = cache
+    g = _rows(dout)
+    dbeta = g.sum(axis=0)
+    dgamma = np.einsum("ij,ij->j", g, xhat)
+    c = len(dbeta)
+    both = total_sum(np.concatenate([dbeta, dgamma]))
+    dx = np.multiply(xhat, -both[c:] / count, out=workspace.empty_like(xhat))
+    dx += g
+    dx -= both[:c] / count
+    dx *= gamma * inv_std
+    return _like_input(dx, x_shape), dgamma, dbeta
+
+
+def batchnorm_infer(x, gamma, beta, running_mean, running_var, eps):
+    """Evaluation mode, one affine map per channel: out = x · s + (β - mean · s), with
+    s = γ / √(running_var + eps)."""
+    scale = gamma / np.sqrt(running_var + eps)
+    shift = beta - running_mean * scale
+    rows = _rows(x)
+    out = np.multiply(rows, scale.astype(x.dtype), out=workspace.empty_like(rows))
+    out += shift.astype(x.dtype)
+    return _like_input(out, x.shape)

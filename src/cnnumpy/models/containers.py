@@ -1,0 +1,174 @@
+"""Containers: `Sequential` (modules one after the other) and `Residual` (a main path plus a
+shortcut, added)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from .. import trace
+from ..layers import Add, MaxPool2D, Module, ReLU
+from ..layers.module import _join
+
+
+class Sequential(Module):
+    """Layers applied one after the other; backward runs them in reverse.
+
+    ReLU then max-pooling runs as max-pooling then ReLU: the two commute,
+    max(relu(x)) = relu(max(x)), since ReLU never changes the order of two values, and so do
+    their gradients (each window's gradient goes to its first maximum, and ReLU lets it through
+    exactly where that maximum is positive). Pooling first, ReLU and its backward work on a
+    quarter of the values (2x2 windows). Outputs and gradients are exactly those of the
+    written order as long as the activations hold no NaN (a window [5, NaN] passes its
+    gradient to the 5 when ReLU comes first, to nobody when pooling does: NaN > 0 is false);
+    only the caches each of the two layers keeps differ. Set `commute_relu_pool = False` to
+    run the layers as written.
+
+    Args:
+        layers: a list of modules (named "0", "1", ...) or a dict of name -> module.
+            The names make the parameter names: `{"conv1": Conv2D(...)}` owns `conv1.W`.
+
+    Shape: whatever its layers make of it; `output_shape(input_shape)` folds their rules.
+    """
+
+    commute_relu_pool = True
+
+    def __init__(self, layers):
+        if isinstance(layers, dict):
+            named = dict(layers)
+        else:
+            named = {str(i): layer for i, layer in enumerate(layers)}
+        for name, layer in named.items():
+            if not isinstance(layer, Module):
+                raise TypeError(f"layer {name!r} is not a cnnumpy module: {layer!r}")
+            if not name or "." in name:
+                raise ValueError(f"layer names must be non-empty and contain no '.', got {name!r}")
+        self.layers = named
+        self._executed: list[Module] = []  # the order of the last forward, for backward
+
+    def execution_order(self) -> list[tuple[str, Module]]:
+        """(name, layer) in the order forward runs them: each ReLU directly followed by a
+        MaxPool2D swapped with it (see the class doc), except while a trace records."""
+        order = list(self.layers.items())
+        if self.commute_relu_pool and trace.active_recorder() is None:
+            for i in range(len(order) - 1):
+                if type(order[i][1]) is ReLU and type(order[i + 1][1]) is MaxPool2D:
+                    order[i], order[i + 1] = order[i + 1], order[i]
+        return order
+
+    def __getitem__(self, name: str) -> Module:
+        return self.layers[name]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        yield from self.layers.items()
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.layers.values():
+            shape = layer.output_shape(shape)
+        return shape
+
+    def forward(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
+        """Run every layer in order: (N, *input_shape) -> (N, *output_shape).
+
+        keep_cache=False: inference, nothing kept for backward (see `Module.forward`)."""
+        if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
+            if not np.isfinite(x).all():
+                raise ValueError(f"input contains NaN or infinite values (shape {x.shape})")
+        self._executed = [layer for _, layer in self.execution_order()]
+        for layer in self._executed:
+            x = layer(x, keep_cache=keep_cache)
+        return x
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Run every layer's backward in reverse order; returns the gradient for the input.
+
+        With input_grad=False the first layer makes only its parameter gradients and None is
+        returned: training does not need the gradient of the images (for conv1, its
+        col2im is skipped).
+        """
+        # Before any forward, the written order: its last layer then says what is missing.
+        layers = self._executed or list(self.layers.values())
+        for depth, layer in enumerate(reversed(layers), start=1):
+            dout = layer.backward(dout, input_grad=input_grad or depth < len(layers))
+        return dout if input_grad else None
+
+    def __repr__(self) -> str:
+        lines = [f"  ({name}): {layer!r}" for name, layer in self.layers.items()]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+class Residual(Module):
+    """A residual block: out = activation(main(x) + shortcut(x)) (He et al. 2016).
+
+    The main path is a sequence of modules, named as its own children (so that a ResNet's
+    names are torchvision's: `layer1.0.conv1`, `layer1.0.bn1`, ...). The shortcut is the
+    identity, or a module named `downsample` (a 1x1 convolution and BatchNorm where the shape
+    changes); an `Add` named `add` joins the two, then `activation` (named `relu`; None for
+    none). Backward sends the gradient of the sum down both paths and adds the two input
+    gradients, the exact derivative of the sum.
+
+    Args:
+        main: dict of name -> module, run in order.
+        shortcut: a module of the same output shape as the main path, or None (identity).
+        activation: a module applied to the sum: "relu" (default, a new ReLU), a module, or
+            None (the sum itself).
+
+    Shape: input (N, C, H, W) -> the main path's output shape (which the shortcut's must match).
+    """
+
+    def __init__(self, main: dict, shortcut: Module | None = None,
+                 activation: Module | None | str = "relu"):
+        if not isinstance(main, dict) or not main:
+            raise TypeError(f"main must be a non-empty dict of name -> module, got {main!r}")
+        reserved = {"downsample", "add", "relu"} & set(main)
+        if reserved:
+            raise ValueError(f"main path names {sorted(reserved)} are reserved for the block")
+        for name, module in main.items():
+            if not isinstance(module, Module):
+                raise TypeError(f"module {name!r} is not a cnnumpy module: {module!r}")
+            setattr(self, name, module)
+        self._main = list(main)
+        self.downsample = shortcut
+        self.add = Add()
+        self.relu = ReLU() if activation == "relu" else activation
+        if self.relu is not None and not isinstance(self.relu, Module):
+            raise TypeError(f"activation must be a cnnumpy module, 'relu' or None, got "
+                            f"{activation!r}")
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for name in self._main:
+            shape = getattr(self, name).output_shape(shape)
+        short = tuple(input_shape) if self.downsample is None else \
+            self.downsample.output_shape(input_shape)
+        if short != shape:
+            raise ValueError(f"the shortcut gives shape {short} but the main path {shape}")
+        return shape
+
+    def forward(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
+        out = x
+        for name in self._main:
+            out = getattr(self, name)(out, keep_cache=keep_cache)
+        short = x if self.downsample is None else self.downsample(x, keep_cache=keep_cache)
+        out = self.add(out, short, keep_cache=keep_cache)
+        return out if self.relu is None else self.relu(out, keep_cache=keep_cache)
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        if self.relu is not None:
+            dout = self.relu.backward(dout)
+        dmain, dshort = self.add.backward(dout)
+        for depth, name in enumerate(reversed(self._main), start=1):
+            dmain = getattr(self, name).backward(
+                dmain, input_grad=input_grad or depth < len(self._main))
+        if self.downsample is not None:
+            dshort = self.downsample.backward(dshort, input_grad=input_grad)
+        return dmain + dshort if input_grad else None
+
+    def __repr__(self) -> str:
+        lines = [f"  ({name}): {module!r}" for name, module in self.named_children()]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
