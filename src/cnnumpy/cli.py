@@ -75,6 +75,23 @@ RECIPE = {
     "nesterov": None, "schedule": "onecycle", "weight_decay": None, "label_smoothing": 0.0,
     "augment": True, "val_split": 0.0, "seed": 0, "limit": None,
 }
+# What the default recipe changes for other models on Fashion-MNIST-sized images (28x28):
+# {registry name prefix: {setting: value}}; see the README's table. The CIFAR ResNets train
+# twice as long at twice the peak lr, with label smoothing; VGG without BatchNorm and AlexNet
+# need a lower lr (at 0.05 their loss diverged); VGG is padded to 32x32 and AlexNet to 64x64
+# (`input_padding`), the smallest sizes their pools allow.
+MODEL_RECIPES = {
+    "simplecnn": {},
+    "resnet20": {"epochs": 30, "lr": 0.1, "label_smoothing": 0.1},
+    "resnet32": {"epochs": 30, "lr": 0.1, "label_smoothing": 0.1},
+    "resnet56": {"epochs": 30, "lr": 0.1, "label_smoothing": 0.1},
+    "resnet18": {"lr": 0.1}, "resnet34": {"lr": 0.1}, "resnet50": {"lr": 0.1},
+    "vgg11_bn": {"input_padding": 2}, "vgg13_bn": {"input_padding": 2},
+    "vgg16_bn": {"input_padding": 2}, "vgg19_bn": {"input_padding": 2},
+    "vgg11": {"input_padding": 2, "lr": 0.01}, "vgg13": {"input_padding": 2, "lr": 0.01},
+    "vgg16": {"input_padding": 2, "lr": 0.01}, "vgg19": {"input_padding": 2, "lr": 0.01},
+    "alexnet": {"input_padding": 18, "lr": 0.01},
+}
 # Defaults that depend on the optimizer: {optimizer: {setting: value}}.
 OPTIMIZER_DEFAULTS = {
     "sgd": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
@@ -90,9 +107,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--dataset", choices=DATASETS, help="data set (default fashion-mnist)")
     add("--data-dir", help="folder with the data files (default: the per-user cache, then "
                            "system folders, then a download)")
-    add("--model", choices=sorted(MODELS), help="architecture (default simplecnn)")
-    add("--init", choices=INITS, help="initial weights: he (the lesson's) or uniform "
-                                     "(PyTorch's default); default uniform")
+    add("--model", choices=sorted(MODEL_RECIPES), help="architecture (default simplecnn); "
+        "each has its own defaults, see the README")
+    add("--init", choices=INITS[:2], help="initial weights of simplecnn: he (the lesson's) or "
+                                        "uniform (PyTorch's default); default uniform")
     add("--epochs", type=_positive_int, help="number of epochs (default 15)")
     add("--batch-size", type=_positive_int, help="images per step (default 128)")
     add("--lr", type=float, help="learning rate; the peak for onecycle "
@@ -122,7 +140,15 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 def _train_settings(args) -> dict:
     """The full settings of a new run: given options over the recipe and optimizer defaults."""
     given = {key: getattr(args, key) for key in RECIPE if getattr(args, key) is not None}
-    settings = {**RECIPE, **given}
+    model = given.get("model", RECIPE["model"])
+    if model != "simplecnn" and "init" in given:
+        raise ValueError(f"--init applies to --model simplecnn only; {model} is initialised "
+                         f"as torchvision initialises it")
+    settings = {**RECIPE, **MODEL_RECIPES[model], **given}
+    if model != "simplecnn":
+        del settings["init"]
+    if settings["optimizer"] != "sgd" and "lr" not in given:  # the models' lr is SGD's
+        settings["lr"] = None
     defaults = OPTIMIZER_DEFAULTS[settings["optimizer"]]
     stray = sorted(key for key in given if key in ("momentum", "nesterov") and key not in defaults)
     if stray:
@@ -187,10 +213,7 @@ def run_train(args) -> int:
 
     rng = np.random.default_rng(settings["seed"])
     train, val = _training_data(settings, rng)
-    model = build_model({"name": MODELS[settings["model"]].__name__,
-                         "input_shape": list(train.sample_shape),
-                         "num_classes": train.num_classes,
-                         "init": settings.get("init", "he")}, rng=rng)
+    model = build_model(_model_config(settings, train), rng=rng)
     optimizer = _optimizer_for(settings, model)
     steps_per_epoch = num_batches(train, settings["batch_size"])
     schedule = make_schedule(settings["schedule"], settings["lr"], settings["epochs"],
@@ -214,6 +237,17 @@ def run_train(args) -> int:
     print(f"test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
           f"({metrics['count']} test images, final weights in {run_dir / LAST_FILE})")
     return 0
+
+
+def _model_config(settings: dict, train) -> dict:
+    """The registry config of the run's model for the training images."""
+    config = {"name": settings["model"], "input_shape": list(train.sample_shape),
+              "num_classes": train.num_classes}
+    if settings["model"] == "simplecnn":
+        config["init"] = settings.get("init", "he")
+    if "input_padding" in settings:
+        config["input_padding"] = settings["input_padding"]
+    return config
 
 
 def _text(value):
@@ -422,9 +456,11 @@ def configure_summary(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=sorted(MODELS),
                         help="a fresh model of this architecture instead of a checkpoint")
     parser.add_argument("--input-shape", type=_shape, metavar="C,H,W",
-                        help="one input image (default: the checkpoint's; 3,32,32 with --model)")
-    parser.add_argument("--num-classes", type=_positive_int, default=10,
-                        help="outputs of a --model (default 10)")
+                        help="one input image (default: the checkpoint's, or the --model's "
+                             "own: 3,224,224 for the ImageNet models, 3,32,32 for the others)")
+    parser.add_argument("--num-classes", type=_positive_int,
+                        help="outputs of a --model (default: its own, 1000 for the ImageNet "
+                             "models, 10 for the others)")
 
 
 def run_summary(args) -> int:
@@ -436,9 +472,13 @@ def run_summary(args) -> int:
         model = checkpoint.build_model()
         shape = args.input_shape or tuple(checkpoint.metadata["model"]["input_shape"])
     else:
-        shape = args.input_shape or (3, 32, 32)
-        model = build_model({"name": MODELS[args.model].__name__, "input_shape": list(shape),
-                             "num_classes": args.num_classes}, rng=np.random.default_rng(0))
+        config = {"name": args.model}
+        if args.num_classes is not None:
+            config["num_classes"] = args.num_classes
+        if args.input_shape is not None:
+            config["input_shape"] = list(args.input_shape)
+        model = build_model(config, rng=np.random.default_rng(0))
+        shape = model.input_shape
     print(model.summary(shape))
     return 0
 

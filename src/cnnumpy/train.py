@@ -42,6 +42,7 @@ import numpy as np
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import channel_stats, normalize, num_batches, random_crop, random_hflip
 from . import workspace
+from .layers.activation import seed_dropout
 from .parallel import BatchParallel
 from .losses import CrossEntropyLoss, softmax
 
@@ -483,6 +484,8 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     if normalization is None:
         normalization = channel_stats(_check_data(train_data, "train_data")[0])
+    if resume is None:  # a resumed run takes its Dropout streams from the checkpoint
+        seed_dropout(model, rng)
     run = _Run(model, train_data, val_data, optimizer, schedule, epochs, batch_size, augment,
                crop_padding, flip, label_smoothing, rng, run_dir, normalization, metadata,
                workers)

@@ -105,3 +105,11 @@ class Dropout(Layer):
 
     def _repr_args(self):
         return [] if self.p == 0.5 else [f"p={self.p}"]
+
+
+def seed_dropout(model, rng: np.random.Generator) -> None:
+    """Restart the stream of every Dropout of `model` from `rng`, in the order of the modules
+    (the training loop does at the start of a run, so that its seed fixes the masks)."""
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.seed(rng)

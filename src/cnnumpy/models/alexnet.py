@@ -27,6 +27,8 @@ class AlexNet(ZooModel):
         num_classes: logits (default 1000).
         input_shape: (C, H, W), at least 63x63 (default (3, 224, 224)).
         dropout: p of the two Dropout layers (default 0.5).
+        input_padding: zero pixels added around the input by a first ZeroPad2D named "pad"
+            (default 0: none), so that smaller images fit, e.g. 18 for 28x28 ones.
         rng, dtype: the Generator of the initial weights and the dropout streams; float32 or
             float64.
 
@@ -34,8 +36,8 @@ class AlexNet(ZooModel):
     """
 
     def __init__(self, num_classes: int = 1000, input_shape=(3, 224, 224), *,
-                 dropout: float = 0.5, rng: np.random.Generator | None = None,
-                 dtype=np.float32):
+                 dropout: float = 0.5, input_padding: int = 0,
+                 rng: np.random.Generator | None = None, dtype=np.float32):
         (c, _, _), num_classes = check_model_arguments(input_shape, num_classes)
         rng = np.random.default_rng() if rng is None else rng
 
@@ -57,10 +59,11 @@ class AlexNet(ZooModel):
             Dropout(dropout, rng=rng), linear(4096, 4096), ReLU(),
             linear(4096, num_classes),
         ])
-        super().__init__({"features": features, "avgpool": AdaptiveAvgPool2D(6),
-                          "flatten": Flatten(), "classifier": classifier})
+        super().__init__(self._padded({"features": features, "avgpool": AdaptiveAvgPool2D(6),
+                                       "flatten": Flatten(), "classifier": classifier},
+                                      input_padding))
         self._finish("AlexNet", {"num_classes": num_classes, "input_shape": input_shape,
-                                 "dropout": dropout})
+                                 "dropout": dropout, "input_padding": input_padding})
 
 
 def alexnet(num_classes: int = 1000, input_shape=(3, 224, 224), **kwargs) -> AlexNet:

@@ -34,13 +34,14 @@ class VGG(ZooModel):
     Args:
         depth: 11, 13, 16 or 19 weight layers (default 16).
         batch_norm: BatchNorm2D after every convolution (default False).
-        num_classes, input_shape (at least 32x32; default (3, 224, 224)), dropout (0.5), rng,
-        dtype: as `AlexNet`.
+        num_classes, input_shape (at least 32x32 with the padding; default (3, 224, 224)),
+        dropout (0.5), input_padding (0), rng, dtype: as `AlexNet`.
     """
 
     def __init__(self, depth: int = 16, batch_norm: bool = False, num_classes: int = 1000,
                  input_shape=(3, 224, 224), *, dropout: float = 0.5,
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+                 input_padding: int = 0, rng: np.random.Generator | None = None,
+                 dtype=np.float32):
         if depth not in CONFIGS:
             raise ValueError(f"depth must be one of {sorted(CONFIGS)}, got {depth!r}")
         if not isinstance(batch_norm, (bool, np.bool_)):
@@ -67,11 +68,12 @@ class VGG(ZooModel):
             linear(4096, 4096), ReLU(), Dropout(dropout, rng=rng),
             linear(4096, num_classes),
         ])
-        super().__init__({"features": Sequential(layers), "avgpool": AdaptiveAvgPool2D(7),
-                          "flatten": Flatten(), "classifier": classifier})
+        super().__init__(self._padded({"features": Sequential(layers),
+                                       "avgpool": AdaptiveAvgPool2D(7), "flatten": Flatten(),
+                                       "classifier": classifier}, input_padding))
         self._finish("VGG", {"depth": depth, "batch_norm": bool(batch_norm),
                              "num_classes": num_classes, "input_shape": input_shape,
-                             "dropout": dropout})
+                             "dropout": dropout, "input_padding": input_padding})
 
 
 def _vgg(depth: int, batch_norm: bool):

@@ -7,6 +7,7 @@ import operator
 
 import numpy as np
 
+from ..layers import ZeroPad2D
 from .containers import Sequential
 
 
@@ -28,6 +29,15 @@ class ZooModel(Sequential):
     """A Sequential with the arguments it was built from: `config()` returns them, with the
     registry name, so that a checkpoint rebuilds the same architecture (depth and width too).
     Subclasses call `_finish(name, arguments)` after building their layers."""
+
+    @staticmethod
+    def _padded(modules: dict, input_padding) -> dict:
+        """`modules` after a ZeroPad2D named "pad" when input_padding > 0 (no parameter
+        names change: torchvision's names stay)."""
+        if isinstance(input_padding, bool) or not isinstance(input_padding, int) \
+                or input_padding < 0:
+            raise ValueError(f"input_padding must be an integer >= 0, got {input_padding!r}")
+        return {"pad": ZeroPad2D(input_padding), **modules} if input_padding else modules
 
     def _finish(self, name: str, arguments: dict) -> None:
         self.input_shape = tuple(arguments["input_shape"])
