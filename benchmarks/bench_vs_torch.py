@@ -1,11 +1,14 @@
-"""SimpleCNN speed and memory of cnnumpy against PyTorch on the CPU, float32, in one run.
+"""Speed and memory of cnnumpy against PyTorch on the CPU, float32, in one run.
 
     python benchmarks/bench_vs_torch.py [--repeats 30] [--warmup 5] [--no-memory] [--threads N]
+                                        [--models simplecnn resnet20]
 
 What it measures, with the default thread settings of both libraries:
 
 - images/s of a training step (forward, softmax cross-entropy, backward, SGD-momentum update)
-  and of inference (forward only), for SimpleCNN at 3x32x32 (batch 64) and 1x28x28 (batch 128).
+  and of inference (forward only), for SimpleCNN at 3x32x32 (batch 64) and 1x28x28 (batch 128)
+  and ResNet-20 at 3x32x32 (batch 128). PyTorch runs the same architecture, built from the
+  cnnumpy model by `torch_mirror.py` (same weights; its BatchNorm is PyTorch's own).
   Each figure is the median of `--repeats` timed runs after `--warmup` untimed ones. The two
   frameworks take turns in blocks of `BLOCK` timed runs (which one goes first alternates), so
   that a load spike from another process hits both alike; each block starts with one untimed
@@ -18,8 +21,9 @@ What it measures, with the default thread settings of both libraries:
 - the machine's float32 GEMM rate through NumPy (median of square 1024 products), the useful
   FLOPs of a training step (3 x the forward multiply-adds x 2 of the convolutions and linear
   layers: forward, dX and dW), and the fraction of the GEMM rate each framework reaches;
-- a per-layer breakdown of cnnumpy's forward and backward time, next to each layer's GEMM time
-  at the measured rate (the floor a GEMM-bound layer cannot beat);
+- a per-layer breakdown of cnnumpy's forward and backward time (one whole-batch pass, every
+  leaf layer timed), next to each layer's GEMM time at the measured rate (the floor a
+  GEMM-bound layer cannot beat); for ResNet-20, summed by layer type;
 - peak memory of a training step. Method: a fresh subprocess per framework and shape imports
   only that framework, builds the model and the data (parameter gradients allocated), resets
   the kernel's peak-RSS counter (writes 5 to /proc/self/clear_refs), runs warm-up and timed
@@ -64,7 +68,9 @@ try:
 except ImportError:  # the benchmark still times cnnumpy alone
     torch = None
 
-SHAPES = [((3, 32, 32), 64), ((1, 28, 28), 128)]
+# (model, input shape, batch); --models picks among the models.
+SHAPES = [("simplecnn", (3, 32, 32), 64), ("simplecnn", (1, 28, 28), 128),
+          ("resnet20", (3, 32, 32), 128)]
 NUM_CLASSES = 10
 LR, MOMENTUM = 0.01, 0.9
 
@@ -73,11 +79,12 @@ LR, MOMENTUM = 0.01, 0.9
 
 
 class CnnumpyRunner:
-    """SimpleCNN with cnnumpy's softmax cross-entropy and SGD with momentum."""
+    """A model of the registry with cnnumpy's softmax cross-entropy and SGD with momentum."""
 
-    def __init__(self, input_shape, batch, seed=0):
+    def __init__(self, name, input_shape, batch, seed=0):
         rng = np.random.default_rng(seed)
-        self.model = cn.SimpleCNN(input_shape, NUM_CLASSES, rng=rng)
+        self.model = cn.build_model({"name": name, "input_shape": list(input_shape),
+                                     "num_classes": NUM_CLASSES}, rng=rng)
         self.x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
         self.y = rng.integers(0, NUM_CLASSES, batch)
         self.criterion = cn.CrossEntropyLoss()
@@ -96,35 +103,28 @@ class CnnumpyRunner:
         return loss.item()
 
     def infer(self):
-        return self.passes.forward(self.x)  # no caches, as PyTorch's inference_mode
+        self.model.eval()  # BatchNorm with its running statistics, as PyTorch's eval()
+        out = self.passes.forward(self.x)  # no caches, as PyTorch's inference_mode
+        self.model.train()
+        return out
 
 
 # --------------------------------------------------------------------------- PyTorch side
 
 
 class TorchRunner:
-    """The same SimpleCNN in PyTorch, with the weights of a cnnumpy model."""
+    """The same architecture in PyTorch (`torch_mirror.mirror`), with the cnnumpy model's
+    weights."""
 
     def __init__(self, cn_model, x, y):
-        nn = torch.nn
-        c = cn_model.input_shape[0]
-        flat = cn_model["fc1"].in_features
-        self.model = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(flat, 512), nn.ReLU(), nn.Linear(512, NUM_CLASSES),
-        )
-        params = cn_model.parameters()
-        with torch.no_grad():
-            for module, name in zip([self.model[i] for i in (0, 3, 7, 9)],
-                                    ["conv1", "conv2", "fc1", "fc2"]):
-                module.weight.copy_(torch.from_numpy(params[name + ".W"]))
-                module.bias.copy_(torch.from_numpy(params[name + ".b"]))
+        from torch_mirror import mirror
+
+        self.model = mirror(cn_model)
         for p in self.model.parameters():
             p.grad = torch.zeros_like(p)  # allocated up front, as cnnumpy's dW, db
         self.x = torch.from_numpy(x)
         self.y = torch.from_numpy(y)
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = torch.nn.CrossEntropyLoss()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
 
     def train_step(self):
@@ -135,8 +135,11 @@ class TorchRunner:
         return loss.item()
 
     def infer(self):
+        self.model.eval()
         with torch.inference_mode():
-            return self.model(self.x)
+            out = self.model(self.x)
+        self.model.train()
+        return out
 
 
 # --------------------------------------------------------------------------- measurements
@@ -164,6 +167,17 @@ def interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def blas_kernel() -> str:
+    """The BLAS library and the kernel it runs, as threadpoolctl reports them."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    return ", ".join(f"{info.get('internal_api')} {info.get('version')} "
+                     f"{info.get('architecture')} ({info.get('num_threads')} threads)"
+                     for info in threadpool_info() if info.get("user_api") == "blas")
+
+
 def gemm_rate(n=1024, repeats=15) -> float:
     """float32 GFLOP/s of NumPy's matmul on square n x n operands (2 n^3 flops), median."""
     rng = np.random.default_rng(0)
@@ -180,47 +194,51 @@ def gemm_rate(n=1024, repeats=15) -> float:
 
 
 def layer_forward_flops(model, input_shape) -> dict:
-    """Multiply-add FLOPs (2 per MAC) of each convolution and linear layer's forward, per image."""
-    flops = {}
-    shape = tuple(input_shape)
-    for name, layer in model.named_layers():
-        out_shape = layer.output_shape(shape)
-        if isinstance(layer, cn.Conv2D):
-            kh, kw = layer.kernel_size
-            flops[name] = 2 * layer.in_channels * kh * kw * int(np.prod(out_shape))
-        elif isinstance(layer, cn.Linear):
-            flops[name] = 2 * layer.in_features * layer.out_features
-        shape = out_shape
-    return flops
+    """Multiply-add FLOPs (2 per MAC) of each convolution and linear layer's forward, per
+    image, by leaf name (from the summary's traced MACs)."""
+    rows = cn.summary.summarize(model, input_shape).rows
+    return {row.name: 2 * row.macs for row in rows if row.leaf and row.macs}
 
 
 def per_layer_times(runner: CnnumpyRunner, warmup: int, repeats: int):
-    """Median forward and backward seconds of every layer of the model, in the order its
-    forward runs them (pool1 before relu1: see `cn.Sequential`)."""
-    layers = runner.model.execution_order()
-    fwd = {name: [] for name, _ in layers}
-    bwd = {name: [] for name, _ in layers}
-    for r in range(warmup + repeats):
-        h = runner.x
-        for name, layer in layers:
+    """Median forward and backward seconds of every leaf layer in one whole-batch training
+    pass, [(name, type, forward, backward)] in the order forward runs them: each leaf's
+    forward and backward are wrapped in timers for the measurement, then restored."""
+    model = runner.model
+    fwd, bwd, order = {}, {}, []
+
+    def timed(name, method, into):
+        def run(*args, **kwargs):
             start = time.perf_counter()
-            h = layer.forward(h)
-            if r >= warmup:
-                fwd[name].append(time.perf_counter() - start)
-        _, dh = runner.loss_and_grad(h)
-        for depth, (name, layer) in enumerate(reversed(layers), start=1):
-            start = time.perf_counter()
-            dh = layer.backward(dh, input_grad=depth < len(layers))
-            if r >= warmup:
-                bwd[name].append(time.perf_counter() - start)
-    return [(name, statistics.median(fwd[name]), statistics.median(bwd[name]))
-            for name, _ in layers]
+            out = method(*args, **kwargs)
+            into.setdefault(name, []).append(time.perf_counter() - start)
+            if into is fwd and name not in order:
+                order.append(name)
+            return out
+        return run
+
+    leaves = dict(model.named_layers())
+    for name, leaf in leaves.items():
+        leaf.forward = timed(name, leaf.forward, fwd)
+        leaf.backward = timed(name, leaf.backward, bwd)
+    try:
+        for r in range(warmup + repeats):
+            if r == warmup:
+                fwd.clear(), bwd.clear()
+            logits = model.forward(runner.x)
+            _, dlogits = runner.loss_and_grad(logits)
+            model.backward(dlogits, input_grad=False)
+    finally:
+        for leaf in leaves.values():
+            del leaf.forward, leaf.backward
+    return [(name, type(leaves[name]).__name__, statistics.median(fwd[name]),
+             statistics.median(bwd.get(name, [0.0]))) for name in order]
 
 
 def memory_child(framework: str, shape_index: int, steps: int) -> dict:
     """Run in a fresh subprocess: peak resident bytes added by training steps (see module doc)."""
-    input_shape, batch = SHAPES[shape_index]
-    runner = CnnumpyRunner(input_shape, batch)
+    name, input_shape, batch = SHAPES[shape_index]
+    runner = CnnumpyRunner(name, input_shape, batch)
     if framework == "torch":
         runner = TorchRunner(runner.model, runner.x, runner.y)
     before = _status_kib("VmRSS")
@@ -258,8 +276,8 @@ def measure_memory(framework: str, shape_index: int) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def shape_label(input_shape, batch) -> str:
-    return "x".join(map(str, input_shape)) + f" b{batch}"
+def shape_label(name, input_shape, batch) -> str:
+    return f"{name} " + "x".join(map(str, input_shape)) + f" b{batch}"
 
 
 def main() -> None:
@@ -270,6 +288,8 @@ def main() -> None:
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer breakdown")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of both libraries (default: each library's own default)")
+    parser.add_argument("--models", nargs="+", default=sorted({name for name, _, _ in SHAPES}),
+                        help="which models to time (default: all)")
     parser.add_argument("--memory-child", nargs=2, metavar=("FRAMEWORK", "SHAPE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -285,18 +305,20 @@ def main() -> None:
              else "PyTorch not installed")
           + f", Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
+    print(f"BLAS: {blas_kernel()} (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')})")
     gflops = gemm_rate()
     print(f"NumPy float32 GEMM (1024^3): {gflops:.0f} GFLOP/s\n")
 
     rows, breakdowns, flop_rows = [], [], []
-    for input_shape, batch in SHAPES:
-        ours = CnnumpyRunner(input_shape, batch)
+    workloads = [(i, *w) for i, w in enumerate(SHAPES) if w[0] in args.models]
+    for _, name, input_shape, batch in workloads:
+        ours = CnnumpyRunner(name, input_shape, batch)
         theirs = TorchRunner(ours.model, ours.x, ours.y) if torch else None
         if theirs:  # same weights, same data: the same loss
             loss_ours, loss_theirs = ours.train_step(), theirs.train_step()
             if not np.isclose(loss_ours, loss_theirs, rtol=1e-3):
                 raise RuntimeError(f"losses differ: cnnumpy {loss_ours}, torch {loss_theirs}")
-        label = shape_label(input_shape, batch)
+        label = shape_label(name, input_shape, batch)
         for mode in ("train", "infer"):
             fns = {"cnnumpy": ours.train_step if mode == "train" else ours.infer}
             if theirs:
@@ -310,17 +332,17 @@ def main() -> None:
             breakdowns.append((label, batch, flops, per_layer_times(ours, args.warmup,
                                                                     args.repeats)))
 
-    print(f"{'shape':<14}{'step':<7}{'cnnumpy img/s':>14}{'torch img/s':>13}{'ratio':>7}")
+    print(f"{'workload':<25}{'step':<7}{'cnnumpy img/s':>14}{'torch img/s':>13}{'ratio':>7}")
     for label, mode, rate in rows:
         torch_rate = rate.get("torch")
-        print(f"{label:<14}{mode:<7}{rate['cnnumpy']:>14.0f}"
+        print(f"{label:<25}{mode:<7}{rate['cnnumpy']:>14.0f}"
               + (f"{torch_rate:>13.0f}{rate['cnnumpy'] / torch_rate:>7.2f}" if torch_rate else ""))
 
     print("\nTraining step against the GEMM rate (useful FLOPs = 3 x forward multiply-adds)")
-    print(f"{'shape':<14}{'MFLOP/img':>10}{'cnnumpy GFLOP/s':>16}{'of GEMM':>8}"
+    print(f"{'workload':<25}{'MFLOP/img':>10}{'cnnumpy GFLOP/s':>16}{'of GEMM':>8}"
           f"{'torch GFLOP/s':>14}{'of GEMM':>8}")
     for label, step_flops, rate in flop_rows:
-        line = f"{label:<14}{step_flops / 1e6:>10.1f}"
+        line = f"{label:<25}{step_flops / 1e6:>10.1f}"
         for fw in ("cnnumpy", "torch"):
             if fw in rate:
                 achieved = step_flops * rate[fw] / 1e9
@@ -329,21 +351,32 @@ def main() -> None:
         print(line)
 
     for label, batch, flops, layers in breakdowns:
-        total = sum(f + b for _, f, b in layers)
-        print(f"\ncnnumpy per layer, {label} (ms per batch; GEMM floor = FLOPs / GEMM rate)")
-        print(f"{'layer':<9}{'forward':>9}{'backward':>10}{'share':>7}{'GEMM floor f+b':>16}")
-        for name, f, b in layers:
-            floor = f"{3 * flops[name] * batch / gflops / 1e6:>16.2f}" if name in flops else ""
-            print(f"{name:<9}{f * 1e3:>9.2f}{b * 1e3:>10.2f}{(f + b) / total:>7.0%}{floor}")
-        print(f"{'total':<9}{sum(f for _, f, _ in layers) * 1e3:>9.2f}"
-              f"{sum(b for _, _, b in layers) * 1e3:>10.2f}")
+        by_type = len(layers) > 20  # a deep network: one row per layer type
+        if by_type:
+            grouped: dict = {}
+            for name, kind, f, b in layers:
+                entry = grouped.setdefault(kind, [kind, kind, 0.0, 0.0, 0])
+                entry[2] += f
+                entry[3] += b
+                entry[4] += flops.get(name, 0)
+            flops = {kind: entry[4] for kind, entry in grouped.items()}
+            layers = [(kind, kind, f, b) for kind, _, f, b, _ in grouped.values()]
+        total = sum(f + b for _, _, f, b in layers)
+        print(f"\ncnnumpy per layer{' type' if by_type else ''}, {label} (ms per batch; "
+              f"GEMM floor = FLOPs / GEMM rate)")
+        print(f"{'layer':<20}{'forward':>9}{'backward':>10}{'share':>7}{'GEMM floor f+b':>16}")
+        for name, _, f, b in layers:
+            floor = f"{3 * flops[name] * batch / gflops / 1e6:>16.2f}" if flops.get(name) else ""
+            print(f"{name:<20}{f * 1e3:>9.2f}{b * 1e3:>10.2f}{(f + b) / total:>7.0%}{floor}")
+        print(f"{'total':<20}{sum(f for _, _, f, _ in layers) * 1e3:>9.2f}"
+              f"{sum(b for _, _, _, b in layers) * 1e3:>10.2f}")
 
     if not args.no_memory:
         print("\nPeak memory of a training step (MiB; RSS added by the steps in a fresh process)")
-        print(f"{'shape':<14}{'cnnumpy':>9}{'torch':>9}{'cnnumpy tracemalloc':>21}")
-        for i, (input_shape, batch) in enumerate(SHAPES):
+        print(f"{'workload':<25}{'cnnumpy':>9}{'torch':>9}{'cnnumpy tracemalloc':>21}")
+        for i, name, input_shape, batch in workloads:
             ours = measure_memory("cnnumpy", i)
-            line = f"{shape_label(input_shape, batch):<14}{ours['rss_peak_mib']:>9.1f}"
+            line = f"{shape_label(name, input_shape, batch):<25}{ours['rss_peak_mib']:>9.1f}"
             line += f"{measure_memory('torch', i)['rss_peak_mib']:>9.1f}" if torch else f"{'-':>9}"
             print(line + f"{ours['tracemalloc_peak_mib']:>21.1f}")
 

@@ -10,7 +10,7 @@ from . import functional, trace, workspace
 from .gradcheck import GradientCheckError, gradient_check
 from .layers import (AdaptiveAvgPool2D, Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D,
                      Dropout, Flatten, GlobalAvgPool2D, Layer, Linear, MaxPool2D, Module, ReLU)
-from . import models
+from . import models, summary
 from .models import Residual, Sequential, SimpleCNN
 from .shapes import Field, conv_output_size, receptive_field, receptive_fields
 from .losses import CrossEntropyLoss, softmax_cross_entropy, softmax_cross_entropy_backward
@@ -31,6 +31,6 @@ __all__ = [
     "AdaptiveAvgPool2D", "Add", "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dropout",
     "Field", "Flatten", "GlobalAvgPool2D", "GradientCheckError", "Layer", "Linear",
     "MaxPool2D", "Module", "ReLU", "Residual", "Sequential", "SimpleCNN", "conv_output_size",
-    "functional", "models", "trace", "workspace",
+    "functional", "models", "summary", "trace", "workspace",
     "gradient_check", "receptive_field", "receptive_fields", "__version__",
 ]

@@ -74,8 +74,14 @@ class Conv2D(Layer):
         return "b" in self.param_names
 
     def _forward(self, x):
+        if self.padding == (0, 0):  # the cache would be x itself: keep a copy instead
+            x = self._own_copy(x)
         return F.conv2d_forward(x, self.W, self.b if self.bias else None, self.stride,
                                 self.padding)
+
+    def _infer(self, x):
+        return F.conv2d_forward(x, self.W, self.b if self.bias else None, self.stride,
+                                self.padding)[0]
 
     def _backward(self, dout, cache, input_grad=True):
         dx, self.dW, db = F.conv2d_backward(dout, cache, input_grad)

@@ -66,7 +66,10 @@ class Linear(Layer):
         return (self.out_features,)
 
     def _forward(self, x):
-        return F.linear_forward(x, self.W, self.b)
+        return F.linear_forward(self._own_copy(x), self.W, self.b)  # the cache holds the input
+
+    def _infer(self, x):
+        return F.linear_forward(x, self.W, self.b)[0]
 
     def _backward(self, dout, cache, input_grad=True):
         dx, self.dW, self.db = F.linear_backward(dout, cache, input_grad)

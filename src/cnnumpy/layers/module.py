@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .. import trace
+from .. import trace, workspace
 from ..functional.windowing import pair
 from ..shapes import conv_output_size
 
@@ -87,6 +87,12 @@ class Module:
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of one output sample for one input sample (no batch axis); checks the shape."""
         raise NotImplementedError
+
+    def receptive_window(self, input_shape) -> tuple | None:
+        """(kernel, stride, padding) pairs for the receptive-field recurrence, for one input
+        sample of `input_shape`; None for a module that keeps each unit's field (a join of
+        paths such as `Add` takes the union of its inputs' fields: see `cnnumpy.shapes`)."""
+        return None
 
     def _named(self, names: str, attribute_prefix: str = "") -> dict[str, np.ndarray]:
         """{dotted name: array} of the `param_names` or `buffer_names` of every module."""
@@ -201,6 +207,12 @@ class Layer(Module):
     and `_backward(dout, cache) -> dx`, which stores the parameter gradients; a layer with
     parameters also takes `input_grad=False`, to store them without making dx (returns None).
     `_infer(x) -> out` is the forward pass without a cache (by default `_forward`'s output).
+
+    Inputs held by a cache: a cache never refers to the caller's input array. A layer whose
+    backward needs its input (a convolution without padding, Linear, BatchNorm in evaluation
+    mode) keeps a copy (`_own_copy`), so that changing x in place between forward and backward
+    cannot change the gradients. The copy is one pass over the input, which these layers
+    read anyway.
     """
 
     cache = None
@@ -208,8 +220,8 @@ class Layer(Module):
     window = None
 
     def receptive_window(self, input_shape) -> tuple | None:
-        """(kernel, stride, padding) pairs for the receptive-field recurrence, for one input
-        sample of `input_shape`; None for a layer that keeps each unit's field."""
+        """`window` (see `Module.receptive_window`); layers whose window depends on the input
+        size, such as adaptive pooling, override this."""
         return self.window
 
     def forward(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
@@ -262,6 +274,13 @@ class Layer(Module):
 
     def _forward(self, x):
         raise NotImplementedError
+
+    @staticmethod
+    def _own_copy(x: np.ndarray) -> np.ndarray:
+        """A copy of x in x's memory layout (an NCHW view of channels-last memory stays one)."""
+        copied = workspace.empty_like(x)
+        np.copyto(copied, x)
+        return copied
 
     def _infer(self, x):
         return self._forward(x)[0]

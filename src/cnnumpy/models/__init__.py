@@ -11,8 +11,9 @@ from .containers import Residual, Sequential
 from .simple import SimpleCNN
 from .alexnet import AlexNet, alexnet
 from .vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
+from .fold import Identity, fold_batchnorm
 from .resnet import CifarResNet, ResNet, resnet18, resnet20, resnet32, resnet34, resnet50, resnet56
 
 __all__ = ["AlexNet", "CifarResNet", "ResNet", "Residual", "Sequential", "SimpleCNN", "VGG",
-           "alexnet", "resnet18", "resnet20", "resnet32", "resnet34", "resnet50", "resnet56",
+           "Identity", "alexnet", "fold_batchnorm", "resnet18", "resnet20", "resnet32", "resnet34", "resnet50", "resnet56",
            "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
