@@ -1,12 +1,17 @@
 """Test accuracy and seconds per epoch of the default recipe: cnnumpy against PyTorch.
 
-    python benchmarks/accuracy_vs_torch.py [--epochs 15] [--limit N] [--only cnnumpy|torch]
+    python benchmarks/accuracy_vs_torch.py [--model simplecnn|resnet20|...] [--epochs N]
+                                           [--limit N] [--only cnnumpy|torch]
                                            [--init uniform|he] [--same-init]
 
-Both train SimpleCNN (conv 32, pool, conv 64, pool, fc 512, fc 10) on Fashion-MNIST with the
-recipe of `cnnumpy train`: SGD with Nesterov momentum 0.9 and weight decay 5e-4, PyTorch's
-OneCycleLR peaking at --lr (momentum cycled 0.95-0.85-0.95), batch 128, random crop (pad 2) and
-horizontal flip, inputs normalised with the training set's mean and std. The batches (order,
+Both train --model (default SimpleCNN: conv 32, pool, conv 64, pool, fc 512, fc 10) on
+Fashion-MNIST with the recipe of `cnnumpy train --model NAME`: SGD with Nesterov momentum 0.9
+and weight decay 5e-4, PyTorch's OneCycleLR peaking at the model's lr (momentum cycled
+0.95-0.85-0.95), batch 128, random crop (pad 2) and horizontal flip, the model's label
+smoothing and epochs (for resnet20: lr 0.1, label smoothing 0.1, 30 epochs), inputs
+normalised with the training set's mean and std. Models other than SimpleCNN run in PyTorch
+as `torch_mirror.mirror` of the cnnumpy model: the same architecture from the same initial
+weights (torchvision's initialisation), with PyTorch's own layers. The batches (order,
 augmentation, normalisation) come from the same NumPy code and seed for both; only the model,
 loss, optimizer and schedule differ by framework. cnnumpy initialises with --init (default
 uniform, as the recipe: PyTorch's own default distribution); PyTorch keeps its default
@@ -21,6 +26,7 @@ import time
 import numpy as np
 
 import cnnumpy as cn
+from cnnumpy.cli import MODEL_RECIPES, RECIPE
 from cnnumpy.data import channel_stats, iterate_batches, load_dataset, num_batches
 from cnnumpy.train import prepare_batch
 
@@ -30,12 +36,17 @@ def cnnumpy_run(model, train, test, args):
     schedule = cn.OneCycle(args.lr, args.epochs * num_batches(train, args.batch_size))
     history = cn.fit(model, train, optimizer=optimizer, epochs=args.epochs,
                      batch_size=args.batch_size, schedule=schedule,
+                     label_smoothing=args.label_smoothing,
                      rng=np.random.default_rng(args.seed), progress=args.progress)
     metrics = cn.evaluate(model, test, history.normalization)
     return metrics["accuracy"], float(np.mean([entry["seconds"] for entry in history]))
 
 
 def torch_model(torch, cnnumpy_model, same_init):
+    if not isinstance(cnnumpy_model, cn.SimpleCNN):  # the same architecture and weights
+        from torch_mirror import mirror
+
+        return mirror(cnnumpy_model)
     nn = torch.nn
     channels, height, width = cnnumpy_model.input_shape
     model = nn.Sequential(
@@ -58,7 +69,7 @@ def torch_run(torch, model, train, test, args):
         optimizer, max_lr=args.lr, total_steps=args.epochs * num_batches(train, args.batch_size))
     normalization = channel_stats(train.images)
     rng = np.random.default_rng(args.seed)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     seconds = []
     for _ in range(args.epochs):
         start = time.perf_counter()
@@ -74,18 +85,23 @@ def torch_run(torch, model, train, test, args):
         seconds.append(time.perf_counter() - start)
     model.eval()
     with torch.no_grad():
-        x = torch.from_numpy(prepare_batch(test.images, normalization, np.float32))
-        predictions = model(x).argmax(dim=1).numpy()
+        predictions = np.concatenate([
+            model(torch.from_numpy(prepare_batch(test.images[start:start + 500], normalization,
+                                                 np.float32))).argmax(dim=1).numpy()
+            for start in range(0, len(test), 500)])
     return float(np.mean(predictions == test.labels)), float(np.mean(seconds))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--model", choices=sorted(MODEL_RECIPES), default="simplecnn")
+    parser.add_argument("--epochs", type=int, help="default: the model's recipe")
     parser.add_argument("--limit", type=int, help="use only the first N training images")
     parser.add_argument("--test-limit", type=int, help="use only the first N test images")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the model's)")
+    parser.add_argument("--label-smoothing", type=float,
+                        help="label smoothing (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir")
     parser.add_argument("--only", choices=("cnnumpy", "torch"))
@@ -95,6 +111,10 @@ def main() -> None:
                         help="start PyTorch from cnnumpy's initial weights")
     parser.add_argument("--progress", action="store_true", help="cnnumpy's progress bar")
     args = parser.parse_args()
+    recipe = {**RECIPE, "lr": 0.05, **MODEL_RECIPES[args.model]}
+    for key in ("epochs", "lr", "label_smoothing"):
+        if getattr(args, key) is None:
+            setattr(args, key, recipe[key])
 
     train = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
     test = load_dataset("fashion-mnist", "test", data_dir=args.data_dir)
@@ -102,8 +122,13 @@ def main() -> None:
         train = train.subset(slice(0, args.limit))
     if args.test_limit:
         test = test.subset(slice(0, args.test_limit))
-    model = cn.SimpleCNN(train.sample_shape, train.num_classes,
-                         rng=np.random.default_rng(args.seed), init=args.init)
+    config = {"name": args.model, "input_shape": list(train.sample_shape),
+              "num_classes": train.num_classes}
+    if args.model == "simplecnn":
+        config["init"] = args.init
+    if "input_padding" in recipe:
+        config["input_padding"] = recipe["input_padding"]
+    model = cn.build_model(config, rng=np.random.default_rng(args.seed))
     rows = []
     if args.only != "cnnumpy":
         try:
@@ -117,7 +142,8 @@ def main() -> None:
                                                                      test, args)))
     if args.only != "torch":
         rows.append((f"cnnumpy {cn.__version__}", *cnnumpy_run(model, train, test, args)))
-    print(f"Fashion-MNIST, {len(train)} training / {len(test)} test images, {args.epochs} epochs")
+    print(f"{args.model} on Fashion-MNIST, {len(train)} training / {len(test)} test images, "
+          f"{args.epochs} epochs, lr {args.lr}, label smoothing {args.label_smoothing}")
     print(f"{'framework':<24}{'test accuracy':>15}{'s/epoch':>10}")
     for name, accuracy, seconds in rows:
         print(f"{name:<24}{accuracy:>15.4f}{seconds:>10.1f}")
