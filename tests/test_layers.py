@@ -260,3 +260,27 @@ def test_inference_kernels_match_the_training_kernels(rng):
     for pool, stride in [(2, 2), (3, 1), ((2, 3), (2, 1))]:
         np.testing.assert_array_equal(cn.functional.maxpool2d(x, pool, stride),
                                       cn.functional.maxpool2d_forward(x, pool, stride)[0])
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: cn.Conv2D(2, 3, 3, rng=rng, dtype=np.float64),  # no padding: x itself is read
+    lambda rng: cn.Conv2D(2, 3, 1, stride=2, rng=rng, dtype=np.float64, bias=False),
+    lambda rng: cn.Linear(2 * 6 * 6, 4, rng=rng, dtype=np.float64),
+    lambda rng: cn.BatchNorm2D(2, dtype=np.float64).eval(),
+])
+def test_changing_the_input_after_forward_does_not_change_the_gradients(make, rng):
+    """Caches keep copies: the caller may reuse its input array before backward."""
+    layer = make(rng)
+    x = rng.standard_normal((3, 2, 6, 6))
+    if isinstance(layer, cn.Linear):
+        x = x.reshape(3, -1)
+    dout = rng.standard_normal((3, *layer.output_shape(x.shape[1:])))
+    layer.forward(x.copy())
+    expected = layer.backward(dout), {k: v.copy() for k, v in layer.gradients().items()}
+    kept = x.copy()
+    layer.forward(kept)
+    kept[...] = 7.0  # the caller's array changes before backward
+    dx = layer.backward(dout)
+    np.testing.assert_array_equal(dx, expected[0])
+    for name, grad in layer.gradients().items():
+        np.testing.assert_array_equal(grad, expected[1][name])

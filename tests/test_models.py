@@ -178,3 +178,21 @@ def test_modules_written_without_keep_cache_still_train_in_a_sequential():
     model = cn.Sequential([Double(), cn.ReLU()])
     x = np.array([[-1.0, 2.0]])
     np.testing.assert_array_equal(model(x), [[0.0, 4.0]])
+
+
+def test_fold_batchnorm_gives_the_eval_outputs():
+    rng = np.random.default_rng(0)
+    model = cn.models.resnet20(input_shape=(1, 12, 12), num_classes=4, rng=rng,
+                               dtype=np.float64)
+    x = rng.standard_normal((6, 1, 12, 12))
+    for _ in range(3):  # running statistics away from their initial 0 and 1
+        model.forward(x + rng.standard_normal(x.shape))
+    for name, param in model.parameters().items():
+        if name.endswith(("gamma", "beta")):
+            param[...] = rng.uniform(0.5, 1.5, param.shape)
+    folded = cn.models.fold_batchnorm(model)
+    model.eval()
+    np.testing.assert_allclose(folded.forward(x), model.forward(x), rtol=1e-10, atol=1e-12)
+    kinds = [type(m).__name__ for _, m in folded.named_layers()]
+    assert "BatchNorm2D" not in kinds and kinds.count("Identity") == 21
+    assert sum(isinstance(m, cn.BatchNorm2D) for m in model.modules()) == 21  # left as it was
