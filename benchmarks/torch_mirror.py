@@ -75,7 +75,7 @@ def _leaf(layer) -> nn.Module:
 def mirror(module) -> nn.Module:
     """The PyTorch module of a cnnumpy module tree (see the module docstring)."""
     if isinstance(module, cn.Residual):
-        main = nn.Sequential(*(mirror(getattr(module, name)) for name in module._main))
+        main = nn.Sequential(*(mirror(child) for _, child in module.main_path))
         shortcut = None if module.downsample is None else mirror(module.downsample)
         return _Residual(main, shortcut, module.relu is not None)
     if isinstance(module, cn.Sequential):

@@ -140,6 +140,11 @@ class Residual(Module):
             raise TypeError(f"activation must be a cnnumpy module, 'relu' or None, got "
                             f"{activation!r}")
 
+    @property
+    def main_path(self) -> list[tuple[str, Module]]:
+        """(name, module) of the main path, in the order it runs."""
+        return [(name, getattr(self, name)) for name in self._main]
+
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
         for name in self._main:

@@ -69,6 +69,7 @@ def fold_batchnorm(model: Module) -> Module:
             _fold_pairs(list(module.layers), module.layers.__getitem__,
                         module.layers.__setitem__)
         elif isinstance(module, Residual):
-            _fold_pairs(module._main, lambda name: getattr(module, name),
+            names = [name for name, _ in module.main_path]
+            _fold_pairs(names, lambda name: getattr(module, name),
                         lambda name, value: setattr(module, name, value))
     return folded.eval()
