@@ -24,12 +24,12 @@ def cnnumpy(*args, cwd, check=True):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """Official-format IDX files (gzipped) of 8x8 images whose brightness tells the class."""
+    """Official-format IDX files (gzipped) of 28x28 images (the size of Fashion-MNIST) whose brightness tells the class."""
     folder = tmp_path_factory.mktemp("data") / "fashion-mnist"
     rng = np.random.default_rng(0)
     for split, count in (("train", 96), ("test", 40)):
         labels = rng.integers(0, 10, count)
-        images = (rng.integers(0, 30, (count, 8, 8)) + labels[:, None, None] * 22).astype(np.uint8)
+        images = (rng.integers(0, 30, (count, 28, 28)) + labels[:, None, None] * 22).astype(np.uint8)
         write_idx_split(folder, split, images, labels)
     return folder.parent
 

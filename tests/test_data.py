@@ -387,7 +387,7 @@ def test_iterate_batches_accepts_a_dataset_and_checks_arguments():
 
 def test_train_val_split_stratified_and_seeded():
     labels = np.repeat(np.arange(4), [40, 20, 10, 30]).astype(np.int64)
-    dataset = ImageDataset(make_images(100, (1, 2, 2), 0), labels, "abcd", "toy")
+    dataset = ImageDataset(make_images(100, (1, 2, 2), 0), labels, tuple("abcd"), "toy")
     train, val = train_val_split(dataset, 0.2, np.random.default_rng(0))
     np.testing.assert_array_equal(np.bincount(val.labels, minlength=4), [8, 4, 2, 6])
     np.testing.assert_array_equal(np.bincount(train.labels, minlength=4), [32, 16, 8, 24])
