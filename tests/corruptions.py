@@ -204,9 +204,15 @@ def npy_image_cases() -> dict[str, bytes]:
         "truncated data": _npy_bytes(np.zeros((28, 28), np.uint8))[:-100],
         "huge declared shape": _npy_bytes(np.zeros((28, 28), np.uint8)).replace(
             b"(28, 28)", b"(99999, 99999)", 1),
-        "object array": b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, "
-                        b"'shape': (1,), }" + b" " * 53 + b"\n" + bytes(8),
+        "object array": _pickled_npy(),
     }
+
+
+def _pickled_npy() -> bytes:
+    """A .npy of Python objects: loading it would unpickle (cnnumpy must refuse to)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return buffer.getvalue()
 
 
 def picture_cases(tmp_folder) -> dict[str, "Path"]:
@@ -226,8 +232,9 @@ def picture_cases(tmp_folder) -> dict[str, "Path"]:
     cases["empty png"].write_bytes(b"")
     cases["truncated png"] = folder / "truncated.png"
     buffer = io.BytesIO()
-    Image.fromarray(np.zeros((28, 28), np.uint8)).save(buffer, "PNG")
-    cases["truncated png"].write_bytes(buffer.getvalue()[:60])
+    noise = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, "PNG")
+    cases["truncated png"].write_bytes(buffer.getvalue()[:200])
     cases["text as png"] = folder / "text.png"
     cases["text as png"].write_text("not a picture")
     return cases

@@ -87,6 +87,10 @@ def test_errors_are_one_line(data_dir, tmp_path, monkeypatch, capsys):
         assert len(stderr.strip().splitlines()) == 1, stderr
     assert main(["train", "--data-dir", str(tmp_path / "nowhere"), "--dataset", "mnist",
                  "--out", "r", "--no-progress"]) == 1
+    assert "--data-dir" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--data-dir", str(tmp_path / "empty"), "--dataset", "mnist",
+                 "--out", "r", "--no-progress"]) == 1
     first_line, *details = capsys.readouterr().err.splitlines()  # then which files go where
     assert first_line.startswith("cnnumpy: error: MNIST (train) not found")
     assert any("train-images-idx3-ubyte.gz" in line for line in details)

@@ -25,7 +25,7 @@ MAX_CLASSES = 100_000           # outputs of a classifier
 MAX_JSON_DEPTH = 32             # nesting of JSON metadata
 
 
-def _range_text(low, high, high_open: bool) -> str:
+def range_text(low, high, high_open: bool) -> str:
     if high == math.inf:
         return f">= {low}"
     return f"in [{low}, {high}{')' if high_open else ']'}"
@@ -42,7 +42,7 @@ def check_number(name: str, value, low: float = -math.inf, high: float = math.in
         ok = math.isfinite(number) and low <= number and (
             number < high if high_open else number <= high)
     if not ok:
-        raise ValueError(f"{name} must be a finite number {_range_text(low, high, high_open)}, "
+        raise ValueError(f"{name} must be a finite number {range_text(low, high, high_open)}, "
                          f"got {value!r}")
     return number
 
@@ -51,7 +51,7 @@ def check_integer(name: str, value, low: int = 0, high: float = math.inf) -> int
     """`value` as an int in [low, high]; ValueError naming it otherwise (bools and floats too)."""
     ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
     if not ok or not low <= int(value) <= high:
-        raise ValueError(f"{name} must be an integer {_range_text(low, high, False)}, "
+        raise ValueError(f"{name} must be an integer {range_text(low, high, False)}, "
                          f"got {value!r}")
     return int(value)
 
