@@ -153,7 +153,7 @@ def test_arrays_of_the_wrong_kind_are_refused(tmp_path, saved, kind, entry):
     ("model.num_classes", 10**12, r"model.num_classes must be an integer in \[1, 100000\], got 1000000000000"),
     ("model.num_classes", "3", r"model.num_classes must be an integer"),
     ("model.name", "ResNet1000", r"unknown model 'ResNet1000'"),
-    ("model.depth", 3, r"bad arguments for model .*depth"),
+    ("model.depth", 3, r"model 'SimpleCNN' has no setting\(s\) \['depth'\]; its settings are"),
     ("dtype", "int8", r"dtype must be one of \['float32', 'float64'\], got 'int8'"),
     ("class_names", ["a", "b"], r"class_names must hold 3 names \(one per class\), got 2"),
     ("class_names", ["a", None, "c"], r"class_names must be a list of non-empty strings"),
@@ -219,3 +219,12 @@ def test_extra_or_missing_parameters_are_named(tmp_path, saved):
     missing = write_npz(tmp_path / "missing.npz", metadata, arrays)
     with pytest.raises(ValueError, match=r"missing\.npz: lacks the parameters \['conv1.b'\]"):
         cn.load_checkpoint(missing)
+
+
+def test_metadata_that_could_not_be_read_back_is_not_written(tmp_path, rng):
+    model, _ = trained_pair(rng)
+    path = cn.save_checkpoint(tmp_path / "last.npz", model)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="metadata must be plain JSON without NaN"):
+        cn.save_checkpoint(path, model, metadata={"score": float("nan")})
+    assert path.read_bytes() == before

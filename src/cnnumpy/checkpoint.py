@@ -33,7 +33,7 @@ from .registry import build_model, model_class
 from .schedules import build_schedule
 from .validate import (MAX_IMAGE_SIDE, MAX_JSON_DEPTH, check_bool, check_class_names,
                        check_input_shape, check_integer, check_number, check_num_classes,
-                       check_text, json_depth)
+                       check_text, json_depth, kind)
 
 FORMAT = "cnnumpy-checkpoint"
 FORMAT_VERSION = 1
@@ -48,7 +48,14 @@ def _version() -> str:
 
 
 def _encode_metadata(metadata: dict) -> np.ndarray:
-    return np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
+    """UTF-8 JSON bytes; NaN and infinities are refused (JSON has none, and load refuses
+    them), so a checkpoint is never written that cannot be read back."""
+    try:
+        text = json.dumps(metadata, allow_nan=False)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"checkpoint metadata must be plain JSON without NaN or "
+                         f"infinities: {err}") from None
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
 
 def save_checkpoint(path, model, *, optimizer=None, arrays: dict | None = None,
@@ -190,7 +197,7 @@ class _Archive:
             self.zip = zipfile.ZipFile(path)
             members = self.zip.infolist()
         except _READ_ERRORS as err:
-            raise self.error(f"{_NOT_NPZ} ({err})") from None
+            raise self.error(f"{_NOT_NPZ} ({_zip_problem(err)})") from None
         if not any(info.filename == METADATA_KEY + ".npy" for info in members):
             raise self.error(f"no {METADATA_KEY} entry (not a cnnumpy checkpoint)")
         self.members: dict[str, zipfile.ZipInfo] = {}
@@ -251,7 +258,7 @@ class _Archive:
                 if len(data) != size or stream.read(1):
                     raise ValueError("the entry's data does not match its size")
         except _READ_ERRORS as err:
-            raise self.error(f"{_NOT_NPZ}: entry {name!r}: {err}") from None
+            raise self.error(f"{_NOT_NPZ}: entry {name!r}: {_zip_problem(err)}") from None
         array = np.frombuffer(data, dtype=dtype)
         return array.reshape(shape, order="F" if fortran_order else "C").copy()
 
@@ -268,8 +275,11 @@ class _Archive:
         text = self.array(METADATA_KEY, is_bytes).tobytes()
         try:
             metadata = json.loads(text.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise self.error(f"unreadable metadata ({str(err)[:200]})") from None
+        except RecursionError:
+            raise self.error(f"metadata is nested more than {MAX_JSON_DEPTH} levels "
+                             f"deep") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise self.error(f"unreadable metadata: not UTF-8 JSON ({str(err)[:200]})") from None
         if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
             raise self.error(f"not a cnnumpy checkpoint (format "
                              f"{metadata.get('format') if isinstance(metadata, dict) else None!r})")
@@ -277,6 +287,19 @@ class _Archive:
 
 
 _NOT_NPZ = "truncated, corrupt or not a plain NumPy .npz archive"
+
+
+def _zip_problem(err: Exception) -> str:
+    """What a zip or .npy error means, in words (the raw message after them)."""
+    text = str(err)
+    for raw, meaning in (("Bad CRC-32", "its data fails the zip checksum"),
+                         ("File is not a zip", "no zip directory: cut short or not a zip"),
+                         ("Bad magic number", "a damaged zip entry header"),
+                         ("Truncated file header", "a damaged zip entry header"),
+                         ("Error -3", "damaged compressed data")):
+        if raw in text:
+            return meaning
+    return text[:200]
 # What the zip, zlib and .npy layers raise on a damaged file.
 _READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, ValueError, OSError,
                 EOFError, KeyError, NotImplementedError, RuntimeError, struct.error,
@@ -306,7 +329,7 @@ _FLOAT_DTYPES = ("float32", "float64")
 def _dict(name: str, value, required=(), allowed=None) -> dict:
     """`value` as a dict with every key of `required` and no key outside `allowed`."""
     if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
+        raise ValueError(f"{name} must be a JSON object, got {kind(value)}")
     missing = [key for key in required if key not in value]
     if missing:
         raise ValueError(f"{name} lacks {missing}")
@@ -330,7 +353,7 @@ def validate_metadata(metadata: dict, path=None) -> dict:
 
 
 def _check_metadata(m: dict) -> dict:
-    from .data.dataset import IMAGE_SHAPES
+    from .data.dataset import CLASS_NAMES, IMAGE_SHAPES
     from .optim import OPTIMIZERS
 
     if json_depth(m) > MAX_JSON_DEPTH:
@@ -354,6 +377,10 @@ def _check_metadata(m: dict) -> dict:
                 and tuple(input_shape) != IMAGE_SHAPES[dataset]:
             raise ValueError(f"model.input_shape {input_shape} does not fit data set {dataset} "
                              f"({list(IMAGE_SHAPES[dataset])})")
+        if dataset in CLASS_NAMES and num_classes is not None \
+                and num_classes != len(CLASS_NAMES[dataset]):
+            raise ValueError(f"model.num_classes {num_classes} does not fit data set {dataset} "
+                             f"({len(CLASS_NAMES[dataset])} classes)")
     if m.get("schedule") is not None:
         build_schedule(m["schedule"])
     if "epochs" in m:
@@ -448,7 +475,7 @@ def _check_progress(p: dict, fit: dict, epochs: int) -> None:
 
 def _check_history(history, epochs_done) -> None:
     if not isinstance(history, list):
-        raise ValueError(f"history must be a list, got {type(history).__name__}")
+        raise ValueError(f"history must be a list, got {kind(history)}")
     if epochs_done is not None and len(history) != epochs_done:
         raise ValueError(f"history must hold one entry per epoch done ({epochs_done}), "
                          f"got {len(history)}")
@@ -467,10 +494,25 @@ _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
 def _check_rng_state(state) -> None:
     _dict("rng_state", state, ("bit_generator", "state"))
     name = check_text("rng_state.bit_generator", state["bit_generator"], _BIT_GENERATORS)
+    numbers = [value for value in _leaves(state) if not isinstance(value, str)]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**128
+               for v in numbers):
+        raise ValueError(f"rng_state: the state of {name} is made of integers in [0, 2^128), "
+                         f"got {[v for v in numbers if not isinstance(v, int) or v < 0][:3]}")
     try:
         getattr(np.random, name)().state = state
-    except (ValueError, TypeError, KeyError, OverflowError) as err:
-        raise ValueError(f"rng_state is not a state of {name} ({err})") from None
+    except (ValueError, TypeError, KeyError, OverflowError):
+        raise ValueError(f"rng_state is not a state of {name} (its entries "
+                         f"{sorted(state)} do not fit)") from None
+
+
+def _leaves(tree):
+    """Every scalar of a JSON tree."""
+    if isinstance(tree, dict):
+        return [leaf for value in tree.values() for leaf in _leaves(value)]
+    if isinstance(tree, list):
+        return [leaf for value in tree for leaf in _leaves(value)]
+    return [tree]
 
 
 def _check_train_settings(settings, m: dict) -> None:

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .validate import check_integer, check_number
+from .validate import check_integer, check_number, kind
 
 
 def _check_number(name: str, value, low: float, high: float = math.inf,
@@ -106,7 +106,7 @@ class Optimizer:
         name = type(self).__name__
         if not isinstance(state, dict):
             raise TypeError(f"optimizer state must be a dict (a state_dict()), "
-                            f"got {type(state).__name__}")
+                            f"got {kind(state)}")
         missing = sorted({"name", "hyperparameters", "steps", "arrays"} - set(state))
         if missing:
             raise ValueError(f"optimizer state lacks {missing}")
@@ -125,7 +125,7 @@ class Optimizer:
         steps = check_integer("optimizer steps", state["steps"], 0)
         if not isinstance(arrays, dict):
             raise ValueError(f"optimizer arrays must be a dict of name -> array, "
-                             f"got {type(arrays).__name__}")
+                             f"got {kind(arrays)}")
         params = self.model.parameters()
         buffers: dict[str, dict[str, np.ndarray]] = {slot: {} for slot in self.slots}
         for key, array in arrays.items():

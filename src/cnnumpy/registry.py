@@ -9,6 +9,8 @@ A model class is registered under its lower-case name; it must have `config()` r
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from .models import SimpleCNN
@@ -39,6 +41,12 @@ def build_model(config: dict, *, rng: np.random.Generator | None = None, dtype=n
         raise ValueError(f"a model config is a dict with a 'name', got {config!r}")
     cls = model_class(config["name"])
     arguments = {k: v for k, v in config.items() if k != "name"}
+    parameters = inspect.signature(cls).parameters.values()
+    settings = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(arguments) - (settings - {"rng", "dtype"}))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in parameters):
+        raise ValueError(f"model {config['name']!r} has no setting(s) {unknown}; its settings "
+                         f"are {sorted(settings - {'rng', 'dtype'})}")
     try:
         return cls(**arguments, rng=rng, dtype=dtype)
     except TypeError as err:

@@ -97,8 +97,13 @@ def check_class_names(name: str, value, count: int | None = None) -> list[str]:
 def check_rng(name: str, value) -> np.random.Generator:
     if not isinstance(value, np.random.Generator):
         raise TypeError(f"{name} must be a numpy.random.Generator (np.random.default_rng(seed)), "
-                        f"got {type(value).__name__}")
+                        f"got {kind(value)}")
     return value
+
+
+def kind(value) -> str:
+    """What `value` is, for messages: "None", or its type's name ("str", "list", ...)."""
+    return "None" if value is None else type(value).__name__
 
 
 def json_depth(value, limit: int = MAX_JSON_DEPTH) -> int:
