@@ -526,7 +526,7 @@ def configure_plot(parser: argparse.ArgumentParser) -> None:
             metavar, text = _POSITIONAL_HELP[name]
             sub.add_argument(name, metavar=metavar, type=str if name == "image" else Path,
                              help=text)
-        sub.add_argument("--out", type=Path, default=Path(f"{kind}.png"),
+        sub.add_argument("--out", type=_path, default=Path(f"{kind}.png"),
                          help=f"PNG file to write (default {kind}.png)")
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show tracebacks of errors")
