@@ -126,3 +126,12 @@ def test_sigint_then_resume_matches_a_straight_run(data_dir, tmp_path):
     assert resumed.metadata["progress"]["epoch"] == epochs
     for name, value in straight.parameters.items():
         assert np.array_equal(resumed.parameters[name], value), name
+
+
+def test_every_stored_setting_has_a_check_in_the_checkpoint_schema():
+    """A new option of `cnnumpy train` must say, in the checkpoint schema, what it allows:
+    a resumed run takes its settings from the (untrusted) checkpoint."""
+    from cnnumpy.checkpoint import TRAIN_SETTINGS_FIELDS
+    from cnnumpy.cli import RECIPE
+
+    assert set(TRAIN_SETTINGS_FIELDS) == set(RECIPE)

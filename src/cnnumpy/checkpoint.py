@@ -14,6 +14,10 @@ Writes go to a temporary file in the same directory, are flushed and fsync'ed, t
 over the target (`os.replace`, by `cnnumpy.data.files.atomic_write`): a process killed during
 a save leaves the previous checkpoint whole. Reading a truncated or corrupt file, or one whose
 parameters do not fit the model, raises a ValueError that names the file and the problem.
+
+A checkpoint is untrusted input: `load_checkpoint` checks it whole before returning it (the
+schema and cross-checks of the validation section below), so the rest of cnnumpy can use
+what it returns without checking again.
 """
 
 from __future__ import annotations
@@ -28,9 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.dataset import CLASS_NAMES, IMAGE_SHAPES
 from .data.files import atomic_write
+from .data.sources import DATASETS
+from .init import INITS
+from .optim import OPTIMIZERS
 from .registry import build_model, model_class
-from .schedules import build_schedule
+from .schedules import SCHEDULES, build_schedule
 from .validate import (MAX_IMAGE_SIDE, MAX_JSON_DEPTH, check_bool, check_class_names,
                        check_input_shape, check_integer, check_number, check_num_classes,
                        check_text, json_depth, kind)
@@ -150,7 +158,9 @@ class Checkpoint:
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint written by `save_checkpoint` (no pickle), with clear errors.
 
-    The whole file is checked before it is returned (see `validate_checkpoint`). Raises
+    The whole file is checked before it is returned: its metadata by `validate_metadata`,
+    each array's header against what the metadata implies before the array is read, then the
+    arrays' values by `validate_arrays`. Nothing is unpickled or executed. Raises
     FileNotFoundError when there is no file, ValueError (naming the file and the entry) when
     it is truncated, corrupt, not a cnnumpy checkpoint, or disagrees with itself.
     """
@@ -340,8 +350,9 @@ def _dict(name: str, value, required=(), allowed=None) -> dict:
 
 
 def validate_metadata(metadata: dict, path=None) -> dict:
-    """Check every field of a checkpoint's metadata; return {entry name: check(shape, dtype)}
-    for the arrays the metadata implies, to be applied before each array is read.
+    """Check every field of a checkpoint's metadata. Returns {"model": the rebuilt model,
+    "checks": {entry name: check(shape, dtype)}} for the arrays the metadata implies, each
+    check to be applied to an array's header before its data is read.
 
     Rebuilds the model of the (checked) config to learn its parameters' names, shapes and
     dtypes; canonicalises the model name (registry names are case-insensitive). Raises a
@@ -353,9 +364,6 @@ def validate_metadata(metadata: dict, path=None) -> dict:
 
 
 def _check_metadata(m: dict) -> dict:
-    from .data.dataset import CLASS_NAMES, IMAGE_SHAPES
-    from .optim import OPTIMIZERS
-
     if json_depth(m) > MAX_JSON_DEPTH:
         raise ValueError(f"metadata is nested more than {MAX_JSON_DEPTH} levels deep")
     version = check_integer("format_version", m.get("format_version"), 1)
@@ -515,33 +523,33 @@ def _leaves(tree):
     return [tree]
 
 
-def _check_train_settings(settings, m: dict) -> None:
-    """The options of `cnnumpy train` stored for --resume (cli.RECIPE's keys)."""
-    from .data.sources import DATASETS
-    from .init import INITS
-    from .optim import OPTIMIZERS
-    from .schedules import SCHEDULES
+# The options of `cnnumpy train` stored for --resume: cli.RECIPE's keys, each with its check.
+TRAIN_SETTINGS_FIELDS = {
+    "dataset": lambda name, v: check_text(name, v, DATASETS),
+    "data_dir": lambda name, v: v is None or check_text(name, v),
+    "model": lambda name, v: model_class(check_text(name, v)),
+    "init": lambda name, v: check_text(name, v, INITS),
+    "epochs": lambda name, v: check_integer(name, v, 1, MAX_EPOCHS),
+    "batch_size": lambda name, v: check_integer(name, v, 1),
+    "lr": lambda name, v: check_number(name, v, 0.0),
+    "optimizer": lambda name, v: check_text(name, v, OPTIMIZERS),
+    "momentum": lambda name, v: check_number(name, v, 0.0, 1.0, high_open=True),
+    "nesterov": check_bool,
+    "schedule": lambda name, v: check_text(name, v, SCHEDULES),
+    "weight_decay": lambda name, v: check_number(name, v, 0.0),
+    "label_smoothing": lambda name, v: check_number(name, v, 0.0, 1.0),
+    "augment": check_bool,
+    "val_split": lambda name, v: check_number(name, v, 0.0, 1.0, high_open=True),
+    "seed": lambda name, v: check_integer(name, v, 0),
+    "limit": lambda name, v: v is None or check_integer(name, v, 1),
+}
+# Settings a run may lack: older runs had no `init`; momentum and nesterov are SGD's only.
+OPTIONAL_TRAIN_SETTINGS = ("init", "momentum", "nesterov")
 
-    checks = {
-        "dataset": lambda name, v: check_text(name, v, DATASETS),
-        "data_dir": lambda name, v: v is None or check_text(name, v),
-        "model": lambda name, v: model_class(check_text(name, v)),
-        "init": lambda name, v: check_text(name, v, INITS),
-        "epochs": lambda name, v: check_integer(name, v, 1, MAX_EPOCHS),
-        "batch_size": lambda name, v: check_integer(name, v, 1),
-        "lr": lambda name, v: check_number(name, v, 0.0),
-        "optimizer": lambda name, v: check_text(name, v, OPTIMIZERS),
-        "momentum": lambda name, v: check_number(name, v, 0.0, 1.0, high_open=True),
-        "nesterov": check_bool,
-        "schedule": lambda name, v: check_text(name, v, SCHEDULES),
-        "weight_decay": lambda name, v: check_number(name, v, 0.0),
-        "label_smoothing": lambda name, v: check_number(name, v, 0.0, 1.0),
-        "augment": check_bool,
-        "val_split": lambda name, v: check_number(name, v, 0.0, 1.0, high_open=True),
-        "seed": lambda name, v: check_integer(name, v, 0),
-        "limit": lambda name, v: v is None or check_integer(name, v, 1),
-    }
-    required = [key for key in checks if key not in ("init", "momentum", "nesterov")]
+
+def _check_train_settings(settings, m: dict) -> None:
+    checks = TRAIN_SETTINGS_FIELDS
+    required = [key for key in checks if key not in OPTIONAL_TRAIN_SETTINGS]
     _dict("train_settings", settings, required, checks)
     for key, value in settings.items():
         checks[key](f"train_settings.{key}", value)
@@ -599,8 +607,6 @@ def validate_arrays(checkpoint: Checkpoint, model) -> None:
     if m.get("optimizer") is None and checkpoint.optimizer_arrays:
         raise checkpoint.error("holds optimizer arrays but no optimizer metadata")
     if m.get("optimizer") is not None:
-        from .optim import OPTIMIZERS
-
         cls = next(c for c in OPTIMIZERS.values() if c.__name__ == m["optimizer"]["name"])
         try:
             optimizer = cls(model, **_dict("optimizer.hyperparameters",
