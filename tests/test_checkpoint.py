@@ -120,3 +120,111 @@ def test_incompatible_architecture(tmp_path, rng):
         checkpoint.restore_optimizer(cn.Adam(model))
     with pytest.raises(ValueError, match="small.npz: missing metadata entry 'progress'"):
         checkpoint.require("progress")
+
+
+# --------------------------------------------------------------------------- untrusted files
+
+from corruptions import array_variants, read_npz, set_path, write_npz, zip_layer_corruptions  # noqa: E402
+
+
+@pytest.fixture
+def saved(tmp_path, rng):
+    """A checkpoint of save_checkpoint with an optimizer and normalisation: (metadata, arrays)."""
+    model, opt = trained_pair(rng)
+    path = cn.save_checkpoint(tmp_path / "good.npz", model, optimizer=opt, metadata={
+        "class_names": ["a", "b", "c"], "dataset": "toy"},
+        arrays={"normalization/mean": np.float32([0.4]), "normalization/std": np.float32([0.2])})
+    return read_npz(path)
+
+
+@pytest.mark.parametrize("kind", sorted(array_variants(np.zeros((2, 3)))))
+@pytest.mark.parametrize("entry", ["model/fc2.W", "optimizer/momentum_buffer/conv1.b",
+                                   "extra/normalization/std"])
+def test_arrays_of_the_wrong_kind_are_refused(tmp_path, saved, kind, entry):
+    metadata, arrays = saved
+    arrays[entry] = array_variants(arrays[entry])[kind]
+    path = write_npz(tmp_path / "edited.npz", metadata, arrays)
+    with pytest.raises(ValueError, match=rf"edited\.npz: .*({entry}|{entry.split('/', 1)[1]})"):
+        cn.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model.input_shape", [1, 100000, 100000], r"model.input_shape height must be an integer in \[1, 512\]"),
+    ("model.num_classes", 10**12, r"model.num_classes must be an integer in \[1, 100000\], got 1000000000000"),
+    ("model.num_classes", "3", r"model.num_classes must be an integer"),
+    ("model.name", "ResNet1000", r"unknown model 'ResNet1000'"),
+    ("model.depth", 3, r"model 'SimpleCNN' has no setting\(s\) \['depth'\]; its settings are"),
+    ("dtype", "int8", r"dtype must be one of \['float32', 'float64'\], got 'int8'"),
+    ("class_names", ["a", "b"], r"class_names must hold 3 names \(one per class\), got 2"),
+    ("class_names", ["a", None, "c"], r"class_names must be a list of non-empty strings"),
+    ("optimizer.hyperparameters.lr", float("inf"), r"optimizer state does not fit: .*lr must be a finite number"),
+    ("optimizer.hyperparameters.nesterov", 1, r"nesterov must be True or False"),
+    ("optimizer.steps", -1, r"optimizer steps must be an integer >= 0, got -1"),
+    ("optimizer.name", "RMSprop", r"optimizer.name must be one of"),
+    ("format_version", 99, r"format version 99 is newer"),
+    ("format_version", "1", r"format_version must be an integer"),
+    ("schedule", {"name": "constant", "lr": -1}, r"lr must be a finite number >= 0.0"),
+])
+def test_metadata_fields_are_checked(tmp_path, saved, field, value, message):
+    metadata, arrays = saved
+    path = write_npz(tmp_path / "edited.npz", set_path(metadata, field, value), arrays)
+    with pytest.raises(ValueError, match=rf"edited\.npz: .*{message}"):
+        cn.load_checkpoint(path)
+
+
+def test_deep_nesting_and_odd_json_are_refused(tmp_path, saved):
+    metadata, arrays = saved
+    deep = json.dumps(metadata)[:-1] + ', "notes": ' + "[" * 100000 + "]" * 100000 + "}"
+    path = write_npz(tmp_path / "deep.npz", None, arrays, raw_metadata=deep.encode())
+    with pytest.raises(ValueError, match=r"deep\.npz: unreadable metadata|deep\.npz: metadata is nested"):
+        cn.load_checkpoint(path)
+    path = write_npz(tmp_path / "list.npz", None, arrays, raw_metadata=b"[1, 2]")
+    with pytest.raises(ValueError, match=r"list\.npz: not a cnnumpy checkpoint"):
+        cn.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("case", sorted(zip_layer_corruptions(bytes(64))))
+def test_zip_and_npy_layer_damage_names_the_file(tmp_path, rng, case):
+    model, _ = trained_pair(rng)
+    content = cn.save_checkpoint(tmp_path / "good.npz", model).read_bytes()
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(zip_layer_corruptions(content)[case])
+    with pytest.raises(ValueError, match=r"checkpoint .*damaged\.npz: truncated, corrupt or not "
+                                         r"a plain NumPy \.npz archive"):
+        cn.load_checkpoint(path)
+
+
+def test_a_plain_npy_renamed_npz(tmp_path):
+    path = tmp_path / "weights.npz"
+    with open(path, "wb") as file:
+        np.save(file, np.zeros(3))
+    with pytest.raises(ValueError, match=r"weights\.npz: .*\(a single \.npy array\)"):
+        cn.load_checkpoint(path)
+
+
+def test_model_names_are_case_insensitive(tmp_path, saved):
+    metadata, arrays = saved
+    path = write_npz(tmp_path / "lower.npz", set_path(metadata, "model.name", "simplecnn"),
+                     arrays)
+    checkpoint = cn.load_checkpoint(path)
+    assert checkpoint.build_model().config()["name"] == "SimpleCNN"
+
+
+def test_extra_or_missing_parameters_are_named(tmp_path, saved):
+    metadata, arrays = saved
+    extra = write_npz(tmp_path / "extra.npz", metadata, {**arrays, "model/fc3.W": arrays["model/fc2.W"]})
+    with pytest.raises(ValueError, match=r"extra\.npz: entries \['model/fc3.W'\] are not parameters"):
+        cn.load_checkpoint(extra)
+    del arrays["model/conv1.b"]
+    missing = write_npz(tmp_path / "missing.npz", metadata, arrays)
+    with pytest.raises(ValueError, match=r"missing\.npz: lacks the parameters \['conv1.b'\]"):
+        cn.load_checkpoint(missing)
+
+
+def test_metadata_that_could_not_be_read_back_is_not_written(tmp_path, rng):
+    model, _ = trained_pair(rng)
+    path = cn.save_checkpoint(tmp_path / "last.npz", model)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="metadata must be plain JSON without NaN"):
+        cn.save_checkpoint(path, model, metadata={"score": float("nan")})
+    assert path.read_bytes() == before

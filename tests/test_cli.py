@@ -24,12 +24,12 @@ def cnnumpy(*args, cwd, check=True):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """Official-format IDX files (gzipped) of 8x8 images whose brightness tells the class."""
+    """Official-format IDX files (gzipped) of 28x28 images (the size of Fashion-MNIST) whose brightness tells the class."""
     folder = tmp_path_factory.mktemp("data") / "fashion-mnist"
     rng = np.random.default_rng(0)
     for split, count in (("train", 96), ("test", 40)):
         labels = rng.integers(0, 10, count)
-        images = (rng.integers(0, 30, (count, 8, 8)) + labels[:, None, None] * 22).astype(np.uint8)
+        images = (rng.integers(0, 30, (count, 28, 28)) + labels[:, None, None] * 22).astype(np.uint8)
         write_idx_split(folder, split, images, labels)
     return folder.parent
 
@@ -87,6 +87,10 @@ def test_errors_are_one_line(data_dir, tmp_path, monkeypatch, capsys):
         assert len(stderr.strip().splitlines()) == 1, stderr
     assert main(["train", "--data-dir", str(tmp_path / "nowhere"), "--dataset", "mnist",
                  "--out", "r", "--no-progress"]) == 1
+    assert "--data-dir" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--data-dir", str(tmp_path / "empty"), "--dataset", "mnist",
+                 "--out", "r", "--no-progress"]) == 1
     first_line, *details = capsys.readouterr().err.splitlines()  # then which files go where
     assert first_line.startswith("cnnumpy: error: MNIST (train) not found")
     assert any("train-images-idx3-ubyte.gz" in line for line in details)
@@ -122,3 +126,13 @@ def test_sigint_then_resume_matches_a_straight_run(data_dir, tmp_path):
     assert resumed.metadata["progress"]["epoch"] == epochs
     for name, value in straight.parameters.items():
         assert np.array_equal(resumed.parameters[name], value), name
+
+
+def test_every_stored_setting_has_a_check_in_the_checkpoint_schema():
+    """A new option of `cnnumpy train` must say, in the checkpoint schema, what it allows:
+    a resumed run takes its settings from the (untrusted) checkpoint."""
+    from cnnumpy.checkpoint import TRAIN_SETTINGS_FIELDS
+    from cnnumpy.cli import MODEL_RECIPES, RECIPE
+
+    per_model = {key for recipe in MODEL_RECIPES.values() for key in recipe}
+    assert set(TRAIN_SETTINGS_FIELDS) == set(RECIPE) | per_model

@@ -23,14 +23,14 @@ def cnnumpy(*args, cwd):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A run folder with metrics.jsonl and best.npz of SimpleCNN on 8x8 images, and a test
+    """A run folder with metrics.jsonl and best.npz of SimpleCNN on 28x28 images, and a test
     split of 30 such images in the Fashion-MNIST format."""
     root = tmp_path_factory.mktemp("insight")
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 30)
-    images = (rng.integers(0, 30, (30, 8, 8)) + labels[:, None, None] * 22).astype(np.uint8)
+    images = (rng.integers(0, 30, (30, 28, 28)) + labels[:, None, None] * 22).astype(np.uint8)
     write_idx_split(root / "data" / "fashion-mnist", "test", images, labels)
-    model = cn.SimpleCNN((1, 8, 8), 10, rng=rng)
+    model = cn.SimpleCNN((1, 28, 28), 10, rng=rng)
     run_dir = root / "run"
     run_dir.mkdir()
     cn.save_checkpoint(run_dir / "best.npz", model, metadata={
@@ -56,7 +56,7 @@ def test_summary_of_a_model_and_of_a_checkpoint(run):
     assert table.splitlines()[4].split() == ["conv1", "Conv2D", "(32,", "32,", "32)", "896",
                                              "884,736", "3", "1"]
     table = cnnumpy("summary", "run/best.npz", cwd=run)
-    assert table.startswith("Model: SimpleCNN, input (1, 8, 8)\n")
+    assert table.startswith("Model: SimpleCNN, input (1, 28, 28)\n")
     assert table.splitlines()[9].split()[:3] == ["pool2", "MaxPool2D", "(64,"]
 
 

@@ -5,6 +5,7 @@ here in the official format; nothing touches the network."""
 import gzip
 import hashlib
 import io
+import os
 import urllib.error
 from pathlib import Path
 
@@ -192,6 +193,15 @@ def test_cifar_truncated_or_corrupt_archive(tmp_path):
     archive.write_bytes(b"this is no archive" * 100)
     with pytest.raises(ValueError, match=r"cifar-10-binary.tar.gz: corrupt or truncated archive"):
         cifar.read_cifar10(archive, "train")
+
+
+def test_cifar_file_larger_than_the_data_set_is_refused_unread(tmp_path):
+    folder = cifar.write_cifar10(tmp_path / "d", cifar_arrays(5, 0), cifar_arrays(2, 1))
+    batch = folder / cifar.BATCHES_DIR / "test_batch.bin"
+    os.truncate(batch, 1 << 40)  # a sparse terabyte: reading it would not end well
+    with pytest.raises(ValueError, match=r"test_batch.bin: 1099511627776 bytes, more than the "
+                                         r"30730000"):
+        cifar.read_cifar10(folder, "test")
 
 
 def test_no_pickle_anywhere_in_the_package():
@@ -387,7 +397,7 @@ def test_iterate_batches_accepts_a_dataset_and_checks_arguments():
 
 def test_train_val_split_stratified_and_seeded():
     labels = np.repeat(np.arange(4), [40, 20, 10, 30]).astype(np.int64)
-    dataset = ImageDataset(make_images(100, (1, 2, 2), 0), labels, "abcd", "toy")
+    dataset = ImageDataset(make_images(100, (1, 2, 2), 0), labels, tuple("abcd"), "toy")
     train, val = train_val_split(dataset, 0.2, np.random.default_rng(0))
     np.testing.assert_array_equal(np.bincount(val.labels, minlength=4), [8, 4, 2, 6])
     np.testing.assert_array_equal(np.bincount(train.labels, minlength=4), [32, 16, 8, 24])

@@ -131,11 +131,11 @@ def test_state_dict_round_trip_continues_identically(cls, options, rng):
 
 def test_errors(rng):
     layer = cn.Linear(2, 2, rng=rng)
-    with pytest.raises(ValueError, match=r"lr must be a number in \[0.0, inf\], got -1"):
+    with pytest.raises(ValueError, match=r"lr must be a finite number >= 0.0, got -1"):
         cn.SGD(layer, lr=-1)
     with pytest.raises(ValueError, match="nesterov momentum needs momentum > 0"):
         cn.SGD(layer, lr=0.1, nesterov=True)
-    with pytest.raises(ValueError, match=r"momentum must be a number in \[0.0, 1.0\), got 1"):
+    with pytest.raises(ValueError, match=r"momentum must be a finite number in \[0.0, 1.0\), got 1"):
         cn.SGD(layer, lr=0.1, momentum=1)
     with pytest.raises(ValueError, match="betas must be a pair"):
         cn.Adam(layer, betas=0.9)

@@ -70,7 +70,7 @@ def test_make_schedule_and_errors():
         make_schedule("linear", 1.0, 1, 1)
     with pytest.raises(ValueError, match="unknown schedule 'nope'"):
         build_schedule({"name": "nope"})
-    with pytest.raises(ValueError, match="step_size must be an integer in"):
+    with pytest.raises(ValueError, match="step_size must be an integer >= 1, got 0"):
         cn.StepDecay(0.1, step_size=0)
     with pytest.raises(ValueError, match="warmup_steps must be an integer in"):
         cn.WarmupCosine(0.1, total_steps=5, warmup_steps=5)

@@ -151,3 +151,98 @@ def test_short_real_training_run_learns():
                      augment=False, rng=rng, progress=False, verbose=False)
     accuracy = cn.evaluate(model, test, history.normalization)["accuracy"]
     assert accuracy > 0.6  # chance is 0.1
+
+
+# The run stopped after step 8: epoch 1 (0-based), batch 2 of 6, 32 images seen.
+RESUME_EDITS = [
+    ("progress.epoch", 7, r"progress.epoch must be an integer in \[0, 3\], got 7"),
+    ("progress.batch", 6, r"progress.batch must be an integer in \[0, 5\], got 6"),
+    ("progress.step", 3, r"progress.step must be epoch · batches per epoch \+ batch = 8, got 3"),
+    ("progress.seen", 31, r"progress.seen must be the images of the 2 batches done = 32"),
+    ("progress.correct", 33, r"progress.correct must be an integer in \[0, 32\]"),
+    ("progress.loss_sum", float("nan"), r"progress.loss_sum must be a finite number"),
+    ("progress.best_score", None, r"progress.best_score must be a number after the first"),
+    ("fit.batch_size", 0, r"fit.batch_size must be an integer >= 1, got 0"),
+    ("fit.augment", "yes", r"fit.augment must be True or False"),
+    ("epochs", 10**9, r"epochs must be an integer in \[1, 1000000\]"),
+    ("history.0.epoch", 2, r"history\[0\].epoch must be 1, got 2"),
+    ("history.0.train_loss", float("inf"), r"history\[0\].train_loss must be a finite number"),
+    ("rng_state.bit_generator", "Mersenne", r"rng_state.bit_generator must be one of"),
+    ("rng_state.state.state", "abc", r"rng_state is not a state of PCG64"),
+    ("optimizer.hyperparameters.momentum", 1.5, r"momentum must be a finite number in \[0.0, 1.0\)"),
+    ("optimizer.hyperparameters.weight_decay", float("inf"), r"weight_decay must be a finite number"),
+]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """(metadata, arrays) of last.npz of a run stopped after step 8, and its folder."""
+    from corruptions import read_npz
+
+    folder = tmp_path_factory.mktemp("stopped")
+    toy_run(folder, "run", callbacks=[stop_after(8)])
+    return read_npz(folder / "run" / LAST_FILE), folder
+
+
+@pytest.mark.parametrize("field, value, message", RESUME_EDITS)
+def test_edited_progress_is_refused(tmp_path, stopped_run, field, value, message):
+    from corruptions import set_path, write_npz
+
+    (metadata, arrays), _ = stopped_run
+    path = write_npz(tmp_path / "edited.npz", set_path(metadata, field, value), arrays)
+    with pytest.raises(ValueError, match=rf"edited\.npz: .*{message}"):
+        cn.load_checkpoint(path)
+
+
+def test_an_edited_checkpoint_is_refused_before_resuming(tmp_path, stopped_run):
+    from corruptions import set_path, write_npz
+
+    (metadata, arrays), _ = stopped_run
+    path = write_npz(tmp_path / "last.npz", set_path(metadata, "progress.batch", 9), arrays)
+    with pytest.raises(ValueError, match=r"last\.npz: progress.batch must be"):
+        toy_run(tmp_path, "again", resume=path)
+    assert not (tmp_path / "again").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("order", ["missing", "repeated", "short"])
+def test_the_epochs_order_must_be_a_permutation(tmp_path, stopped_run, order):
+    from corruptions import write_npz
+
+    (metadata, arrays), _ = stopped_run
+    arrays = dict(arrays)
+    stored = arrays.pop("extra/epoch_order")
+    if order != "missing":
+        arrays["extra/epoch_order"] = np.zeros_like(stored) if order == "repeated" else stored[:-1]
+    path = write_npz(tmp_path / "edited.npz", metadata, arrays)
+    with pytest.raises(ValueError, match=r"edited\.npz: .*epoch_order"):
+        cn.load_checkpoint(path)
+
+
+def test_public_arguments_are_checked_at_the_boundary(tmp_path, rng):
+    train = toy_data(rng)
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=rng)
+    opt = cn.SGD(model, lr=0.1)
+    for kwargs, error, message in [
+        ({"rng": 42}, TypeError, "rng must be a numpy.random.Generator"),
+        ({"schedule": 0.1}, TypeError, "schedule must be a cnnumpy.schedules.Schedule"),
+        ({"augment": None}, ValueError, "augment must be True or False, got None"),
+        ({"crop_padding": -1}, ValueError, "crop_padding must be an integer >= 0, got -1"),
+        ({"normalization": (np.float32([np.nan]), np.float32([1]))}, ValueError,
+         "normalization mean must be finite"),
+        ({"normalization": "none"}, TypeError, "normalization must be a pair"),
+        ({"run_dir": ""}, ValueError, "run_dir must name a folder"),
+    ]:
+        with pytest.raises(error, match=message):
+            cn.fit(model, train, optimizer=opt, epochs=1, progress=False, verbose=False,
+                   **kwargs)
+    with pytest.raises(TypeError, match="normalization must be a pair"):
+        cn.evaluate(model, train, None)
+    with pytest.raises(ValueError, match=r"images_uint8 is empty"):
+        cn.predict_proba(model, np.zeros((0, 1, 8, 8), np.uint8), (0.5, 0.2))
+    for name, value in [("lr", np.inf), ("eps", np.inf), ("weight_decay", np.inf)]:
+        with pytest.raises(ValueError, match=rf"{name} must be a finite number"):
+            cn.Adam(model, **{name: value})
+    with pytest.raises(TypeError, match="optimizer state must be a dict"):
+        opt.load_state_dict(None)
+    with pytest.raises(ValueError, match=r"optimizer state lacks \['arrays', 'hyperparameters'"):
+        opt.load_state_dict({"name": "SGD"})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,14 @@ from . import __version__
 from .checkpoint import load_checkpoint
 from . import plots
 from .data import DATASETS, load_dataset, normalize, num_batches, train_val_split
+from .data.images import load_images
 from .init import INITS
 from .optim import build_optimizer
-from .registry import MODELS, build_model
+from .registry import MODELS, build_model, model_class
 from .schedules import SCHEDULES, make_schedule
 from .train import LAST_FILE, evaluate, fit, predict_proba
+from .validate import (MAX_CLASSES, check_input_shape, check_integer, check_number, check_num_classes,
+                       finite_json, range_text)
 
 
 @dataclass
@@ -56,10 +60,39 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+def _number(low: float, high: float = math.inf, high_open: bool = False):
+    """An argparse type: a finite number in [low, high] (or [low, high))."""
+    def parse(text: str) -> float:
+        try:
+            return check_number("the value", float(text), low, high, high_open=high_open)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a finite number "
+                                             f"{range_text(low, high, high_open)}, "
+                                             f"got {text}") from None
+    return parse
+
+
+_fraction = _number(0.0, 1.0, high_open=True)
+
+
+def _seed(text: str) -> int:
+    try:
+        return check_integer("the value", int(text), 0, 2**63 - 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^63), got {text}") from None
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file or folder, got an empty string")
+    return Path(text)
+
+
+def _data_dir(value):
+    """`value` (a --data-dir, given or stored) unless it names no folder: a data set is
+    downloaded only into the default cache, never into a folder that was mistyped."""
+    if value is not None and not Path(value).is_dir():
+        raise ValueError(f"--data-dir {value}: no such directory")
     return value
 
 
@@ -105,7 +138,7 @@ RESUME_OPTIONS = ("data_dir",)
 def configure_train(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--dataset", choices=DATASETS, help="data set (default fashion-mnist)")
-    add("--data-dir", help="folder with the data files (default: the per-user cache, then "
+    add("--data-dir", type=_path, help="folder with the data files (default: the per-user cache, then "
                            "system folders, then a download)")
     add("--model", choices=sorted(MODEL_RECIPES), help="architecture (default simplecnn); "
         "each has its own defaults, see the README")
@@ -113,26 +146,26 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                                         "uniform (PyTorch's default); default uniform")
     add("--epochs", type=_positive_int, help="number of epochs (default 15)")
     add("--batch-size", type=_positive_int, help="images per step (default 128)")
-    add("--lr", type=float, help="learning rate; the peak for onecycle "
+    add("--lr", type=_number(0.0), help="learning rate; the peak for onecycle "
                                  "(default 0.05 for sgd, 1e-3 for adam/adamw)")
     add("--optimizer", choices=sorted(OPTIMIZER_DEFAULTS), help="optimizer (default sgd)")
-    add("--momentum", type=float, help="SGD momentum (default 0.9; cycled by onecycle)")
+    add("--momentum", type=_number(0.0, 1.0, high_open=True), help="SGD momentum (default 0.9; cycled by onecycle)")
     add("--nesterov", action=argparse.BooleanOptionalAction,
         help="SGD Nesterov momentum (default on)")
     add("--schedule", choices=sorted(SCHEDULES), help="learning-rate schedule (default onecycle)")
-    add("--weight-decay", type=float,
+    add("--weight-decay", type=_number(0.0),
         help="weight decay (default 5e-4 for sgd, 0 for adam, 1e-2 for adamw)")
-    add("--label-smoothing", type=float, help="label smoothing of the loss (default 0)")
+    add("--label-smoothing", type=_number(0.0, 1.0), help="label smoothing of the loss (default 0)")
     add("--augment", action=argparse.BooleanOptionalAction,
         help="random crop (2 px padding) and horizontal flip of training images (default on)")
     add("--val-split", type=_fraction, help="fraction of the training images held out for "
                                             "per-epoch validation (default 0: none)")
-    add("--seed", type=int, help="seed of initialisation, split, shuffling, augmentation "
+    add("--seed", type=_seed, help="seed of initialisation, split, shuffling, augmentation "
                                  "(default 0)")
     add("--limit", type=_positive_int, help="use only the first N training images")
-    add("--out", type=Path, help="run folder for checkpoints and metrics "
+    add("--out", type=_path, help="run folder for checkpoints and metrics "
                                  "(default runs/DATASET, numbered if taken)")
-    add("--resume", type=Path, metavar="RUN_DIR",
+    add("--resume", type=_path, metavar="RUN_DIR",
         help="continue the run in RUN_DIR with its stored settings")
     add("--no-progress", action="store_true", help="no progress bar")
 
@@ -177,7 +210,7 @@ def _new_run_dir(requested: Path | None, dataset: str) -> Path:
 
 def _training_data(settings: dict, rng: np.random.Generator):
     """(train, val or None) as the settings say; draws the split from rng."""
-    data = load_dataset(settings["dataset"], "train", data_dir=settings["data_dir"])
+    data = load_dataset(settings["dataset"], "train", data_dir=_data_dir(settings["data_dir"]))
     if settings["limit"] is not None:
         data = data.subset(slice(0, settings["limit"]))
     if settings["val_split"]:
@@ -213,6 +246,7 @@ def run_train(args) -> int:
 
     rng = np.random.default_rng(settings["seed"])
     train, val = _training_data(settings, rng)
+    test = load_dataset(settings["dataset"], "test", data_dir=settings["data_dir"])
     model = build_model(_model_config(settings, train), rng=rng)
     optimizer = _optimizer_for(settings, model)
     steps_per_epoch = num_batches(train, settings["batch_size"])
@@ -232,7 +266,6 @@ def run_train(args) -> int:
     if history.status == "interrupted":
         print(f"resume with: cnnumpy train --resume {run_dir}", file=sys.stderr)
         return 128 + history.signal if history.signal else 1
-    test = load_dataset(settings["dataset"], "test", data_dir=settings["data_dir"])
     metrics = evaluate(model, test, history.normalization)
     print(f"test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
           f"({metrics['count']} test images, final weights in {run_dir / LAST_FILE})")
@@ -257,6 +290,11 @@ def _text(value):
 # --------------------------------------------------------------------------- evaluate
 
 
+def _print_json(value) -> None:
+    """Print `value` as JSON, NaN and infinities as null: the output is always valid JSON."""
+    print(json.dumps(finite_json(value), allow_nan=False))
+
+
 def _checkpoint_data_dir(checkpoint, given):
     if given is not None:
         return given
@@ -271,7 +309,7 @@ def _normalization(checkpoint):
 def _add_test_set_options(parser: argparse.ArgumentParser, limit: bool = False) -> None:
     parser.add_argument("--dataset", choices=DATASETS,
                         help="data set whose test split to use (default: the checkpoint's)")
-    parser.add_argument("--data-dir", help="folder with the data files")
+    parser.add_argument("--data-dir", type=_path, help="folder with the data files")
     if limit:
         parser.add_argument("--limit", type=_positive_int, help="use the first N test images")
 
@@ -282,7 +320,8 @@ def _test_set(checkpoint, args):
     dataset = args.dataset or checkpoint.metadata.get("dataset")
     if dataset is None:
         raise ValueError(f"checkpoint {checkpoint.path} names no data set; pass --dataset")
-    test = load_dataset(dataset, "test", data_dir=_checkpoint_data_dir(checkpoint, args.data_dir))
+    test = load_dataset(dataset, "test",
+                        data_dir=_data_dir(_checkpoint_data_dir(checkpoint, args.data_dir)))
     limit = getattr(args, "limit", None)
     return test if limit is None else test.subset(slice(0, limit))
 
@@ -299,7 +338,7 @@ def run_evaluate(args) -> int:
     test = _test_set(checkpoint, args)
     metrics = evaluate(model, test, _normalization(checkpoint))
     if args.json:
-        print(json.dumps({**metrics, "dataset": test.name, "checkpoint": str(args.checkpoint)}))
+        _print_json({**metrics, "dataset": test.name, "checkpoint": str(args.checkpoint)})
     else:
         print(f"{args.checkpoint}: test accuracy {metrics['accuracy']:.4f}, loss "
               f"{metrics['loss']:.4f} on {metrics['count']} {test.name} test images")
@@ -307,94 +346,6 @@ def run_evaluate(args) -> int:
 
 
 # --------------------------------------------------------------------------- predict
-
-
-def _grayscale(pixels: np.ndarray) -> np.ndarray:
-    """(3, H, W) RGB -> (1, H, W) luminance, ITU-R 601-2 (as Pillow's convert("L"))."""
-    weights = np.array([0.299, 0.587, 0.114])[:, None, None]
-    return np.rint((pixels * weights).sum(axis=0, keepdims=True)).astype(np.uint8)
-
-
-def _resize(pixels: np.ndarray, height: int, width: int, source: str) -> np.ndarray:
-    """(C, h, w) uint8 -> (C, height, width) uint8, bilinear, through Pillow."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ValueError(f"{source} is {pixels.shape[1]}x{pixels.shape[2]}, the model takes "
-                         f"{height}x{width}: resizing needs Pillow (pip install "
-                         f"'cnnumpy[image]')") from None
-    channels = [np.asarray(Image.fromarray(plane).resize((width, height), Image.BILINEAR))
-                for plane in pixels]
-    return np.stack(channels)
-
-
-def to_model_input(pixels: np.ndarray, input_shape, source: str) -> np.ndarray:
-    """An image as uint8 (C, H, W) of the model's `input_shape`: channels converted
-    (RGB -> gray by luminance, gray -> RGB by repetition), then resized."""
-    channels, height, width = input_shape
-    if pixels.shape[0] == 3 and channels == 1:
-        pixels = _grayscale(pixels)
-    elif pixels.shape[0] == 1 and channels == 3:
-        pixels = np.repeat(pixels, 3, axis=0)
-    elif pixels.shape[0] != channels:
-        raise ValueError(f"{source} has {pixels.shape[0]} channels, the model takes {channels}")
-    if pixels.shape[1:] != (height, width):
-        pixels = _resize(pixels, height, width, source)
-    return pixels
-
-
-def _npy_pixels(path: Path) -> list[tuple[str, np.ndarray]]:
-    """Images of a .npy file as [(label, (C, H, W) uint8)]: one image (H, W), (C, H, W) or
-    (H, W, C) with C in {1, 3}, or a batch (N, C, H, W); uint8 pixels, or floats in [0, 1]."""
-    array = np.load(path, allow_pickle=False)
-    if np.issubdtype(array.dtype, np.floating):
-        if not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
-            raise ValueError(f"{path}: float pixels must lie in [0, 1]")
-        array = np.rint(array * 255).astype(np.uint8)
-    elif array.dtype != np.uint8:
-        raise ValueError(f"{path}: pixels must be uint8 (0-255) or floats in [0, 1], "
-                         f"got {array.dtype}")
-    if array.ndim == 2:
-        return [(str(path), array[None])]
-    if array.ndim == 3:
-        if array.shape[0] not in (1, 3) and array.shape[-1] in (1, 3):
-            array = array.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
-        return [(str(path), array)]
-    if array.ndim == 4:
-        return [(f"{path}[{i}]", image) for i, image in enumerate(array)]
-    raise ValueError(f"{path}: expected an image (H, W), (C, H, W), (H, W, C) or a batch "
-                     f"(N, C, H, W), got shape {array.shape}")
-
-
-def _picture_pixels(path: Path, channels: int) -> np.ndarray:
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise ValueError(f"reading {path.suffix} images needs Pillow "
-                         f"(pip install 'cnnumpy[image]'); .npy arrays need nothing") from None
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            pixels = np.asarray(image)
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image Pillow can read") from None
-    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-
-
-def load_images(paths, input_shape) -> tuple[list[str], np.ndarray]:
-    """(labels, uint8 batch (N, C, H, W)) from .npy files and pictures (PNG, JPEG, ...)."""
-    labels, images = [], []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        if path.suffix.lower() == ".npy":
-            entries = _npy_pixels(path)
-        else:
-            entries = [(str(path), _picture_pixels(path, input_shape[0]))]
-        for label, pixels in entries:
-            labels.append(label)
-            images.append(to_model_input(pixels, input_shape, label))
-    return labels, np.stack(images)
 
 
 def configure_predict(parser: argparse.ArgumentParser) -> None:
@@ -421,7 +372,7 @@ def run_predict(args) -> int:
         results.append({"file": label, "top": [{"class": names[k], "index": int(k),
                                                  "probability": float(row[k])} for k in best]})
     if args.json:
-        print(json.dumps(results))
+        _print_json(results)
     for result in results if not args.json else []:
         ranked = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
         print(f"{result['file']}: {ranked}")
@@ -445,9 +396,19 @@ def _shape(text: str) -> tuple[int, ...]:
         shape = tuple(int(part) for part in text.split(","))
     except ValueError:
         shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"must be C,H,W (three positive integers), got {text}")
-    return shape
+    try:
+        return check_input_shape("C,H,W", shape)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"must be C,H,W (three positive integers): "
+                                         f"{err}") from None
+
+
+def _class_count(text: str) -> int:
+    try:
+        return check_num_classes("the value", int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_CLASSES}], "
+                                         f"got {text}") from None
 
 
 def configure_summary(parser: argparse.ArgumentParser) -> None:
@@ -458,7 +419,7 @@ def configure_summary(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", type=_shape, metavar="C,H,W",
                         help="one input image (default: the checkpoint's, or the --model's "
                              "own: 3,224,224 for the ImageNet models, 3,32,32 for the others)")
-    parser.add_argument("--num-classes", type=_positive_int,
+    parser.add_argument("--num-classes", type=_class_count,
                         help="outputs of a --model (default: its own, 1000 for the ImageNet "
                              "models, 10 for the others)")
 
@@ -605,7 +566,7 @@ def configure_plot(parser: argparse.ArgumentParser) -> None:
             metavar, text = _POSITIONAL_HELP[name]
             sub.add_argument(name, metavar=metavar, type=str if name == "image" else Path,
                              help=text)
-        sub.add_argument("--out", type=Path, default=Path(f"{kind}.png"),
+        sub.add_argument("--out", type=_path, default=Path(f"{kind}.png"),
                          help=f"PNG file to write (default {kind}.png)")
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show tracebacks of errors")

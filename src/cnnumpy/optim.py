@@ -21,18 +21,13 @@ import math
 
 import numpy as np
 
+from .validate import check_integer, check_number, kind
+
 
 def _check_number(name: str, value, low: float, high: float = math.inf,
                   high_open: bool = False) -> float:
-    """`value` as a float in [low, high] (or [low, high)); ValueError naming it otherwise."""
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    if ok:
-        value = float(value)
-        ok = low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"{name} must be a number in [{low}, {high}{bracket}, got {value!r}")
-    return value
+    """`value` as a finite float in [low, high] (or [low, high)); ValueError naming it otherwise."""
+    return check_number(name, value, low, high, high_open=high_open)
 
 
 class Optimizer:
@@ -103,29 +98,54 @@ class Optimizer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a `state_dict()` of the same optimizer type for a model with the same names."""
+        """Restore a `state_dict()` of the same optimizer type for a model with the same names.
+
+        Everything is checked before anything changes: the type, the hyperparameters (as the
+        constructor checks them), the step count, and each array's name, shape, float dtype
+        and finiteness. Raises ValueError (TypeError for a state that is not a dict)."""
         name = type(self).__name__
-        if state.get("name") != name:
-            raise ValueError(f"optimizer state is for {state.get('name')!r}, not {name}")
+        if not isinstance(state, dict):
+            raise TypeError(f"optimizer state must be a dict (a state_dict()), "
+                            f"got {kind(state)}")
+        missing = sorted({"name", "hyperparameters", "steps", "arrays"} - set(state))
+        if missing:
+            raise ValueError(f"optimizer state lacks {missing}")
+        if state["name"] != name:
+            raise ValueError(f"optimizer state is for {state['name']!r}, not {name}")
+        hyperparameters, arrays = state["hyperparameters"], state["arrays"]
+        expected = set(self.hyperparameters())
+        if not isinstance(hyperparameters, dict) or set(hyperparameters) != expected:
+            got = sorted(hyperparameters) if isinstance(hyperparameters, dict) else hyperparameters
+            raise ValueError(f"optimizer hyperparameters {got!r} do not match {name}'s "
+                             f"{sorted(expected)}")
+        try:  # the constructor's checks, on a throw-away optimizer
+            checked = type(self)(self.model, **hyperparameters).hyperparameters()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"optimizer hyperparameters: {err}") from None
+        steps = check_integer("optimizer steps", state["steps"], 0)
+        if not isinstance(arrays, dict):
+            raise ValueError(f"optimizer arrays must be a dict of name -> array, "
+                             f"got {kind(arrays)}")
         params = self.model.parameters()
         buffers: dict[str, dict[str, np.ndarray]] = {slot: {} for slot in self.slots}
-        for key, array in state["arrays"].items():
-            slot, _, param_name = key.partition("/")
+        for key, array in arrays.items():
+            slot, _, param_name = str(key).partition("/")
             if slot not in buffers or param_name not in params:
                 raise ValueError(f"optimizer state has an unexpected entry {key!r} "
                                  f"(slots {list(self.slots)}, parameters {sorted(params)})")
             param = params[param_name]
-            if array.shape != param.shape:
-                raise ValueError(f"optimizer state {key!r} has shape {array.shape}, "
-                                 f"the parameter {param.shape}")
-            buffers[slot][param_name] = np.array(array, dtype=param.dtype)
-        expected = set(self.hyperparameters())
-        if set(state["hyperparameters"]) != expected:
-            raise ValueError(f"optimizer hyperparameters {sorted(state['hyperparameters'])} do "
-                             f"not match {name}'s {sorted(expected)}")
-        for key, value in state["hyperparameters"].items():
+            if not isinstance(array, np.ndarray) or array.shape != param.shape:
+                raise ValueError(f"optimizer state {key!r} has shape "
+                                 f"{getattr(array, 'shape', None)}, the parameter {param.shape}")
+            if array.dtype != param.dtype:
+                raise ValueError(f"optimizer state {key!r} has dtype {array.dtype}, the "
+                                 f"parameter {param.dtype}")
+            if not np.isfinite(array).all():
+                raise ValueError(f"optimizer state {key!r} holds NaN or infinite values")
+            buffers[slot][param_name] = array.copy()
+        for key, value in checked.items():
             setattr(self, key, value)
-        self.steps = int(state["steps"])
+        self.steps = steps
         self.state = buffers
 
     def __repr__(self) -> str:

@@ -12,6 +12,8 @@ of their class (`{"name": "CifarResNet", "depth": 20, ...}`). Names are case-ins
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from . import models
@@ -48,6 +50,12 @@ def build_model(config: dict, *, rng: np.random.Generator | None = None, dtype=n
         raise ValueError(f"a model config is a dict with a 'name', got {config!r}")
     cls = model_class(config["name"])
     arguments = {k: v for k, v in config.items() if k != "name"}
+    parameters = inspect.signature(cls).parameters.values()
+    settings = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(arguments) - (settings - {"rng", "dtype"}))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in parameters):
+        raise ValueError(f"model {config['name']!r} has no setting(s) {unknown}; its settings "
+                         f"are {sorted(settings - {'rng', 'dtype'})}")
     arguments = {k: tuple(v) if isinstance(v, list) and k == "input_shape" else v
                  for k, v in arguments.items()}
     try:

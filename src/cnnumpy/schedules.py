@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import math
 
+from .validate import check_integer, check_number
+
 
 def _check(name: str, value, low: float, high: float = math.inf, integer: bool = False):
-    """`value` within [low, high] (an int when `integer`); ValueError naming it otherwise."""
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {what} in [{low}, {high}], got {value!r}")
-    return value if integer else float(value)
+    """`value` within [low, high] (an int when `integer`, else a finite float); ValueError
+    naming it otherwise."""
+    if integer:
+        return check_integer(name, value, low, high)
+    return check_number(name, value, low, high)
 
 
 def cosine_anneal(start: float, end: float, fraction: float) -> float:
@@ -217,8 +218,8 @@ SCHEDULES = {cls.name: cls for cls in (Constant, StepDecay, WarmupCosine, OneCyc
 
 def build_schedule(config: dict) -> Schedule:
     """Rebuild a schedule from its `config()`: {"name": "onecycle", "max_lr": 0.05, ...}."""
-    if not isinstance(config, dict) or config.get("name") not in SCHEDULES:
-        name = config.get("name") if isinstance(config, dict) else config
+    name = config.get("name") if isinstance(config, dict) else config
+    if not isinstance(name, str) or name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
     arguments = {k: v for k, v in config.items() if k != "name"}
     try:

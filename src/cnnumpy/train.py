@@ -41,10 +41,13 @@ import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import channel_stats, normalize, num_batches, random_crop, random_hflip
+from .data.transforms import check_normalization
 from . import workspace
 from .layers.activation import seed_dropout
 from .parallel import BatchParallel
 from .losses import CrossEntropyLoss, softmax
+from .schedules import Schedule
+from .validate import check_bool, check_integer, check_rng
 
 METRICS_FILE = "metrics.jsonl"
 BEST_FILE = "best.npz"
@@ -97,17 +100,25 @@ class Progress:
 # --------------------------------------------------------------------------- batches
 
 
-def _check_data(data, what: str):
-    images, labels = getattr(data, "images", None), getattr(data, "labels", None)
+def _check_images(images, what: str,
+                  expected: str = "be uint8 images of shape (N, C, H, W)") -> np.ndarray:
+    """`images` if a non-empty uint8 array (N, C, H, W); TypeError / ValueError otherwise."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-        raise TypeError(f"{what} must have uint8 images of shape (N, C, H, W) (an "
-                        f"ImageDataset), got {getattr(images, 'dtype', type(images).__name__)} "
-                        f"images of shape {getattr(images, 'shape', None)}")
+        raise TypeError(f"{what} must {expected}, got "
+                        f"{getattr(images, 'dtype', type(images).__name__)} of shape "
+                        f"{getattr(images, 'shape', None)}")
+    if images.size == 0:
+        raise ValueError(f"{what} is empty (images of shape {images.shape})")
+    return images
+
+
+def _check_data(data, what: str):
+    images = _check_images(getattr(data, "images", None), what,
+                           "have uint8 images of shape (N, C, H, W) (an ImageDataset)")
+    labels = getattr(data, "labels", None)
     if not isinstance(labels, np.ndarray) or labels.shape != images.shape[:1]:
         raise ValueError(f"{what} needs one label per image, got {len(images)} images and "
                          f"labels of shape {getattr(labels, 'shape', None)}")
-    if len(images) == 0:
-        raise ValueError(f"{what} is empty")
     return images, labels
 
 
@@ -141,6 +152,8 @@ def evaluate(model, data, normalization, *, batch_size: int = 500) -> dict:
     Returns {"loss": float, "accuracy": float, "count": N}.
     """
     images, labels = _check_data(data, "data")
+    normalization = check_normalization(normalization, images.shape[1])
+    check_integer("batch_size", batch_size, 1)
     criterion = CrossEntropyLoss()
     was_training = model.training
     model.eval()
@@ -161,6 +174,9 @@ def evaluate(model, data, normalization, *, batch_size: int = 500) -> dict:
 def predict_proba(model, images_uint8: np.ndarray, normalization, *,
                   batch_size: int = 500) -> np.ndarray:
     """Class probabilities (N, K) for uint8 images (N, C, H, W), normalised like training."""
+    images_uint8 = _check_images(images_uint8, "images_uint8")
+    normalization = check_normalization(normalization, images_uint8.shape[1])
+    check_integer("batch_size", batch_size, 1)
     was_training = model.training
     model.eval()
     try:
@@ -479,11 +495,21 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
     if getattr(optimizer, "model", None) is not model:
         raise ValueError("optimizer must be built on the model being trained "
                          "(e.g. SGD(model, lr=...))")
-    rng = np.random.default_rng() if rng is None else rng
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    rng = check_rng("rng", np.random.default_rng() if rng is None else rng)
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a cnnumpy.schedules.Schedule (e.g. OneCycle(...)) "
+                        f"or None, got {schedule!r:.80}")
+    check_bool("augment", augment)
+    check_bool("flip", flip)
+    check_integer("crop_padding", crop_padding, 0)
+    if run_dir is not None and not str(run_dir):
+        raise ValueError("run_dir must name a folder (or be None), got an empty path")
+    if not all(callable(callback) for callback in callbacks):
+        raise TypeError(f"callbacks must be a tuple of functions, got {callbacks!r:.80}")
+    images = _check_data(train_data, "train_data")[0]
     if normalization is None:
-        normalization = channel_stats(_check_data(train_data, "train_data")[0])
+        normalization = channel_stats(images)
+    normalization = check_normalization(normalization, images.shape[1])
     if resume is None:  # a resumed run takes its Dropout streams from the checkpoint
         seed_dropout(model, rng)
     run = _Run(model, train_data, val_data, optimizer, schedule, epochs, batch_size, augment,

@@ -70,18 +70,34 @@ def _read_members(source, wanted):
     source = Path(source)
     if source.is_dir():
         folder = source / BATCHES_DIR if (source / BATCHES_DIR).is_dir() else source
-        return {name: (folder / name).read_bytes() for name in wanted
-                if (folder / name).is_file()}
+        present = [name for name in wanted if (folder / name).is_file()]
+        for name in present:
+            _check_member_size(f"{folder / name}", name, (folder / name).stat().st_size)
+        return {name: (folder / name).read_bytes() for name in present}
     found = {}
     try:
         with tarfile.open(source, "r:*") as archive:
             for member in archive:
                 name = Path(member.name).name
                 if member.isfile() and name in wanted and name not in found:
+                    _check_member_size(f"{source}: {member.name}", name, member.size)
                     found[name] = archive.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"{source}: corrupt or truncated archive ({exc})") from None
     return found
+
+
+# The largest file of the data set: a batch of 10000 records (the class names: a few lines).
+MAX_MEMBER_BYTES = {META_FILE: 1 << 16}
+MAX_BATCH_BYTES = 10000 * RECORD_BYTES
+
+
+def _check_member_size(where, name, size):
+    """ValueError before reading a file larger than any file of CIFAR-10 binary."""
+    limit = MAX_MEMBER_BYTES.get(name, MAX_BATCH_BYTES)
+    if size > limit:
+        raise ValueError(f"{where}: {size} bytes, more than the {limit} this file of "
+                         f"CIFAR-10 binary holds at most")
 
 
 def read_cifar10(source, split="train"):

@@ -5,12 +5,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cifar, idx, sources
+from .sources import TITLES
 
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CLASS_NAMES = {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": MNIST_CLASSES,
                "cifar10": cifar.CIFAR10_CLASSES}
+# (C, H, W) of every image of each data set: files of another size are not that data set.
+IMAGE_SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,7 +42,13 @@ class ImageDataset:
                             f"{getattr(labels, 'shape', None)}")
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if not isinstance(self.class_names, (list, tuple)) or not self.class_names or not all(
+                isinstance(c, str) and c for c in self.class_names):
+            raise TypeError(f"class_names must be a non-empty list of non-empty strings, got "
+                            f"{self.class_names!r:.80}")
+        if not isinstance(self.name, str):
+            raise TypeError(f"name must be a string, got {type(self.name).__name__}")
+        object.__setattr__(self, "class_names", tuple(self.class_names))
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.class_names)):
             raise ValueError(f"labels must be in [0, {len(self.class_names)}) for "
                              f"{len(self.class_names)} class names, got range "
@@ -77,11 +86,23 @@ def load_dataset(name, split="train", data_dir=None, download=True):
     files = sources.dataset_files(name, split, data_dir=data_dir, download=download)
     if name == "cifar10":
         images, labels, class_names = cifar.read_cifar10(files["source"], split)
-        return ImageDataset(images, labels, class_names, name)
-    class_names = CLASS_NAMES[name]
-    images = idx.read_idx_images(files["images"])
-    labels = idx.read_idx_labels(files["labels"], num_classes=len(class_names))
-    if len(images) != len(labels):
-        raise ValueError(f"{files['images']} has {len(images)} images but {files['labels']} "
-                         f"has {len(labels)} labels")
+        source = files["source"]
+    else:
+        class_names = CLASS_NAMES[name]
+        images = idx.read_idx_images(files["images"])
+        labels = idx.read_idx_labels(files["labels"], num_classes=len(class_names))
+        source = files["images"]
+        if len(images) != len(labels):
+            raise ValueError(f"{files['images']} has {len(images)} images but "
+                             f"{files['labels']} has {len(labels)} labels")
+    if images.shape[1:] != IMAGE_SHAPES[name]:
+        raise ValueError(f"{source}: {TITLES[name]} images are {_shape_text(IMAGE_SHAPES[name])}"
+                         f", the file holds {_shape_text(images.shape[1:])}")
+    if len(images) == 0:
+        raise ValueError(f"{source}: holds no images")
     return ImageDataset(images, labels, class_names, name)
+
+
+def _shape_text(shape):
+    channels, height, width = shape
+    return f"{height}x{width} with {channels} channel{'s' if channels > 1 else ''}"

@@ -9,20 +9,24 @@ from pathlib import Path
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_maybe_gzip(path):
-    """The content of `path`, decompressed when it is gzip (by name `.gz` or by content).
+class _CheckedGzip(gzip.GzipFile):
+    """A GzipFile whose reading errors (truncated stream, bad CRC, not gzip at all) are
+    ValueErrors naming the file, instead of a raw EOFError / zlib.error / BadGzipFile."""
 
-    A truncated gzip stream, a CRC error or a `.gz` file that is not gzip raises ValueError
-    naming the file (instead of a raw EOFError / zlib.error / BadGzipFile).
-    """
+    def read(self, size=-1):
+        try:
+            return super().read(size)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"{self.name}: corrupt or truncated gzip file ({exc})") from None
+
+
+def open_maybe_gzip(path):
+    """`path` open for binary reading, inflated as a stream when it is gzip (by name `.gz` or
+    by content): read(n) inflates only what it returns."""
     path = Path(path)
-    raw = path.read_bytes()
-    if path.suffix != ".gz" and not raw.startswith(GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path}: corrupt or truncated gzip file ({exc})") from None
+    with open(path, "rb") as file:
+        gzipped = path.suffix == ".gz" or file.read(2) == GZIP_MAGIC
+    return _CheckedGzip(path) if gzipped else open(path, "rb")
 
 
 def atomic_write(path, write):

@@ -14,17 +14,60 @@ the header exactly, and raises ValueError naming the file and the problem.
 """
 
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_bytes, read_maybe_gzip
+from .files import atomic_write_bytes, open_maybe_gzip
 
 UBYTE_TYPE_CODE = 0x08
 SPLIT_FILES = {   # split -> (images, labels): the official names, without the `.gz` of the downloads
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+
+
+# The largest data part an IDX file may declare (Fashion-MNIST's training images: 47 MB).
+MAX_IDX_BYTES = 1 << 30
+# Deflate inflates at most about 1032:1; a .gz declaring more than this per stored byte lies.
+MAX_GZIP_RATIO = 1100
+
+
+def _idx_shape(header, source, ndim):
+    """The shape the IDX header declares (checking magic number and header length)."""
+    if len(header) < 4:
+        raise ValueError(f"{source}: truncated IDX file ({len(header)} bytes, no header)")
+    magic = int.from_bytes(header[:4], "big")
+    dims = header[3]
+    expected_dims = dims if ndim is None else ndim
+    if header[:2] != b"\x00\x00" or header[2] != UBYTE_TYPE_CODE or dims != expected_dims:
+        raise ValueError(f"{source}: bad IDX magic number 0x{magic:08x}, expected "
+                         f"0x{UBYTE_TYPE_CODE << 8 | expected_dims:08x} "
+                         f"(unsigned bytes, {expected_dims} dimension(s))")
+    header_bytes = 4 + 4 * dims
+    if len(header) < header_bytes:
+        raise ValueError(f"{source}: truncated IDX header ({len(header)} bytes, the header "
+                         f"of a {dims}-dimensional file needs {header_bytes})")
+    return tuple(int.from_bytes(header[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+
+
+def _size_error(source, shape, data_bytes, found, more=False):
+    problem = "truncated" if found < data_bytes else "has extra bytes after the data"
+    return ValueError(f"{source}: {problem}: the header gives shape "
+                      f"{'x'.join(map(str, shape))} = {data_bytes} data bytes, "
+                      f"the file has {'more than ' if more else ''}{found}")
+
+
+def _check_declared_size(source, shape, limit):
+    """The number of data bytes `shape` declares (a Python int: no overflow), if within
+    `limit`; ValueError before anything of that size is allocated otherwise."""
+    data_bytes = math.prod(shape)
+    if data_bytes > limit:
+        raise ValueError(f"{source}: the header gives shape {'x'.join(map(str, shape))} = "
+                         f"{data_bytes} data bytes, more than the file can hold "
+                         f"({limit} at most)")
+    return data_bytes
 
 
 def parse_idx(content, source="<bytes>", ndim=None):
@@ -34,41 +77,55 @@ def parse_idx(content, source="<bytes>", ndim=None):
     ndim: the number of dimensions expected (3 for images, 1 for labels), or None for any.
     The returned array is writable and owns its memory.
     """
-    if len(content) < 4:
-        raise ValueError(f"{source}: truncated IDX file ({len(content)} bytes, no header)")
-    magic = int.from_bytes(content[:4], "big")
-    dims = content[3]
-    expected_dims = dims if ndim is None else ndim
-    if content[:2] != b"\x00\x00" or content[2] != UBYTE_TYPE_CODE or dims != expected_dims:
-        raise ValueError(f"{source}: bad IDX magic number 0x{magic:08x}, expected "
-                         f"0x{UBYTE_TYPE_CODE << 8 | expected_dims:08x} "
-                         f"(unsigned bytes, {expected_dims} dimension(s))")
-    header_bytes = 4 + 4 * dims
-    if len(content) < header_bytes:
-        raise ValueError(f"{source}: truncated IDX header ({len(content)} bytes, the header "
-                         f"of a {dims}-dimensional file needs {header_bytes})")
-    shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
-    data_bytes = int(np.prod(shape, dtype=np.int64))
+    shape = _idx_shape(content[:4 + 4 * content[3]] if len(content) >= 4 else content,
+                       source, ndim)
+    header_bytes = 4 + 4 * len(shape)
+    data_bytes = math.prod(shape)
     found = len(content) - header_bytes
     if found != data_bytes:
-        problem = "truncated" if found < data_bytes else "has extra bytes after the data"
-        raise ValueError(f"{source}: {problem}: the header gives shape "
-                         f"{'x'.join(map(str, shape))} = {data_bytes} data bytes, "
-                         f"the file has {found}")
+        raise _size_error(source, shape, data_bytes, found)
     data = np.frombuffer(content, dtype=np.uint8, count=data_bytes, offset=header_bytes)
     return data.reshape(shape).copy()
 
 
 def read_idx(path, ndim=None):
-    """The uint8 array stored in the IDX file `path` (`.gz` or raw); see `parse_idx`."""
-    return parse_idx(read_maybe_gzip(path), str(path), ndim)
+    """The uint8 array stored in the IDX file `path` (`.gz` or raw); see `parse_idx`.
+
+    The header is read first and the size it declares checked against the file (and
+    MAX_IDX_BYTES) before the data is read; a `.gz` is inflated as a stream that stops one
+    byte past the declared size, so a small file never inflates to gigabytes.
+    """
+    path = Path(path)
+    stored = path.stat().st_size
+    with open_maybe_gzip(path) as stream:
+        header = stream.read(4)
+        if len(header) == 4:
+            header += stream.read(4 * header[3])
+        shape = _idx_shape(header, path, ndim)
+        if isinstance(stream, gzip.GzipFile):
+            data_bytes = _check_declared_size(path, shape,
+                                              min(MAX_IDX_BYTES, stored * MAX_GZIP_RATIO))
+        else:
+            data_bytes = _check_declared_size(path, shape, MAX_IDX_BYTES)
+            if data_bytes != stored - len(header):
+                raise _size_error(path, shape, data_bytes, stored - len(header))
+        content = stream.read(data_bytes)
+        if len(content) < data_bytes:
+            raise _size_error(path, shape, data_bytes, len(content))
+        extra = len(stream.read(1 << 16))
+        if extra:
+            raise _size_error(path, shape, data_bytes, data_bytes + extra,
+                              more=len(stream.read(1)) > 0)
+    return np.frombuffer(content, dtype=np.uint8).reshape(shape).copy()
 
 
 def read_idx_images(path):
-    """Images of an IDX image file (magic 0x00000803) as (N, 1, H, W) uint8."""
+    """Images of an IDX image file (magic 0x00000803) as (N, 1, H, W) uint8, N >= 1."""
     images = read_idx(path, ndim=3)        # (N, H, W)
     if images.shape[1] == 0 or images.shape[2] == 0:
         raise ValueError(f"{path}: images of size {images.shape[1]}x{images.shape[2]}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{path}: holds no images (the header gives 0)")
     return images[:, None, :, :]           # (N, 1, H, W)
 
 

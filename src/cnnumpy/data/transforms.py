@@ -43,11 +43,33 @@ def channel_stats(images):
 
 
 def _channel_vector(values, channels, what):
-    vector = np.asarray(values, dtype=np.float32).reshape(-1)
+    try:
+        vector = np.asarray(values, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be {channels} number(s), one per channel, got "
+                        f"{values!r:.80}") from None
     if vector.shape != (channels,):
         raise ValueError(f"{what} must have one value per channel ({channels}), got "
                          f"shape {np.shape(values)}")
+    if not np.isfinite(vector).all():
+        raise ValueError(f"{what} must be finite, got {vector}")
     return vector
+
+
+def check_normalization(normalization, channels=None):
+    """`normalization` as a pair (mean, std) of float32 vectors, one value per channel
+    (`channels` of them when given), finite, std > 0; TypeError / ValueError otherwise."""
+    if not isinstance(normalization, (tuple, list)) or len(normalization) != 2:
+        raise TypeError(f"normalization must be a pair (mean, std) of per-channel values "
+                        f"(from channel_stats), got {normalization!r:.80}")
+    mean, std = normalization
+    if channels is None:
+        channels = np.size(mean)
+    mean = _channel_vector(mean, channels, "normalization mean")
+    std = _channel_vector(std, channels, "normalization std")
+    if not np.all(std > 0):
+        raise ValueError(f"normalization std must be positive, got {std}")
+    return mean, std
 
 
 def normalize(images, mean, std):
