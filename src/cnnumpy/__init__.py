@@ -6,7 +6,7 @@
     dx = model.backward(np.ones_like(logits) / 8)                               # (8, 1, 28, 28)
 """
 
-from . import functional, workspace
+from . import distributed, functional, workspace
 from .gradcheck import GradientCheckError, gradient_check
 from .layers import AvgPool2D, Conv2D, Flatten, Layer, Linear, MaxPool2D, Module, ReLU
 from .models import Sequential, SimpleCNN
@@ -27,7 +27,7 @@ __all__ = [
     "evaluate", "fit", "load_checkpoint", "predict_proba", "register_model", "save_checkpoint",
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "AvgPool2D", "Conv2D", "Field", "Flatten", "GradientCheckError", "Layer", "Linear",
-    "MaxPool2D", "Module", "ReLU", "Sequential", "SimpleCNN", "conv_output_size", "functional",
-    "workspace",
+    "MaxPool2D", "Module", "ReLU", "Sequential", "SimpleCNN", "conv_output_size", "distributed",
+    "functional", "workspace",
     "gradient_check", "receptive_field", "receptive_fields", "__version__",
 ]
