@@ -52,31 +52,20 @@ def worker(args) -> None:
 
     spent: dict[str, list[float]] = {"reduce": [], "allreduce": [], "agree": []}
 
+    def timed(key, method):
+        def run(*a, **k):
+            started = time.perf_counter()
+            try:
+                return method(*a, **k)
+            finally:
+                spent[key].append(time.perf_counter() - started)
+        return run
+
     class TimedGroup(distributed.Group):
-        def sum_in_place(self, buffer, what=""):
-            started = time.perf_counter()
-            try:
-                return super().sum_in_place(buffer, what)
-            finally:
-                spent["allreduce"].append(time.perf_counter() - started)
+        sum_in_place = timed("allreduce", distributed.Group.sum_in_place)
+        any = timed("agree", distributed.Group.any)
 
-        def any(self, flag, what=""):
-            started = time.perf_counter()
-            try:
-                return super().any(flag, what)
-            finally:
-                spent["agree"].append(time.perf_counter() - started)
-
-    reduce = distributed.Replicas.reduce
-
-    def timed_reduce(self, *a, **k):
-        started = time.perf_counter()
-        try:
-            return reduce(self, *a, **k)
-        finally:
-            spent["reduce"].append(time.perf_counter() - started)
-
-    distributed.Replicas.reduce = timed_reduce
+    distributed.Replicas.reduce = timed("reduce", distributed.Replicas.reduce)
     group = TimedGroup(timeout=300)
     steps = args.warmup + args.steps
     train = load_dataset("fashion-mnist", "train").subset(slice(0, BATCH * steps))

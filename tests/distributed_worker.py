@@ -60,6 +60,9 @@ def main():
 
     group = Group(timeout=args.timeout, check_every=args.check_every)
     rank = group.rank
+    split = group.split(10)  # the BatchSplit of rank's part of a batch of 10: sum over ranks
+    print(f"rank {rank}: part from {split.start} of {split.total}, sum of rank + 1 over the "
+          f"ranks {split.sum(np.array([rank + 1.0]))[0]:g}", flush=True)
     seed = args.seed_of_rank_1 if rank == 1 and args.seed_of_rank_1 is not None else 0
     batch_size = args.batch_of_rank_1 if rank == 1 and args.batch_of_rank_1 else 16
 

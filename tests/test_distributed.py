@@ -65,7 +65,10 @@ def straight(tmp_path_factory):
         pytest.skip("needs mpi4py and mpirun")
     folder = tmp_path_factory.mktemp("straight")
     for ranks in (2, 3):
-        mpirun(ranks, f"r{ranks}", cwd=folder)
+        output = mpirun(ranks, f"r{ranks}", cwd=folder).stdout
+        for rank in range(ranks):  # MPISplit: where the part starts, the sum over the ranks
+            assert (f"rank {rank}: part from {10 * rank // ranks} of 10, sum of rank + 1 over "
+                    f"the ranks {ranks * (ranks + 1) // 2}\n") in output, output
     return {ranks: cn.load_checkpoint(folder / f"r{ranks}" / "last.npz") for ranks in (2, 3)}
 
 
@@ -130,6 +133,22 @@ def test_disagreeing_ranks_are_named_with_the_difference():
         check_agreement(Gathered([same, same, other]), same)
     with pytest.raises(RankAgreementError, match=r"seed: rank 0 has 0, rank 1 has '\(nothing\)'"):
         check_agreement(Gathered([same, {"fit": {"batch_size": 16}}]), same)
+
+
+class Diverged:
+    """Two ranks, the other of which holds different parameters."""
+
+    size = 2
+
+    def gather(self, value, what=""):
+        return [value, value ^ 1]
+
+
+def test_replicas_that_diverged_stop_the_run_loudly(rng):
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=rng)
+    with pytest.raises(cn.distributed.ReplicasDivergedError,
+                       match=r"the ranks' parameters differ after step 7 \(CRC-32: rank 0 "):
+        Replicas(model, Diverged()).check(7)
 
 
 def test_solo_leaves_gradients_and_sums_alone(rng):
@@ -207,7 +226,11 @@ def test_sigint_to_mpirun_saves_and_resumes_exactly_on_as_many_or_other_ranks(tm
                             "--signal-at", "4"], cwd=tmp_path, env=env, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            start_new_session=True)
-    assert job.stdout.readline().strip() == "step 4"
+    line = ""
+    while not line.startswith("step"):
+        line = job.stdout.readline()
+        assert line, "the job ended before step 4"
+    assert line == "step 4\n"
     job.send_signal(signal.SIGINT)  # Open MPI sends the ranks SIGTERM, then SIGKILL
     job.communicate(timeout=60)
     assert job.returncode != 0
