@@ -19,8 +19,9 @@ over `--steps` steps after `--warmup`. The configurations take turns, in an orde
 alternates round by round, so that the other load on a shared machine hits them alike.
 For 2 ranks it also reports per step, on rank 0: the gradient sum as fit sees it (copying
 the gradients into the flat buffer, the Allreduce including the wait for the slower rank,
-copying back), the Allreduce alone, the stop agreement; and the Allreduce of the same 6.5 MB
-buffer right after a Barrier (the transfer alone, no waiting).
+copying back), the Allreduce alone, the stop agreement; the Allreduce of the same 6.5 MB
+buffer right after a Barrier (the transfer alone, no waiting); and the SGD update, which every
+rank makes for all parameters (work that does not shrink with more ranks).
 
 `--json F` writes the figures for benchmarks/scaling_model.py --measured F.
 """
@@ -50,7 +51,7 @@ def worker(args) -> None:
     from cnnumpy import distributed
     from cnnumpy.data import load_dataset
 
-    spent: dict[str, list[float]] = {"reduce": [], "allreduce": [], "agree": []}
+    spent: dict[str, list[float]] = {"reduce": [], "allreduce": [], "agree": [], "update": []}
 
     def timed(key, method):
         def run(*a, **k):
@@ -72,6 +73,7 @@ def worker(args) -> None:
     model = cn.SimpleCNN(train.sample_shape, train.num_classes, rng=np.random.default_rng(0),
                          init="uniform")
     opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt.step = timed("update", opt.step)
     stamps: list[float] = []
     with threadpool_limits(limits=1, user_api="blas"):
         cn.fit(model, train, optimizer=opt, epochs=1, batch_size=BATCH,
@@ -145,7 +147,7 @@ def main() -> None:
         for b in blas))
     print(f"\n{'round':<6}" + "".join(f"{name + ' img/s':>17}" for name in CONFIGS)
           + f"{'2 ranks / 1':>13}{'step ms':>9}{'sum ms':>8}{'allred.':>8}{'agree':>7}"
-          f"{'transfer':>9}")
+          f"{'transfer':>9}{'update':>8}")
     ratios = []
     for number, figures in enumerate(rounds, start=1):
         two = figures["2 ranks"]
@@ -154,7 +156,8 @@ def main() -> None:
         print(f"{number:<6}" + "".join(f"{figures[name]['images_per_s']:>17.0f}"
                                        for name in CONFIGS)
               + f"{ratio:>13.2f}{ms(two['step']):>9}{ms(two['reduce']):>8}"
-              f"{ms(two['allreduce']):>8}{ms(two['agree']):>7}{ms(two['transfer']):>9}")
+              f"{ms(two['allreduce']):>8}{ms(two['agree']):>7}{ms(two['transfer']):>9}"
+              f"{ms(two['update']):>8}")
     print(f"\nmedian ratio 2 ranks / 1 rank: {statistics.median(ratios):.2f} "
           f"(gradient buffer {rounds[0]['2 ranks']['buffer_mb']:.2f} MB)")
     if args.json:
