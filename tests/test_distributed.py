@@ -31,14 +31,20 @@ needs_mpi = pytest.mark.skipif(
     reason="needs mpi4py and mpirun (pip install -e '.[mpi]')")
 
 
-def mpirun(ranks, *args, cwd, timeout=90, check=True, module=False):
-    """Run the worker (or `python -m cnnumpy` with module=True) on `ranks` ranks."""
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "OPENBLAS_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+       "OPENBLAS_NUM_THREADS": "1"}  # Open MPI refuses root without the first two
+
+
+def command(ranks, *args, module=False):
+    """mpirun of the worker (or `python -m cnnumpy` with module=True) on `ranks` ranks."""
     program = ["-m", "cnnumpy"] if module else [str(WORKER)]
-    result = subprocess.run([MPIRUN, "--oversubscribe", "-n", str(ranks), sys.executable,
-                             *program, *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    return [MPIRUN, "--oversubscribe", "-n", str(ranks), sys.executable, *program,
+            *map(str, args)]
+
+
+def mpirun(ranks, *args, cwd, timeout=90, check=True, module=False):
+    result = subprocess.run(command(ranks, *args, module=module), cwd=cwd, env=ENV,
+                            capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}: {result.stdout}\n{result.stderr}")
     return result
@@ -220,11 +226,8 @@ def test_a_dead_rank_stops_every_rank(tmp_path):
 @needs_mpi
 def test_sigint_to_mpirun_saves_and_resumes_exactly_on_as_many_or_other_ranks(tmp_path,
                                                                               straight):
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "OPENBLAS_NUM_THREADS": "1"}
-    job = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, str(WORKER), "run",
-                            "--signal-at", "4"], cwd=tmp_path, env=env, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    job = subprocess.Popen(command(2, "run", "--signal-at", 4), cwd=tmp_path, env=ENV,
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            start_new_session=True)
     line = ""
     while not line.startswith("step"):

@@ -232,7 +232,8 @@ def _train(args, group) -> int:
     say(f"{'resuming' if checkpoint else 'training'} {settings['model']} on "
         f"{len(train)} {settings['dataset']} images"
         f"{f' ({len(val)} held out for validation)' if val is not None else ''}"
-        f"{f' on {group.size} ranks' if args.distributed else ''}; run folder {run_dir}",
+        f"{f' on {group.size} rank' + 's' * (group.size > 1) if args.distributed else ''}; "
+        f"run folder {run_dir}",
         file=sys.stderr, flush=True)
     if ranks != group.size:
         say(f"the run was trained on {ranks} rank(s), it goes on with {group.size}: the same "
