@@ -95,3 +95,14 @@ def test_random_hflip_is_exact_and_seeded():
                                   batch[..., ::-1])
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 1.5"):
         random_hflip(batch, np.random.default_rng(0), p=1.5)
+
+
+def test_a_part_of_a_batch_gets_the_whole_batch_draws():
+    batch = uint8_batch((10, 1, 5, 5), seed=4)
+    whole = random_hflip(random_crop(batch, 1, np.random.default_rng(2)), np.random.default_rng(3))
+    part = random_hflip(random_crop(batch[4:7], 1, np.random.default_rng(2), start=4, total=10),
+                        np.random.default_rng(3), start=4, total=10)
+    np.testing.assert_array_equal(part, whole[4:7])
+    with pytest.raises(ValueError, match="a part of 3 images starting at 8 does not fit in a "
+                                         "batch of 10"):
+        random_crop(batch[4:7], 1, np.random.default_rng(2), start=8, total=10)

@@ -6,7 +6,7 @@
     dx = model.backward(np.ones_like(logits) / 8)                               # (8, 1, 28, 28)
 """
 
-from . import functional, trace, workspace
+from . import distributed, functional, trace, workspace
 from .gradcheck import GradientCheckError, gradient_check
 from .layers import (AdaptiveAvgPool2D, Add, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D,
                      Dropout, Flatten, GlobalAvgPool2D, Layer, Linear, MaxPool2D, Module, ReLU)
@@ -30,7 +30,7 @@ __all__ = [
     "softmax_cross_entropy", "softmax_cross_entropy_backward",
     "AdaptiveAvgPool2D", "Add", "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dropout",
     "Field", "Flatten", "GlobalAvgPool2D", "GradientCheckError", "Layer", "Linear",
-    "MaxPool2D", "Module", "ReLU", "Residual", "Sequential", "SimpleCNN", "conv_output_size",
+    "MaxPool2D", "Module", "ReLU", "Residual", "Sequential", "SimpleCNN", "conv_output_size", "distributed",
     "functional", "models", "summary", "trace", "workspace",
     "gradient_check", "receptive_field", "receptive_fields", "__version__",
 ]

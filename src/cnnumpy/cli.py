@@ -29,6 +29,7 @@ from .checkpoint import load_checkpoint
 from . import plots
 from .data import DATASETS, load_dataset, normalize, num_batches, train_val_split
 from .data.images import load_images
+from .distributed import AllRanksError, Group, Solo
 from .init import INITS
 from .optim import build_optimizer
 from .registry import MODELS, build_model, model_class
@@ -168,6 +169,12 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--resume", type=_path, metavar="RUN_DIR",
         help="continue the run in RUN_DIR with its stored settings")
     add("--no-progress", action="store_true", help="no progress bar")
+    add("--distributed", action="store_true",
+        help="train on the ranks of an MPI job, each on its part of every batch: start with "
+             "mpirun -n P cnnumpy train --distributed ... (needs the extra `mpi`)")
+    add("--collective-timeout", type=float, default=300.0, metavar="SECONDS",
+        help="--distributed: stop every rank when one has not answered for SECONDS "
+             "(it died or hangs); default 300")
 
 
 def _train_settings(args) -> dict:
@@ -224,7 +231,31 @@ def _optimizer_for(settings: dict, model):
 
 
 def run_train(args) -> int:
+    if not args.distributed:
+        return _train(args, Solo())
+    group = Group(timeout=args.collective_timeout)
+    if group.size == 1:
+        print("--distributed with 1 rank: start several with mpirun -n P", file=sys.stderr)
+    try:
+        return _train(args, group)
+    except AllRanksError:
+        if group.rank == 0:
+            raise  # every rank stops; rank 0 reports
+        return 1
+    except Exception as err:  # one rank's error: stop the others now, not at the time limit
+        if args.debug:
+            import traceback
+            traceback.print_exc()
+        print(f"cnnumpy: error: rank {group.rank} of {group.size}: "
+              f"{str(err) or type(err).__name__}", file=sys.stderr, flush=True)
+        group.comm.Abort(1)
+        return 1
+
+
+def _train(args, group) -> int:
     checkpoint = None
+    launch = f"mpirun -n {group.size} cnnumpy train --distributed" if args.distributed else \
+        "cnnumpy train"
     if args.resume is not None:
         explicit = sorted(f"--{key.replace('_', '-')}" for key in RECIPE
                           if getattr(args, key) is not None and key not in RESUME_OPTIONS)
@@ -242,7 +273,8 @@ def run_train(args) -> int:
                              f"{checkpoint.metadata['epochs']} epochs")
     else:
         settings = _train_settings(args)
-        run_dir = _new_run_dir(args.out, settings["dataset"])
+        run_dir = group.root_decides(lambda: _new_run_dir(args.out, settings["dataset"]),
+                                     "rank 0's choice of the run folder")
 
     rng = np.random.default_rng(settings["seed"])
     train, val = _training_data(settings, rng)
@@ -252,23 +284,32 @@ def run_train(args) -> int:
     steps_per_epoch = num_batches(train, settings["batch_size"])
     schedule = make_schedule(settings["schedule"], settings["lr"], settings["epochs"],
                              steps_per_epoch)
-    print(f"{'resuming' if checkpoint else 'training'} {settings['model']} on "
-          f"{len(train)} {settings['dataset']} images"
-          f"{f' ({len(val)} held out for validation)' if val is not None else ''}; "
-          f"run folder {run_dir}", file=sys.stderr, flush=True)
+    ranks = checkpoint.metadata.get("ranks", 1) if checkpoint else group.size
+    say = print if group.rank == 0 else (lambda *args, **kwargs: None)
+    say(f"{'resuming' if checkpoint else 'training'} {settings['model']} on "
+        f"{len(train)} {settings['dataset']} images"
+        f"{f' ({len(val)} held out for validation)' if val is not None else ''}"
+        f"{f' on {group.size} rank' + 's' * (group.size > 1) if args.distributed else ''}; "
+        f"run folder {run_dir}",
+        file=sys.stderr, flush=True)
+    if ranks != group.size:
+        say(f"the run was trained on {ranks} rank(s), it goes on with {group.size}: the same "
+            f"batches and augmentation, weights equal up to the order of float sums",
+            file=sys.stderr, flush=True)
     history = fit(model, train, val, optimizer=optimizer, epochs=settings["epochs"],
                   batch_size=settings["batch_size"], schedule=schedule,
                   augment=settings["augment"], label_smoothing=settings["label_smoothing"],
                   rng=rng, run_dir=run_dir, resume=checkpoint, progress=not args.no_progress,
-                  metadata={"train_settings": {**settings, "data_dir": _text(settings["data_dir"])}})
+                  metadata={"train_settings": {**settings, "data_dir": _text(settings["data_dir"])}},
+                  communicator=group)
     if history.status == "diverged":
-        raise RuntimeError(history.message)
+        raise AllRanksError(history.message)  # the summed loss: every rank sees it
     if history.status == "interrupted":
-        print(f"resume with: cnnumpy train --resume {run_dir}", file=sys.stderr)
+        say(f"resume with: {launch} --resume {run_dir}", file=sys.stderr)
         return 128 + history.signal if history.signal else 1
-    metrics = evaluate(model, test, history.normalization)
-    print(f"test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
-          f"({metrics['count']} test images, final weights in {run_dir / LAST_FILE})")
+    metrics = evaluate(model, test, history.normalization, group=group)
+    say(f"test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
+        f"({metrics['count']} test images, final weights in {run_dir / LAST_FILE})")
     return 0
 
 

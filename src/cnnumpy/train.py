@@ -33,6 +33,8 @@ import signal
 import sys
 import threading
 import time
+import zlib
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,12 +46,15 @@ from .data import channel_stats, normalize, num_batches, random_crop, random_hfl
 from .data.transforms import check_normalization
 from . import workspace
 from .layers.activation import seed_dropout
+from .distributed import BatchSplit, Replicas, Solo, as_group, blas_threads, cpus_per_rank
+from .distributed import fingerprint
 from .parallel import BatchParallel
 from .losses import CrossEntropyLoss, softmax
 from .schedules import Schedule
 from .validate import check_bool, check_integer, check_rng
 
 METRICS_FILE = "metrics.jsonl"
+OTHER_RANK_STOPPED = "another rank was asked to stop"
 BEST_FILE = "best.npz"
 LAST_FILE = "last.npz"
 
@@ -123,17 +128,21 @@ def _check_data(data, what: str):
 
 
 def prepare_batch(images_uint8: np.ndarray, normalization, dtype, *, rng=None,
-                  crop_padding: int = 0, flip: bool = False) -> np.ndarray:
+                  crop_padding: int = 0, flip: bool = False,
+                  split: BatchSplit | None = None) -> np.ndarray:
     """uint8 batch (N, C, H, W) -> normalised `dtype` batch, augmented first when rng is given.
 
     Augmentation works on the uint8 pixels, as torchvision's RandomCrop and RandomHorizontalFlip
-    before ToTensor and Normalize: the crop's padding is black, not the mean.
+    before ToTensor and Normalize: the crop's padding is black, not the mean. With a `split`,
+    the images are the part of a global batch it says, and are augmented as they would be in
+    the whole batch (the draws are made for the whole batch).
     """
     if rng is not None:
+        start, total = (0, None) if split is None else (split.start, split.total)
         if crop_padding:
-            images_uint8 = random_crop(images_uint8, crop_padding, rng)
+            images_uint8 = random_crop(images_uint8, crop_padding, rng, start=start, total=total)
         if flip:
-            images_uint8 = random_hflip(images_uint8, rng)
+            images_uint8 = random_hflip(images_uint8, rng, start=start, total=total)
     mean, std = normalization
     return normalize(images_uint8, mean, std).astype(dtype, copy=False)
 
@@ -142,18 +151,23 @@ def _batch_slices(count: int, batch_size: int):
     return [slice(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
 
 
-def evaluate(model, data, normalization, *, batch_size: int = 500) -> dict:
+def evaluate(model, data, normalization, *, batch_size: int = 500, group=None) -> dict:
     """Mean cross-entropy and accuracy of `model` on `data` (no augmentation, no update).
 
     Args:
         data: an ImageDataset (uint8 images (N, C, H, W), labels (N,)).
         normalization: (mean, std) of the training set, per channel (History.normalization,
             or a checkpoint's).
+        group: the ranks of a distributed run (`cnnumpy.distributed.Group`): each rank
+            evaluates its share of `data` and the sums are added over the ranks.
     Returns {"loss": float, "accuracy": float, "count": N}.
     """
     images, labels = _check_data(data, "data")
     normalization = check_normalization(normalization, images.shape[1])
     check_integer("batch_size", batch_size, 1)
+    count = len(images)
+    group = Solo() if group is None else group
+    images, labels = images[group.part(count)], labels[group.part(count)]
     criterion = CrossEntropyLoss()
     was_training = model.training
     model.eval()
@@ -167,8 +181,9 @@ def evaluate(model, data, normalization, *, batch_size: int = 500) -> dict:
     finally:
         model.train(was_training)
         workspace.release()  # the evaluation batches' memory is not training's
-    return {"loss": loss_sum / len(images), "accuracy": correct / len(images),
-            "count": len(images)}
+    loss_sum, correct = group.sum(np.array([loss_sum, correct], dtype=np.float64),
+                                  "the sums of an evaluation")
+    return {"loss": float(loss_sum) / count, "accuracy": int(correct) / count, "count": count}
 
 
 def predict_proba(model, images_uint8: np.ndarray, normalization, *,
@@ -200,8 +215,9 @@ class StopRequest:
     exit of the `with` block.
     """
 
-    def __init__(self, install: bool = True):
+    def __init__(self, install: bool = True, signals=(signal.SIGINT, signal.SIGTERM)):
         self.install = install and threading.current_thread() is threading.main_thread()
+        self.signals = tuple(signals)
         self.signal: int | None = None
         self.reason = ""
         self._previous: dict[int, object] = {}
@@ -220,7 +236,7 @@ class StopRequest:
 
     def __enter__(self):
         if self.install:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -259,9 +275,10 @@ class _Run:
 
     def __init__(self, model, train_data, val_data, optimizer, schedule, epochs, batch_size,
                  augment, crop_padding, flip, label_smoothing, rng, run_dir, normalization,
-                 metadata, workers):
+                 metadata, workers, group):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.passes = BatchParallel(model, workers)
+        self.group, self.replicas = group, Replicas(model, group)  # ranks of a distributed run
         self.train_images, self.train_labels = _check_data(train_data, "train_data")
         self.val_data = val_data
         if val_data is not None:
@@ -271,6 +288,7 @@ class _Run:
         self.criterion = CrossEntropyLoss(label_smoothing)
         self.rng = rng
         self.run_dir = None if run_dir is None else Path(run_dir)
+        self.writes = self.run_dir is not None and group.rank == 0  # rank 0 writes the files
         self.normalization = normalization
         self.class_names = list(getattr(train_data, "class_names", []) or [])
         self.dataset_name = getattr(train_data, "name", None)
@@ -287,6 +305,27 @@ class _Run:
                 "label_smoothing": self.criterion.label_smoothing,
                 "train_size": len(self.train_images)}
 
+    def description(self) -> dict:
+        """What every rank of a distributed run must share, compared when it starts."""
+        mean, std = self.normalization
+        rng_state = json.dumps(self.rng.bit_generator.state, sort_keys=True).encode()
+        val = self.val_data
+        return {
+            "fit": self.settings, "epochs": self.epochs, "model": self.model.config(),
+            "dtype": str(self.model.dtype),
+            "optimizer": {key: value for key, value in self.optimizer.state_dict().items()
+                          if key != "arrays"},
+            "schedule": None if self.schedule is None else self.schedule.config(),
+            "train images": fingerprint(self.train_images),
+            "train labels": fingerprint(self.train_labels),
+            "validation images": None if val is None else fingerprint(val.images),
+            "validation labels": None if val is None else fingerprint(val.labels),
+            "normalization": [mean.tolist(), std.tolist()],
+            "random generator": f"state crc32 {zlib.crc32(rng_state):08x}",
+            "position": {key: getattr(self.progress, key) for key in ("epoch", "batch", "step")},
+            "metadata": self.metadata,
+        }
+
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, name: str) -> Path:
@@ -300,6 +339,7 @@ class _Run:
             "schedule": None if self.schedule is None else self.schedule.config(),
             "progress": asdict(self.progress), "epochs": self.epochs, "fit": self.settings,
             "rng_state": self.rng.bit_generator.state, "history": list(self.history),
+            "ranks": self.group.size,
         }
         return save_checkpoint(self.run_dir / name, self.model, optimizer=self.optimizer,
                                arrays=arrays, metadata=metadata)
@@ -326,16 +366,25 @@ class _Run:
             checkpoint.require_arrays("epoch_order")
             self.order = checkpoint.arrays["epoch_order"]
 
+    def saved(self, name: str) -> Path:
+        """The path of checkpoint `name` of the run folder, written by rank 0 (the only rank
+        when not distributed); a rank that times out later says it stays loadable."""
+        path = self.save(name) if self.writes else self.run_dir / name
+        if name == LAST_FILE:
+            self.group.note = f"The last checkpoint, {path}, is whole: resume from it."
+        return path
+
     # ------------------------------------------------------------------ training
 
     def run(self, stop: StopRequest, callbacks, show_progress: bool, verbose: bool) -> History:
-        if self.run_dir is not None:
+        self.replicas.start(self.description)  # distributed: called, compared, broadcast
+        if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _write_metrics(self.run_dir, self.history, append=False)
         self.model.train()
         while self.progress.epoch < self.epochs:
-            if stop:  # a stop requested during the last batch of the previous epoch
-                self.interrupt(stop.reason)
+            if self.stopping(stop):  # requested during the last batch of the previous epoch
+                self.interrupt(stop.reason or OTHER_RANK_STOPPED)
                 break
             if not (self.run_epoch(stop, callbacks, show_progress) and self.end_epoch(verbose)):
                 break
@@ -345,6 +394,11 @@ class _Run:
     def stop_with(self, status: str, message: str) -> bool:
         self.history.status, self.history.message = status, message
         return False
+
+    def stopping(self, stop: StopRequest) -> bool:
+        """Whether a stop was requested, here or (distributed) on any rank: every rank stops
+        after the same batch."""
+        return self.group.any(bool(stop), "the agreement on stopping")
 
     def run_epoch(self, stop: StopRequest, callbacks, show_progress: bool) -> bool:
         """Train the rest of the current epoch; False when the run stops inside it."""
@@ -374,41 +428,50 @@ class _Run:
                 for callback in callbacks:
                     if callback(info):
                         stop.request("a callback asked to stop")
-                if stop and p.batch < len(slices):
-                    return self.interrupt(stop.reason)
+                if self.stopping(stop) and p.batch < len(slices):
+                    return self.interrupt(stop.reason or OTHER_RANK_STOPPED)
         finally:
             if bar is not None:
                 bar.close()
         return True
 
     def train_batch(self, indices: np.ndarray) -> BatchInfo | None:
-        """One optimizer step on the images at `indices`; None if the loss is not finite."""
+        """One optimizer step on the images at `indices`; None if the loss is not finite.
+
+        Distributed, this rank takes its part of the batch, and the ranks' gradients, losses
+        and correct counts are summed (`Replicas.reduce`) before the step."""
         p = self.progress
+        total, split = len(indices), self.group.split(len(indices))
+        indices = indices[self.group.part(total)]
         rng = self.rng if self.augment else None
         x = prepare_batch(self.train_images[indices], self.normalization, self.model.dtype,
-                          rng=rng, crop_padding=self.crop_padding, flip=self.flip)
+                          rng=rng, crop_padding=self.crop_padding, flip=self.flip, split=split)
         y = self.train_labels[indices]
         lr = self.schedule.apply(self.optimizer, p.step) if self.schedule else self.optimizer.lr
-        loss, logits = self.passes.forward_backward(x, y, self.criterion)
-        loss = float(loss)
+        loss, correct = math.nan, 0
+        if len(y):  # a rank's part is empty when the batch has fewer images than ranks
+            loss, logits = self.passes.forward_backward(x, y, self.criterion)
+            loss, correct = float(loss), int((logits.argmax(axis=1) == y).sum())
+        loss, correct = self.replicas.reduce(loss, correct, len(y), total)
         if not math.isfinite(loss):
             self.last_loss = loss
             return None
         self.optimizer.step()
-        correct = int((logits.argmax(axis=1) == y).sum())
-        p.loss_sum += loss * len(y)
+        p.loss_sum += loss * total
         p.correct += correct
-        p.seen += len(y)
+        p.seen += total
         p.batch += 1
         p.step += 1
-        return BatchInfo(p.epoch, p.batch - 1, p.step, loss, correct / len(y), lr)
+        self.replicas.step_done(p.step)
+        return BatchInfo(p.epoch, p.batch - 1, p.step, loss, correct / total, lr)
 
     def interrupt(self, reason: str) -> bool:
         where = (f"epoch {self.progress.epoch + 1}, batch {self.progress.batch}/"
                  f"{num_batches(len(self.train_images), self.batch_size)}")
         if self.run_dir is None:
             return self.stop_with("interrupted", f"{reason}: stopped at {where}")
-        self.history.checkpoint = self.save(LAST_FILE)
+        self.replicas.check(self.progress.step)
+        self.history.checkpoint = self.saved(LAST_FILE)
         return self.stop_with("interrupted",
                               f"{reason}: stopped at {where}; saved {self.history.checkpoint} "
                               f"to resume from")
@@ -420,7 +483,7 @@ class _Run:
                  "train_loss": p.loss_sum / p.seen, "train_acc": p.correct / p.seen}
         started = time.perf_counter()
         if self.val_data is not None:
-            metrics = evaluate(self.model, self.val_data, self.normalization)
+            metrics = evaluate(self.model, self.val_data, self.normalization, group=self.group)
             if not math.isfinite(metrics["loss"]):
                 return self.stop_with(
                     "diverged", f"the validation loss became {metrics['loss']} after epoch "
@@ -433,11 +496,13 @@ class _Run:
         if improved:
             p.best_score = score
         p.epoch, p.batch, p.loss_sum, p.correct, p.seen, p.seconds = p.epoch + 1, 0, 0.0, 0, 0, 0.0
-        if self.run_dir is not None:
+        self.replicas.check(p.step)
+        if self.writes:
             _write_metrics(self.run_dir, self.history, append=True)
-            self.history.checkpoint = self.save(LAST_FILE)
+        if self.run_dir is not None:
+            self.history.checkpoint = self.saved(LAST_FILE)
             if improved:
-                self.save(BEST_FILE)
+                self.saved(BEST_FILE)
         if verbose:
             print(format_entry(entry), file=sys.stderr, flush=True)
         return True
@@ -455,7 +520,8 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
         run_dir=None, normalization=None, resume=None,
         callbacks: tuple[Callable[[BatchInfo], bool | None], ...] = (),
         handle_signals: bool = True, progress: bool = True, verbose: bool = True,
-        metadata: dict | None = None, workers: int | None = None) -> History:
+        metadata: dict | None = None, workers: int | None = None,
+        communicator=None) -> History:
     """Train `model` on `train_data` for `epochs` epochs; returns the per-epoch History.
 
     Args:
@@ -482,7 +548,17 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
         workers: parts each batch is split into, one thread and one model replica each
             (`cnnumpy.parallel.BatchParallel`); default the available CPUs. Gradients are
             those of the whole batch up to the order of float sums, so a run is repeatable
-            with the same number of workers.
+            with the same number of workers. Distributed, the default is this machine's CPUs
+            shared by its ranks, and BLAS is held to as many threads.
+        communicator: train on the ranks of an MPI job (data parallelism, see
+            `cnnumpy.distributed`): an mpi4py communicator such as MPI.COMM_WORLD, or a
+            `cnnumpy.distributed.Group` (to set its time limit and checksum period). Every
+            rank calls fit with the same arguments, data and seeded rng (checked at the
+            start); each takes its part of every batch of `batch_size` images, the gradients
+            are summed, and the run follows a single process with the same batch size up to
+            the order of float sums. Rank 0 writes the files and prints; validation is shared
+            out. A signal to any rank (SIGINT, SIGTERM or SIGUSR1) stops every rank after the
+            same batch.
 
     Returns:
         A History: a list of {"epoch", "lr", "train_loss", "train_acc", ["val_loss",
@@ -512,13 +588,22 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
     normalization = check_normalization(normalization, images.shape[1])
     if resume is None:  # a resumed run takes its Dropout streams from the checkpoint
         seed_dropout(model, rng)
+    group = as_group(communicator)
+    distributed = group.size > 1
+    if distributed and workers is None:
+        workers = cpus_per_rank(group)
     run = _Run(model, train_data, val_data, optimizer, schedule, epochs, batch_size, augment,
                crop_padding, flip, label_smoothing, rng, run_dir, normalization, metadata,
-               workers)
+               workers, group)
     if resume is not None:
         run.restore(resume if isinstance(resume, Checkpoint) else load_checkpoint(resume))
-    with StopRequest(handle_signals) as stop:
-        history = run.run(stop, callbacks, progress, verbose)
+    # Open MPI's mpirun forwards SIGUSR1 to the ranks as it is; SIGINT and SIGTERM it turns
+    # into SIGTERM followed by SIGKILL a fraction of a second later (see the README).
+    signals = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR1,) if distributed else ())
+    verbose = verbose and group.rank == 0
+    with StopRequest(handle_signals, signals) as stop, \
+            blas_threads(cpus_per_rank(group)) if distributed else nullcontext():
+        history = run.run(stop, callbacks, progress and group.rank == 0, verbose)
     history.signal = stop.signal
     if verbose and history.message:
         print(history.message, file=sys.stderr, flush=True)

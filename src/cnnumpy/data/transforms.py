@@ -92,20 +92,35 @@ def normalize(images, mean, std):
     return out
 
 
-def random_crop(batch, padding, rng):
+def _part_of(batch, start, total):
+    """The images [start, start + N) of a batch of `total` (default: the batch is whole)."""
+    n = batch.shape[0]
+    total = n if total is None else total
+    if not 0 <= start <= start + n <= total:
+        raise ValueError(f"a part of {n} images starting at {start} does not fit in a batch "
+                         f"of {total}")
+    return slice(start, start + n), total
+
+
+def random_crop(batch, padding, rng, *, start=0, total=None):
     """Zero-pad each image by `padding` pixels on every side, then crop back to H x W at an
     offset (dy, dx) drawn uniformly from [0, 2 padding]^2 independently for each image.
 
     out[n, :, i, j] = padded[n, :, i + dy[n], j + dx[n]]: a copy of the image shifted by
     (padding - dy[n], padding - dx[n]) with zeros moved in. batch: (N, C, H, W), any dtype;
     returns a new array of the same shape and dtype. Draws dy then dx, N integers each.
+
+    A part of a larger batch (`total` images, this part from image `start`, as one process
+    of several holds) draws for the whole batch and keeps its own images' offsets, so the
+    parts together are cropped exactly as the whole batch would be.
     """
     _check_batch(batch)
     if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
         raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
+    part, total = _part_of(batch, start, total)
     n, c, h, w = batch.shape
-    dy = rng.integers(0, 2 * padding + 1, size=n)
-    dx = rng.integers(0, 2 * padding + 1, size=n)
+    dy = rng.integers(0, 2 * padding + 1, size=total)[part]
+    dx = rng.integers(0, 2 * padding + 1, size=total)[part]
     padded = np.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=batch.dtype)
     padded[:, :, padding:padding + h, padding:padding + w] = batch
     crops = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))
@@ -113,13 +128,15 @@ def random_crop(batch, padding, rng):
     return crops[np.arange(n), :, dy, dx]
 
 
-def random_hflip(batch, rng, p=0.5):
+def random_hflip(batch, rng, p=0.5, *, start=0, total=None):
     """Mirror each image left-right with probability p (one draw per image).
 
     batch: (N, C, H, W), any dtype; returns a new array of the same shape and dtype.
+    A part of a larger batch draws for all `total` images and keeps its own (see random_crop).
     """
     _check_batch(batch)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p!r}")
-    flip = rng.random(batch.shape[0]) < p
+    part, total = _part_of(batch, start, total)
+    flip = rng.random(total)[part] < p
     return np.where(flip[:, None, None, None], batch[..., ::-1], batch)

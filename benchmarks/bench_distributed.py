@@ -1,0 +1,168 @@
+"""Data-parallel training over MPI ranks on one machine: 1 rank against 2, SimpleCNN 1x28x28.
+
+    python benchmarks/bench_distributed.py [--rounds 3] [--steps 30] [--warmup 5] [--json F]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_distributed.py
+
+Needs the extra `mpi` (mpi4py, Open MPI's mpirun) and Fashion-MNIST. Each configuration is an
+MPI job (`mpirun -n P` of this script with --worker) that trains SimpleCNN (1x28x28, PyTorch's
+uniform initialisation, SGD Nesterov, crop + flip) with `cnnumpy.fit` on global batches of 128
+Fashion-MNIST images, BLAS held to one thread per rank:
+
+    1 rank      one process, BatchParallel off (workers=1)
+    2 ranks     two processes of 64 images each, BatchParallel off, one Allreduce per step
+    1 proc x2   one process, BatchParallel over 2 threads (the single-machine default), for
+                reference
+
+A step is the time between two of fit's callbacks on rank 0 (gather, augment, forward,
+backward, the gradient sum, the optimizer step, the stop agreement); the figure is the median
+over `--steps` steps after `--warmup`. The configurations take turns, in an order that
+alternates round by round, so that the other load on a shared machine hits them alike.
+For 2 ranks it also reports per step, on rank 0: the gradient sum as fit sees it (copying
+the gradients into the flat buffer, the Allreduce including the wait for the slower rank,
+copying back), the Allreduce alone, the stop agreement; the Allreduce of the same 6.5 MB
+buffer right after a Barrier (the transfer alone, no waiting); and the SGD update, which every
+rank makes for all parameters (work that does not shrink with more ranks).
+
+`--json F` writes the figures for benchmarks/scaling_model.py --measured F.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = {"1 rank": (1, 1), "2 ranks": (2, 1), "1 proc x2": (1, 2)}  # name: (ranks, workers)
+BATCH = 128
+
+
+def worker(args) -> None:
+    """One rank of a configuration: train, time, print one JSON line on rank 0."""
+    import numpy as np
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import cnnumpy as cn
+    from cnnumpy import distributed
+    from cnnumpy.data import load_dataset
+
+    spent: dict[str, list[float]] = {"reduce": [], "allreduce": [], "agree": [], "update": []}
+
+    def timed(key, method):
+        def run(*a, **k):
+            started = time.perf_counter()
+            try:
+                return method(*a, **k)
+            finally:
+                spent[key].append(time.perf_counter() - started)
+        return run
+
+    class TimedGroup(distributed.Group):
+        sum_in_place = timed("allreduce", distributed.Group.sum_in_place)
+        any = timed("agree", distributed.Group.any)
+
+    distributed.Replicas.reduce = timed("reduce", distributed.Replicas.reduce)
+    group = TimedGroup(timeout=300)
+    steps = args.warmup + args.steps
+    train = load_dataset("fashion-mnist", "train").subset(slice(0, BATCH * steps))
+    model = cn.SimpleCNN(train.sample_shape, train.num_classes, rng=np.random.default_rng(0),
+                         init="uniform")
+    opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt.step = timed("update", opt.step)
+    stamps: list[float] = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        cn.fit(model, train, optimizer=opt, epochs=1, batch_size=BATCH,
+               rng=np.random.default_rng(0), progress=False, verbose=False,
+               handle_signals=False, workers=args.workers, communicator=group,
+               callbacks=[lambda info: stamps.append(time.perf_counter())])
+        transfer = []
+        if group.size > 1:
+            buffer = np.ones(sum(p.size for p in model.parameters().values()) + 2, np.float32)
+            for _ in range(args.steps):
+                group.comm.Barrier()
+                started = time.perf_counter()
+                group.comm.Allreduce(group._MPI.IN_PLACE, buffer)
+                transfer.append(time.perf_counter() - started)
+    if group.rank != 0:
+        return
+    step = statistics.median(b - a for a, b in zip(stamps[args.warmup - 1:], stamps[args.warmup:]))
+    median = {key: statistics.median(values[args.warmup:]) if values else None
+              for key, values in spent.items()}
+    blas = [{k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for info in threadpool_info() if info.get("user_api") == "blas"]
+    print(json.dumps({"ranks": group.size, "workers": args.workers, "step": step,
+                      "images_per_s": BATCH / step, **median,
+                      "transfer": statistics.median(transfer) if transfer else None,
+                      "buffer_mb": 4 * model.num_parameters() / 1e6, "blas": blas}))
+
+
+def run_config(name: str, args) -> dict:
+    ranks, workers = CONFIGS[name]
+    mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    result = subprocess.run(
+        [mpirun, "-n", str(ranks), sys.executable, __file__, "--worker", "--workers",
+         str(workers), "--steps", str(args.steps), "--warmup", str(args.warmup)],
+        capture_output=True, text=True, env=env, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed: {result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def ms(seconds) -> str:
+    return "-" if seconds is None else f"{1e3 * seconds:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
+          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; global batch {BATCH}, "
+          f"median of {args.steps} steps after {args.warmup}")
+    rounds = []
+    for number in range(args.rounds):
+        order = list(CONFIGS) if number % 2 == 0 else list(reversed(CONFIGS))
+        rounds.append({name: run_config(name, args) for name in order})
+    blas = rounds[0]["1 rank"]["blas"]
+    print("BLAS (threadpoolctl): " + "; ".join(
+        f"{b['internal_api']} {b['version']} {b['architecture']}, {b['num_threads']} thread(s)"
+        for b in blas))
+    print(f"\n{'round':<6}" + "".join(f"{name + ' img/s':>17}" for name in CONFIGS)
+          + f"{'2 ranks / 1':>13}{'step ms':>9}{'sum ms':>8}{'allred.':>8}{'agree':>7}"
+          f"{'transfer':>9}{'update':>8}")
+    ratios = []
+    for number, figures in enumerate(rounds, start=1):
+        two = figures["2 ranks"]
+        ratio = two["images_per_s"] / figures["1 rank"]["images_per_s"]
+        ratios.append(ratio)
+        print(f"{number:<6}" + "".join(f"{figures[name]['images_per_s']:>17.0f}"
+                                       for name in CONFIGS)
+              + f"{ratio:>13.2f}{ms(two['step']):>9}{ms(two['reduce']):>8}"
+              f"{ms(two['allreduce']):>8}{ms(two['agree']):>7}{ms(two['transfer']):>9}"
+              f"{ms(two['update']):>8}")
+    print(f"\nmedian ratio 2 ranks / 1 rank: {statistics.median(ratios):.2f} "
+          f"(gradient buffer {rounds[0]['2 ranks']['buffer_mb']:.2f} MB)")
+    if args.json:
+        args.json.write_text(json.dumps({"rounds": rounds, "batch": BATCH}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

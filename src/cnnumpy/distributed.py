@@ -1,0 +1,422 @@
+"""Data parallelism over processes with MPI (mpi4py): every rank holds the whole model and
+takes a part of each batch; one sum of the gradients per step keeps the copies identical.
+
+    mpirun -n 2 cnnumpy train --distributed --out runs/fmnist-2
+    mpirun -n 2 python script.py       # script: cn.fit(..., communicator=MPI.COMM_WORLD)
+
+One step on P ranks with a global batch of B images: rank r takes the images
+[B r / P, B (r + 1) / P) of the batch (every rank draws the same seeded order), so with n_r
+images on rank r
+
+    g = Σ_r (n_r / B) ∇ mean loss(part r) = ∇ mean loss(batch)
+
+is summed by one in-place Allreduce over a flat buffer of every gradient (plus the batch's
+loss and correct count), and every rank takes the same optimizer step. Augmentation draws
+for the whole batch on every rank (the same generator state everywhere) and each rank keeps
+its own images' draws, so P ranks train exactly as one process with batch B, up to the order
+of float sums.
+
+The pieces:
+    BatchSplit   the protocol of a part of a global batch: where it starts, the batch's size,
+                 and the sum over all parts (BatchNorm's statistics, dropout's masks use it)
+    WholeBatch   the one part of a single process
+    MPISplit     a rank's part; its sum is an Allreduce
+    Group        the ranks of a run: an mpi4py communicator whose collectives have a time
+                 limit (a rank that died or hangs stops the others: MPI_Abort, with a message)
+    Solo         the one-rank group of a run without MPI (no mpi4py needed)
+    Replicas     what `fit` does with a group: agree on the run, broadcast rank 0's weights,
+                 sum the gradients, compare parameter checksums
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from typing import Protocol
+
+import numpy as np
+
+from .parallel import available_cpus
+
+ABORT_STATUS = 3  # the exit status of every rank when a collective timed out
+_MISSING = "(nothing)"
+LOCAL_KEYS = ("data_dir",)  # settings that may differ between machines (paths to the data)
+
+
+def mpi():
+    """mpi4py's MPI module; ImportError saying what to install when it cannot be loaded."""
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError, OSError) as err:
+        raise ImportError(f"distributed training needs mpi4py and an MPI library ({err}): "
+                          f"pip install 'cnnumpy[mpi]' (mpi4py and Open MPI), then start "
+                          f"the ranks with mpirun -n P ...") from None
+    return MPI
+
+
+class AllRanksError(Exception):
+    """An error raised alike on every rank: each rank stops by itself, and one report (rank
+    0's) is enough."""
+
+
+class RankAgreementError(AllRanksError, ValueError):
+    """The ranks disagree on the run, or rank 0 refused it."""
+
+
+class ReplicasDivergedError(AllRanksError, RuntimeError):
+    """The ranks' copies of the model are no longer identical."""
+
+
+# --------------------------------------------------------------------------- batch splits
+
+
+class BatchSplit(Protocol):
+    """Where one part of a global batch lies, and how to sum over all parts."""
+
+    start: int  # index of this part's first sample in the global batch
+    total: int  # number of samples in the global batch
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        """Elementwise sum of `array` over every part of the global batch (every part calls it
+        the same number of times in the same order); returns a new array."""
+
+
+class WholeBatch:
+    """The global batch in one part (one process): the sum over all parts is the array."""
+
+    def __init__(self, total: int):
+        self.start, self.total = 0, total
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, copy=True)
+
+
+class MPISplit:
+    """One rank's part of a global batch: samples [start, start + n) of `total`; `sum` adds
+    the arrays of all ranks of `group` (an Allreduce under the group's time limit)."""
+
+    def __init__(self, group: "Group", start: int, total: int):
+        self.group, self.start, self.total = group, start, total
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        return self.group.sum(array)
+
+
+def part_bounds(total: int, rank: int, size: int) -> slice:
+    """Rank `rank`'s samples of a batch of `total` over `size` ranks: near-equal contiguous
+    parts in rank order (a part is empty when the batch has fewer samples than ranks)."""
+    return slice(total * rank // size, total * (rank + 1) // size)
+
+
+# --------------------------------------------------------------------------- groups
+
+
+class Solo:
+    """The group of a run in one process: every collective is the identity."""
+
+    rank, size, local_size = 0, 1, 1
+    note = ""
+
+    def sum(self, array: np.ndarray, what: str = "") -> np.ndarray:
+        return np.array(array, copy=True)
+
+    def sum_in_place(self, buffer: np.ndarray, what: str = "") -> np.ndarray:
+        return buffer
+
+    def any(self, flag: bool, what: str = "") -> bool:
+        return bool(flag)
+
+    def gather(self, value, what: str = "") -> list:
+        return [value]
+
+    def root_decides(self, decide, what: str = ""):
+        return decide()
+
+    def part(self, total: int) -> slice:
+        return slice(0, total)
+
+    def split(self, total: int) -> WholeBatch:
+        return WholeBatch(total)
+
+
+class Group:
+    """The ranks of one run, over an mpi4py communicator (default MPI.COMM_WORLD).
+
+    Every collective runs under a time limit: a watchdog thread sees a collective that has
+    not ended after `timeout` seconds (a rank died, hangs, or left the loop on an error),
+    prints which collective on which rank, and calls MPI_Abort, which stops every rank of the
+    job (exit status ABORT_STATUS). Checkpoints are written atomically, so the last one stays
+    loadable; `note` (set by `fit`) is added to the message to say which.
+
+    Args:
+        comm: an mpi4py communicator.
+        timeout: seconds a collective may wait for the slowest rank; longer than any work
+            one rank does alone between two collectives (rank 0 writing a checkpoint).
+        check_every: steps between two comparisons of the ranks' parameter checksums (also
+            compared before every checkpoint and at the end).
+    """
+
+    def __init__(self, comm=None, *, timeout: float = 300.0, check_every: int = 100):
+        MPI = mpi()
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+            raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
+        self._MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.timeout, self.check_every = float(timeout), check_every
+        self.note = ""
+        self._current: tuple[str, float] | None = None  # (collective, start) in progress
+        self._watchdog: threading.Thread | None = None
+        with self._limited("finding the ranks on each machine"):
+            node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_size = node.Get_size()
+        node.Free()
+
+    # ------------------------------------------------------------------ time limit
+
+    @contextmanager
+    def _limited(self, what: str):
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, daemon=True,
+                                              name="cnnumpy-mpi-watchdog")
+            self._watchdog.start()
+        self._current = (what, time.monotonic())  # one assignment: the watchdog reads it whole
+        try:
+            yield
+        finally:
+            self._current = None
+
+    def _watch(self) -> None:
+        period = min(1.0, self.timeout / 10)
+        while True:
+            time.sleep(period)
+            current = self._current
+            if current is not None and time.monotonic() - current[1] > self.timeout:
+                what = current[0]
+                sys.stderr.write(
+                    f"cnnumpy: error: rank {self.rank} of {self.size}: {what} got no answer "
+                    f"from every rank within {self.timeout:g} s: a rank died, hangs or "
+                    f"stopped on an error; stopping all ranks (MPI_Abort)."
+                    f"{' ' + self.note if self.note else ''}\n")
+                sys.stderr.flush()
+                self.comm.Abort(ABORT_STATUS)
+                return
+
+    # ------------------------------------------------------------------ collectives
+
+    def sum(self, array: np.ndarray, what: str = "a sum over the ranks") -> np.ndarray:
+        """Elementwise sum of `array` over the ranks, as a new array on every rank."""
+        array = np.ascontiguousarray(array)
+        out = np.empty_like(array)
+        with self._limited(what):
+            self.comm.Allreduce(array, out, op=self._MPI.SUM)
+        return out
+
+    def sum_in_place(self, buffer: np.ndarray, what: str = "a sum over the ranks") -> np.ndarray:
+        """Replace the contiguous `buffer` by its elementwise sum over the ranks."""
+        with self._limited(what):
+            self.comm.Allreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.SUM)
+        return buffer
+
+    def any(self, flag: bool, what: str = "the stop request") -> bool:
+        """True on every rank when `flag` is true on at least one."""
+        buffer = np.array([1 if flag else 0], dtype=np.int32)
+        with self._limited(what):
+            self.comm.Allreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.MAX)
+        return bool(buffer[0])
+
+    def broadcast(self, buffer: np.ndarray, what: str = "a broadcast from rank 0") -> np.ndarray:
+        """Overwrite the contiguous `buffer` with rank 0's, in place."""
+        with self._limited(what):
+            self.comm.Bcast(buffer, root=0)
+        return buffer
+
+    def gather(self, value, what: str = "a gather") -> list:
+        """[value of rank 0, value of rank 1, ...] on every rank (small picklable values)."""
+        with self._limited(what):
+            return self.comm.allgather(value)
+
+    def root_decides(self, decide, what: str = "rank 0's decision"):
+        """Rank 0's `decide()` on every rank; an error it raises is raised on every rank as a
+        RankAgreementError with the same message."""
+        if self.rank == 0:
+            try:
+                outcome = (True, decide())
+            except (ValueError, OSError) as err:
+                outcome = (False, str(err))
+        else:
+            outcome = None
+        with self._limited(what):
+            ok, value = self.comm.bcast(outcome, root=0)
+        if not ok:
+            raise RankAgreementError(value)
+        return value
+
+    def part(self, total: int) -> slice:
+        """This rank's samples of a batch (or data set) of `total`."""
+        return part_bounds(total, self.rank, self.size)
+
+    def split(self, total: int) -> MPISplit:
+        return MPISplit(self, self.part(total).start, total)
+
+
+def as_group(communicator) -> Solo | Group:
+    """None -> Solo(); a Group or Solo as it is; an mpi4py communicator -> Group(comm)."""
+    if communicator is None:
+        return Solo()
+    if isinstance(communicator, (Group, Solo)):
+        return communicator
+    return Group(communicator)
+
+
+def cpus_per_rank(group) -> int:
+    """The CPUs of this machine shared by its ranks: at least one each."""
+    return max(1, available_cpus() // group.local_size)
+
+
+@contextmanager
+def blas_threads(count: int):
+    """BLAS held to `count` threads inside the block (threadpoolctl, the extra `threads`;
+    without it nothing changes: set OPENBLAS_NUM_THREADS for each rank instead)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=count, user_api="blas"):
+        yield
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+def fingerprint(array: np.ndarray) -> str:
+    """Shape, dtype and CRC-32 of an array's bytes: equal arrays, equal fingerprints."""
+    crc = zlib.crc32(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+    return f"{array.dtype}{list(array.shape)} crc32 {crc:08x}"
+
+
+def _flatten(description: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}, without the LOCAL_KEYS entries."""
+    flat = {}
+    for key, value in description.items():
+        if key in LOCAL_KEYS:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def check_agreement(group, description: dict) -> None:
+    """RankAgreementError on every rank, naming each difference, unless every rank's
+    `description` (a JSON-ready dict of what the run depends on) equals rank 0's."""
+    every = group.gather(_flatten(description), "comparing the ranks' settings")
+    reference, problems = every[0], []
+    for rank, other in enumerate(every[1:], start=1):
+        for key in sorted(set(reference) | set(other)):
+            ours, theirs = reference.get(key, _MISSING), other.get(key, _MISSING)
+            if json.dumps(ours, sort_keys=True) != json.dumps(theirs, sort_keys=True):
+                problems.append(f"{key}: rank 0 has {ours!r}, rank {rank} has {theirs!r}")
+    if problems:
+        shown = "; ".join(problems[:6])
+        more = f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
+        raise RankAgreementError(f"the ranks were not started alike ({shown}{more}): give "
+                                 f"every rank the same arguments, data and seed")
+
+
+class Replicas:
+    """The copies of `model` on the ranks of `group`, kept identical: what `fit` does with a
+    group (with Solo every method costs nothing)."""
+
+    def __init__(self, model, group):
+        self.model, self.group = model, group
+        self._buffer: np.ndarray | None = None
+
+    def _flat_buffer(self, extra: int) -> np.ndarray:
+        size = sum(p.size for p in self.model.parameters().values()) + extra
+        dtype = self.model.dtype
+        if self._buffer is None or self._buffer.size != size or self._buffer.dtype != dtype:
+            self._buffer = np.empty(size, dtype=dtype)
+        return self._buffer
+
+    def start(self, describe) -> None:
+        """Check that every rank's `describe()` (what the run depends on, JSON-ready) is the
+        same, then give every rank rank 0's parameters (one broadcast of a flat buffer)."""
+        if self.group.size == 1:
+            return
+        check_agreement(self.group, describe())
+        params = self.model.parameters()
+        buffer = self._flat_buffer(0)
+        offset = 0
+        for param in params.values():
+            buffer[offset:offset + param.size] = param.reshape(-1)
+            offset += param.size
+        self.group.broadcast(buffer, "the broadcast of rank 0's initial weights")
+        offset = 0
+        for param in params.values():
+            param[...] = buffer[offset:offset + param.size].reshape(param.shape)
+            offset += param.size
+
+    def reduce(self, loss: float, correct: int, count: int, total: int,
+               what: str = "the sum of the gradients") -> tuple[float, int]:
+        """Sum the gradients of every rank's part into every rank's model, in place.
+
+        Args:
+            loss, correct: this rank's mean loss and correct predictions on its `count`
+                images (anything when count is 0: the rank had no images).
+            total: the images of the global batch.
+        The model's gradients must be those of the mean loss over this rank's part; each is
+        scaled by count / total while it is copied into the flat buffer, so the sum is the
+        gradient of the mean loss over the global batch. Returns (mean loss, correct) of the
+        global batch.
+        """
+        if self.group.size == 1:
+            return loss, correct
+        grads = self.model.gradients()
+        buffer = self._flat_buffer(2)
+        scale = buffer.dtype.type(count / total)
+        offset = 0
+        for grad in grads.values():
+            view = buffer[offset:offset + grad.size]
+            if count:
+                np.multiply(grad.reshape(-1), scale, out=view)
+            else:
+                view[...] = 0
+            offset += grad.size
+        buffer[offset:] = (loss * count, correct) if count else (0, 0)
+        self.group.sum_in_place(buffer, what)
+        offset = 0
+        for grad in grads.values():
+            grad[...] = buffer[offset:offset + grad.size].reshape(grad.shape)
+            offset += grad.size
+        return float(buffer[offset]) / total, int(round(float(buffer[offset + 1])))
+
+    def step_done(self, step: int) -> None:
+        """After optimizer step `step`: compare the checksums every `check_every` steps."""
+        if self.group.size > 1 and step % self.group.check_every == 0:
+            self.check(step)
+
+    def check(self, step: int) -> None:
+        """ReplicasDivergedError on every rank unless all ranks hold bit-identical parameters."""
+        if self.group.size == 1:
+            return
+        crc = 0
+        for param in self.model.parameters().values():
+            crc = zlib.crc32(np.ascontiguousarray(param).view(np.uint8).reshape(-1), crc)
+        every = self.group.gather(crc, f"comparing the parameters' checksums at step {step}")
+        if len(set(every)) > 1:
+            listed = ", ".join(f"rank {rank} {value:08x}" for rank, value in enumerate(every))
+            raise ReplicasDivergedError(
+                f"the ranks' parameters differ after step {step} (CRC-32: {listed}): the "
+                f"copies of the model diverged, so the run stops; the MPI library's sums may "
+                f"differ between ranks (try another allreduce algorithm) or a rank's memory "
+                f"was changed")

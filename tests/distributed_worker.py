@@ -1,0 +1,91 @@
+"""A short seeded fit, as one rank of an MPI job (`mpirun -n P python distributed_worker.py
+RUN_DIR [options]`) or in one process (`toy_fit` from a test), for test_distributed.py.
+
+SimpleCNN in float64 on 34 toy images of 8x8 with batches of 16: the last batch of an epoch
+has 2 images, so with 3 ranks one rank has none. Rank 0 writes RUN_DIR/last.npz.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import cnnumpy as cn
+from cnnumpy.data import ImageDataset
+
+
+def toy_data(rng, count, size=8, classes=3):
+    labels = rng.integers(0, classes, count)
+    noise = rng.integers(0, 60, (count, 1, size, size))
+    images = (noise + labels[:, None, None, None] * 90).astype(np.uint8)
+    return ImageDataset(images, labels.astype(np.int64), tuple("abc"[:classes]), "toy")
+
+
+def toy_fit(run_dir, communicator=None, *, epochs=3, seed=0, batch_size=16, callbacks=(),
+            resume=None, count=34):
+    data_rng = np.random.default_rng(123)
+    train, val = toy_data(data_rng, count), toy_data(data_rng, 11)
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(seed + 1), dtype=np.float64)
+    opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    steps = epochs * -(-count // batch_size)
+    return model, cn.fit(model, train, val, optimizer=opt, epochs=epochs, batch_size=batch_size,
+                         schedule=cn.OneCycle(0.05, total_steps=steps),
+                         rng=np.random.default_rng(seed), run_dir=run_dir, resume=resume,
+                         callbacks=callbacks, progress=False, verbose=False, workers=1,
+                         communicator=communicator)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--seed-of-rank-1", type=int, help="rank 1 uses this seed")
+    parser.add_argument("--batch-of-rank-1", type=int, help="rank 1 uses this batch size")
+    parser.add_argument("--hang", type=int, nargs=2, metavar=("RANK", "STEP"),
+                        help="rank RANK hangs after step STEP")
+    parser.add_argument("--die", type=int, nargs=2, metavar=("RANK", "STEP"),
+                        help="rank RANK is killed (SIGKILL) after step STEP")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--check-every", type=int, default=1)
+    parser.add_argument("--signal-at", type=int, metavar="STEP",
+                        help="rank 0 prints 'step N' and waits a moment after each step from STEP "
+                             "on, for the test to signal mpirun")
+    args = parser.parse_args()
+    from cnnumpy.distributed import Group
+
+    group = Group(timeout=args.timeout, check_every=args.check_every)
+    rank = group.rank
+    split = group.split(10)  # the BatchSplit of rank's part of a batch of 10: sum over ranks
+    print(f"rank {rank}: part from {split.start} of {split.total}, sum of rank + 1 over the "
+          f"ranks {split.sum(np.array([rank + 1.0]))[0]:g}", flush=True)
+    seed = args.seed_of_rank_1 if rank == 1 and args.seed_of_rank_1 is not None else 0
+    batch_size = args.batch_of_rank_1 if rank == 1 and args.batch_of_rank_1 else 16
+
+    def callback(info):
+        if args.hang and rank == args.hang[0] and info.step == args.hang[1]:
+            time.sleep(3600)
+        if args.die and rank == args.die[0] and info.step == args.die[1]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if args.signal_at is not None and rank == 0 and info.step >= args.signal_at:
+            print(f"step {info.step}", flush=True)
+            time.sleep(0.3)
+
+    run_dir = Path(args.run_dir)
+    resume = run_dir / "last.npz" if args.resume else None
+    try:
+        _, history = toy_fit(run_dir, group, epochs=args.epochs, seed=seed,
+                             batch_size=batch_size, callbacks=[callback], resume=resume)
+    except cn.distributed.AllRanksError as err:
+        print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return 1
+    print(f"rank {rank} {history.status} {history.message}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

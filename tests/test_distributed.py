@@ -1,0 +1,273 @@
+"""Data parallelism over MPI ranks: P ranks train as one process does, agree at the start,
+stop together on a signal, resume exactly, and stop within a time limit when a rank dies or
+hangs.
+
+The tests marked `needs_mpi` start MPI jobs with `mpirun` (Open MPI's, from the extra `mpi`)
+running tests/distributed_worker.py; they are skipped only when mpi4py or mpirun is not
+installed (CI installs both).
+"""
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnumpy as cn
+from cnnumpy.cli import main
+from cnnumpy.distributed import RankAgreementError, Replicas, Solo, check_agreement, part_bounds
+from distributed_worker import toy_fit
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+needs_mpi = pytest.mark.skipif(
+    MPIRUN is None or importlib.util.find_spec("mpi4py") is None,
+    reason="needs mpi4py and mpirun (pip install -e '.[mpi]')")
+
+
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+       "OPENBLAS_NUM_THREADS": "1"}  # Open MPI refuses root without the first two
+
+
+def command(ranks, *args, module=False):
+    """mpirun of the worker (or `python -m cnnumpy` with module=True) on `ranks` ranks."""
+    program = ["-m", "cnnumpy"] if module else [str(WORKER)]
+    return [MPIRUN, "--oversubscribe", "-n", str(ranks), sys.executable, *program,
+            *map(str, args)]
+
+
+def mpirun(ranks, *args, cwd, timeout=90, check=True, module=False):
+    result = subprocess.run(command(ranks, *args, module=module), cwd=cwd, env=ENV,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}: {result.stdout}\n{result.stderr}")
+    return result
+
+
+def max_difference(checkpoint, model):
+    return max(np.abs(checkpoint.parameters[name] - value).max()
+               for name, value in model.parameters().items())
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference: the worker's fit in this process, with its initial weights."""
+    folder = tmp_path_factory.mktemp("one")
+    initial = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(1), dtype=np.float64)
+    model, history = toy_fit(folder / "run")
+    return model, history, initial
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """Uninterrupted 2- and 3-rank runs of the worker: {ranks: last.npz}."""
+    if MPIRUN is None or importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("needs mpi4py and mpirun")
+    folder = tmp_path_factory.mktemp("straight")
+    for ranks in (2, 3):
+        output = mpirun(ranks, f"r{ranks}", cwd=folder).stdout
+        for rank in range(ranks):  # MPISplit: where the part starts, the sum over the ranks
+            assert (f"rank {rank}: part from {10 * rank // ranks} of 10, sum of rank + 1 over "
+                    f"the ranks {ranks * (ranks + 1) // 2}\n") in output, output
+    return {ranks: cn.load_checkpoint(folder / f"r{ranks}" / "last.npz") for ranks in (2, 3)}
+
+
+# --------------------------------------------------------------------------- in one process
+
+
+def test_parts_cover_the_batch_in_rank_order():
+    for total in (1, 2, 16, 17):
+        for size in (1, 2, 3):
+            parts = [part_bounds(total, rank, size) for rank in range(size)]
+            assert parts[0].start == 0 and parts[-1].stop == total
+            assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+            assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+
+
+def test_parts_of_a_batch_are_augmented_as_the_whole_batch():
+    images = np.random.default_rng(0).integers(0, 255, (7, 1, 6, 6), dtype=np.uint8)
+    whole = cn.train.prepare_batch(images, ([0.5], [0.25]), np.float64,
+                                   rng=np.random.default_rng(3), crop_padding=2, flip=True)
+    parts = []
+    for rank in range(3):
+        part = part_bounds(7, rank, 3)
+        split = type("Split", (), {"start": part.start, "total": 7})()
+        parts.append(cn.train.prepare_batch(images[part], ([0.5], [0.25]), np.float64,
+                                            rng=np.random.default_rng(3), crop_padding=2,
+                                            flip=True, split=split))
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+class Gathered:
+    """A group of ranks whose descriptions are given: gather returns what each would send."""
+
+    def __init__(self, descriptions):
+        self.descriptions = descriptions
+
+    def gather(self, value, what=""):
+        return [sent_by(description) for description in self.descriptions]
+
+
+class Alone:
+    def __init__(self):
+        self.sent = []
+
+    def gather(self, value, what=""):
+        self.sent.append(value)
+        return [value]
+
+
+def sent_by(description):
+    """What check_agreement sends to the other ranks for `description`."""
+    alone = Alone()
+    check_agreement(alone, description)
+    return alone.sent[0]
+
+
+def test_disagreeing_ranks_are_named_with_the_difference():
+    same = {"fit": {"batch_size": 16}, "seed": 0, "metadata": {"data_dir": "/a"}}
+    check_agreement(Gathered([same, {**same, "metadata": {"data_dir": "/b"}}]), same)  # paths
+    other = {"fit": {"batch_size": 8}, "seed": 0, "metadata": {"data_dir": "/a"}}
+    with pytest.raises(RankAgreementError,
+                       match=r"fit.batch_size: rank 0 has 16, rank 2 has 8\)"):
+        check_agreement(Gathered([same, same, other]), same)
+    with pytest.raises(RankAgreementError, match=r"seed: rank 0 has 0, rank 1 has '\(nothing\)'"):
+        check_agreement(Gathered([same, {"fit": {"batch_size": 16}}]), same)
+
+
+class Diverged:
+    """Two ranks, the other of which holds different parameters."""
+
+    size = 2
+
+    def gather(self, value, what=""):
+        return [value, value ^ 1]
+
+
+def test_replicas_that_diverged_stop_the_run_loudly(rng):
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=rng)
+    with pytest.raises(cn.distributed.ReplicasDivergedError,
+                       match=r"the ranks' parameters differ after step 7 \(CRC-32: rank 0 "):
+        Replicas(model, Diverged()).check(7)
+
+
+def test_solo_leaves_gradients_and_sums_alone(rng):
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=rng)
+    grads = {name: grad.copy() for name, grad in model.gradients().items()}
+    assert Replicas(model, Solo()).reduce(0.25, 3, 4, 4) == (0.25, 3)
+    for name, grad in model.gradients().items():
+        assert np.array_equal(grad, grads[name])
+
+
+def test_distributed_without_mpi4py_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py raises ImportError
+    assert main(["train", "--distributed", "--out", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert "distributed training needs mpi4py and an MPI library" in error
+    assert "pip install 'cnnumpy[mpi]'" in error and not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- MPI jobs
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_end_with_the_weights_of_one_process(one_process, straight, ranks):
+    model, history, initial = one_process
+    checkpoint = straight[ranks]
+    assert checkpoint.metadata["ranks"] == ranks
+    assert max_difference(checkpoint, model) < 1e-10
+    assert max_difference(checkpoint, initial) > 1e-2  # it trained: the check can fail
+    for ours, theirs in zip(checkpoint.metadata["history"], history):
+        assert ours.keys() == theirs.keys()
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
+
+
+@needs_mpi
+def test_ranks_started_differently_fail_at_the_start_naming_the_difference(tmp_path):
+    result = mpirun(2, "run", "--seed-of-rank-1", 5, cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "the ranks were not started alike" in result.stderr
+    assert "random generator: rank 0 has 'state crc32" in result.stderr
+    assert "rank 1 has 'state crc32" in result.stderr
+    result = mpirun(2, "run", "--batch-of-rank-1", 8, cwd=tmp_path, check=False)
+    assert "fit.batch_size: rank 0 has 16, rank 1 has 8" in result.stderr
+    assert not (tmp_path / "run" / "last.npz").exists()
+
+
+@needs_mpi
+def test_a_hung_rank_stops_every_rank_within_the_time_limit(tmp_path):
+    started = time.monotonic()
+    result = mpirun(2, "run", "--hang", 1, 4, "--timeout", 3, cwd=tmp_path, check=False)
+    assert time.monotonic() - started < 30
+    assert result.returncode != 0
+    assert "got no answer from every rank within 3 s" in result.stderr, result.stderr
+    assert f"The last checkpoint, run{os.sep}last.npz, is whole" in result.stderr
+    checkpoint = cn.load_checkpoint(tmp_path / "run" / "last.npz")  # the end of epoch 1
+    assert checkpoint.metadata["progress"]["step"] == 3
+
+
+@needs_mpi
+def test_a_dead_rank_stops_every_rank(tmp_path):
+    started = time.monotonic()
+    result = mpirun(2, "run", "--die", 1, 4, cwd=tmp_path, check=False)
+    assert time.monotonic() - started < 30
+    assert result.returncode != 0 and "rank 0 completed" not in result.stdout
+    assert cn.load_checkpoint(tmp_path / "run" / "last.npz").metadata["progress"]["step"] == 3
+
+
+@needs_mpi
+def test_sigint_to_mpirun_saves_and_resumes_exactly_on_as_many_or_other_ranks(tmp_path,
+                                                                              straight):
+    job = subprocess.Popen(command(2, "run", "--signal-at", 4), cwd=tmp_path, env=ENV,
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)
+    line = ""
+    while not line.startswith("step"):
+        line = job.stdout.readline()
+        assert line, "the job ended before step 4"
+    assert line == "step 4\n"
+    job.send_signal(signal.SIGINT)  # Open MPI sends the ranks SIGTERM, then SIGKILL
+    job.communicate(timeout=60)
+    assert job.returncode != 0
+    stopped = cn.load_checkpoint(tmp_path / "run" / "last.npz").metadata
+    assert 4 <= stopped["progress"]["step"] < 9 and stopped["progress"]["batch"] > 0
+    shutil.copytree(tmp_path / "run", tmp_path / "again")
+
+    mpirun(2, "run", "--resume", cwd=tmp_path)
+    resumed = cn.load_checkpoint(tmp_path / "run" / "last.npz")
+    assert resumed.metadata["progress"]["step"] == 9
+    for name, value in straight[2].parameters.items():
+        assert np.array_equal(resumed.parameters[name], value), name  # bit for bit
+    mpirun(3, "again", "--resume", cwd=tmp_path)
+    assert max_difference(cn.load_checkpoint(tmp_path / "again" / "last.npz"),
+                          straight[2].build_model()) < 1e-10
+
+
+@needs_mpi
+def test_cnnumpy_train_distributed_matches_one_process(tmp_path):
+    from cnnumpy.data.idx import write_idx_split
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 64), ("test", 20)):
+        labels = rng.integers(0, 10, count)
+        images = (rng.integers(0, 30, (count, 8, 8)) + labels[:, None, None] * 22).astype(np.uint8)
+        write_idx_split(tmp_path / "data" / "fashion-mnist", split, images, labels)
+    args = ["train", "--data-dir", tmp_path / "data", "--epochs", 2, "--batch-size", 16,
+            "--val-split", "0.25", "--no-progress"]
+    assert main([*map(str, args), "--out", str(tmp_path / "one")]) == 0
+    result = mpirun(2, *args, "--distributed", "--out", "two", cwd=tmp_path, module=True)
+    assert result.stdout.count("test accuracy") == 1  # rank 0 reports
+    assert "on 2 ranks; run folder two" in result.stderr
+    one = cn.load_checkpoint(tmp_path / "one" / "last.npz")
+    two = cn.load_checkpoint(tmp_path / "two" / "last.npz")
+    assert two.metadata["ranks"] == 2 and two.metadata["progress"]["step"] == 6
+    for name, value in one.parameters.items():  # float32: equal up to the order of sums
+        np.testing.assert_allclose(two.parameters[name], value, rtol=1e-4, atol=1e-6)
