@@ -258,7 +258,7 @@ def test_cnnumpy_train_distributed_matches_one_process(tmp_path):
     rng = np.random.default_rng(0)
     for split, count in (("train", 64), ("test", 20)):
         labels = rng.integers(0, 10, count)
-        images = (rng.integers(0, 30, (count, 8, 8)) + labels[:, None, None] * 22).astype(np.uint8)
+        images = (rng.integers(0, 30, (count, 28, 28)) + labels[:, None, None] * 22).astype(np.uint8)
         write_idx_split(tmp_path / "data" / "fashion-mnist", split, images, labels)
     args = ["train", "--data-dir", tmp_path / "data", "--epochs", 2, "--batch-size", 16,
             "--val-split", "0.25", "--no-progress"]

@@ -78,7 +78,11 @@ def test_edited_checkpoint_metadata_is_refused_or_usable(tmp_path, stopped, data
     metrics = cn.evaluate(model, toy_data(seed=1), (checkpoint.arrays["normalization/mean"],
                                                    checkpoint.arrays["normalization/std"]))
     assert math.isfinite(metrics["loss"])
-    history = toy_fit(tmp_path / "resumed", resume=checkpoint)
+    try:  # a checkpoint true to itself may still disagree with the run resuming it
+        history = toy_fit(tmp_path / "resumed", resume=checkpoint)
+    except ValueError as err:
+        assert str(path) in str(err) and "this run has" in str(err)
+        return
     assert history.status == "completed"
 
 
