@@ -1,5 +1,6 @@
-"""Helpers shared by the tests of the zoo: cheap construction of big models, torchvision's
-definitions without its C++ extension, and PyTorch's names for cnnumpy's state-dict entries."""
+"""Helpers shared by the tests of the architectures: small float64 layers, cheap construction
+of big models, torchvision's definitions without its C++ extension, and PyTorch's names for
+cnnumpy's state-dict entries."""
 
 import sys
 import types
@@ -7,6 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import cnnumpy as cn
+
+
+def conv64(c_in, c_out, k, stride=1, padding=0, *, seed=0, bias=True):
+    """A float64 Conv2D with weights drawn from `seed`."""
+    return cn.Conv2D(c_in, c_out, k, stride, padding, rng=np.random.default_rng(seed),
+                     dtype=np.float64, bias=bias)
 
 
 class ZeroDraws:

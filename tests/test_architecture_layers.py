@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import cnnumpy as cn
+from architectures import conv64
 from reference import pool2d_loops
 
 
@@ -25,8 +26,8 @@ def distinct(rng, shape):
 
 
 def conv(c_in, c_out, k, stride=1, padding=0, seed=0, bias=False):
-    return cn.Conv2D(c_in, c_out, k, stride, padding, rng=np.random.default_rng(seed),
-                     dtype=np.float64, bias=bias)
+    """Bias-free by default, as ResNet's convolutions."""
+    return conv64(c_in, c_out, k, stride, padding, seed=seed, bias=bias)
 
 
 # ------------------------------------------------------------------ gradient checks

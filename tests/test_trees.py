@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import cnnumpy as cn
+from architectures import conv64
 from cnnumpy import parallel
 from cnnumpy.shapes import Field, traced_fields
 from cnnumpy.summary import summarize
@@ -173,11 +174,6 @@ def test_an_error_in_one_part_ends_the_step_without_hanging():
 # ------------------------------------------------------------------ fields through branches
 
 
-def conv(c_in, c_out, k, stride=1, padding=0, seed=0):
-    return cn.Conv2D(c_in, c_out, k, stride, padding, rng=np.random.default_rng(seed),
-                     dtype=np.float64)
-
-
 def output_field(model, input_shape):
     recorded = cn.trace.record(model, np.zeros((1, *input_shape)))
     return traced_fields(recorded)[id(recorded.calls[0].output)]
@@ -196,8 +192,8 @@ def output_field(model, input_shape):
 ])
 def test_receptive_field_of_a_residual_block_is_the_union_of_its_paths(main, shortcut, hw,
                                                                        expected):
-    block = cn.Residual({f"conv{i}": conv(1, 1, *window) for i, window in enumerate(main)},
-                        conv(1, 1, *shortcut), activation=None)
+    block = cn.Residual({f"conv{i}": conv64(1, 1, *window) for i, window in enumerate(main)},
+                        conv64(1, 1, *shortcut), activation=None)
     assert output_field(block, (1, hw, hw)) == (expected, expected)
 
 
