@@ -30,7 +30,8 @@ def warm_up(model, rng, batches=3, n=6):
 
 
 def test_named_modules_parents_first_in_definition_order():
-    model = cn.models.CifarResNet(depth=8, width=4, input_shape=(1, 8, 8), num_classes=3)
+    model = cn.models.CifarResNet(depth=8, width=4, input_shape=(1, 8, 8), num_classes=3,
+                                  rng=np.random.default_rng(0))
     block = ["conv1", "bn1", "relu1", "conv2", "bn2"]
     expected = (["", "conv1", "bn1", "relu", "layer1", "layer1.0"]
                 + [f"layer1.0.{n}" for n in block + ["add", "relu"]]
@@ -195,6 +196,9 @@ def test_receptive_field_of_a_residual_block_is_the_union_of_its_paths(main, sho
     block = cn.Residual({f"conv{i}": conv64(1, 1, *window) for i, window in enumerate(main)},
                         conv64(1, 1, *shortcut), activation=None)
     assert output_field(block, (1, hw, hw)) == (expected, expected)
+    # the public list: each convolution in the order they run, then the sum
+    assert cn.receptive_fields(block, input_shape=(1, hw, hw))[-1] == expected
+    assert cn.receptive_field(block, input_shape=(1, hw, hw)) == expected.size
 
 
 def linear_branched_net(seed=0):
@@ -243,7 +247,7 @@ def test_unit_gradient_of_a_resnet_block_lies_within_its_box(rng):
 
 
 def test_summary_of_resnet20_shows_blocks_and_their_layers():
-    model = cn.models.resnet20(input_shape=(1, 28, 28), num_classes=10)
+    model = small_resnet(dtype=np.float32, input_shape=(1, 28, 28), classes=10)
     rows = {row.name: row for row in summarize(model, (1, 28, 28)).rows}
     block, conv1 = rows["layer1.0"], rows["layer1.0.conv1"]
     assert (block.type, block.leaf, conv1.type, conv1.leaf) == ("Residual", False, "Conv2D", True)

@@ -113,7 +113,7 @@ def test_cifar_resnets(depth, millions):
     assert abs(model.num_parameters() / 1e6 - millions) < 0.01  # option A has no shortcut weights
     modules = dict(model.named_modules())
     blocks = [name for name, module in modules.items() if isinstance(module, cn.Residual)]
-    assert len(blocks) == depth // 6 * 3
+    assert len(blocks) == 3 * ((depth - 2) // 6)
     assert [name for name in blocks if modules[name].downsample is not None] == \
         ["layer2.0", "layer3.0"]
     assert model.output_shape((1, 28, 28)) == (10,)
