@@ -3,7 +3,8 @@ split over threads computing exactly the whole-batch step (BatchNorm and Dropout
 receptive fields, unit gradients and the summary through residual branches."""
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
+import re
+import threading
 
 import numpy as np
 import pytest
@@ -163,10 +164,20 @@ def test_an_error_in_one_part_ends_the_step_without_hanging():
     passes = cn.BatchParallel(model, 2)
     x = np.random.default_rng(0).standard_normal((6, 1, 8, 8))
     labels = np.array([0, 1, 2, 0, 1, 3])  # 3 is out of range, in the second part only
-    with ThreadPoolExecutor(1) as pool:
-        step = pool.submit(passes.forward_backward, x, labels, cn.CrossEntropyLoss())
-        with pytest.raises(ValueError, match=r"labels must be in \[0, 2\].*got 3"):
-            step.result(timeout=60)
+    raised = []
+
+    def step():
+        try:
+            passes.forward_backward(x, labels, cn.CrossEntropyLoss())
+        except Exception as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=step, daemon=True)  # a daemon: a hang fails, not blocks
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the split step hangs after an error in one part"
+    assert len(raised) == 1 and isinstance(raised[0], ValueError)
+    assert re.search(r"labels must be in \[0, 2\].*got 3", str(raised[0]))
     labels[-1] = 2  # the next step runs
     loss, _ = passes.forward_backward(x, labels, cn.CrossEntropyLoss())
     assert np.isfinite(loss)
