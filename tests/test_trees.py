@@ -273,3 +273,9 @@ def test_summary_of_resnet20_shows_blocks_and_their_layers():
     assert rows["fc"].field is None
     text = model.summary((1, 28, 28))
     assert "layer1.0.conv1" in text and "Total parameters: 272,186" in text
+
+
+def test_astype_converts_the_fixed_scale_of_a_batchnorm_without_affine():
+    model = cn.Sequential([cn.BatchNorm2D(3, affine=False)]).astype(np.float64)
+    assert model["0"].gamma.dtype == model["0"].beta.dtype == np.float64
+    assert model.parameters() == {} and model["0"].running_var.dtype == np.float64
