@@ -146,3 +146,24 @@ def test_maxpool_in_blocks_of_images_gives_the_one_pass_results(pool, stride, rn
     np.testing.assert_array_equal(out_blocks, out)
     np.testing.assert_array_equal(cache_blocks[0], cache[0])
     np.testing.assert_array_equal(F.maxpool2d_backward(dout, cache_blocks), dx)
+
+
+@pytest.mark.parametrize("c_in, c_out, k, p", [(4, 4, 3, 1), (5, 3, 3, 0), (4, 4, (3, 1), (2, 0)),
+                                               (3, 2, 5, 2), (2, 2, 1, 0)])
+def test_input_gradient_by_convolution_is_col2ims(c_in, c_out, k, p):
+    """Stride 1 and C_out <= C_in take the flipped-kernel path: the same dx as adding every
+    window's gradient back onto its pixels (the definition col2im implements)."""
+    rng = np.random.default_rng(3)
+    (kh, kw), (ph, pw) = F.pair(k), F.pair(p)
+    w = rng.standard_normal((c_out, c_in, kh, kw))
+    x = rng.standard_normal((2, c_in, 7, 6))
+    out, cache = F.conv2d_forward(x, w, rng.standard_normal(c_out), 1, p)
+    dout = rng.standard_normal(out.shape)
+    dx = F.conv2d_backward(dout, cache)[0]
+    _, _, h_out, w_out = out.shape
+    dx_pad = np.zeros((2, c_in, 7 + 2 * ph, 6 + 2 * pw))
+    for m in range(kh):
+        for q in range(kw):  # window offset (m, q): every output pixel's share
+            dx_pad[:, :, m:m + h_out, q:q + w_out] += np.einsum("nohw,oc->nchw", dout,
+                                                                w[:, :, m, q])
+    np.testing.assert_allclose(dx, dx_pad[:, :, ph:ph + 7, pw:pw + 6], rtol=1e-12, atol=1e-12)

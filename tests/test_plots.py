@@ -129,6 +129,20 @@ def test_saliency_map(tmp_path, model, image):
         plots.saliency(model, image, target=7)
 
 
+def test_receptive_field_plot_of_a_branched_model(tmp_path, image):
+    """The default layer of a model with a residual block: the last image-shaped module."""
+    rng = np.random.default_rng(0)
+    model = cn.Sequential({"conv": cn.Conv2D(1, 2, 3, padding=1, rng=rng),
+                           "block": cn.Residual({"conv1": cn.Conv2D(2, 2, 3, padding=1,
+                                                                    rng=rng)}),
+                           "pool": cn.GlobalAvgPool2D()})
+    path = plots.receptive_field_plot(model, image, tmp_path / "rf.png", figsize=(6, 3),
+                                      dpi=DPI)
+    _pixels(path, (6, 3))
+    # conv: r 3 from -1; block: the union of conv1's 5 from -2 and the identity's 3 from -1
+    assert plots.receptive_field_box(model, "block", (0, 0), image.shape) == (-2, -2, 5, 5)
+
+
 def test_receptive_field_box_is_the_gradient_support():
     """Without ReLU or max-pool every pixel of the field reaches the unit: the support of the
     unit's input gradient is exactly the box, clipped to the image."""

@@ -72,6 +72,21 @@ def test_receptive_field_matches_gradient_support():
     assert rows.max() - rows.min() + 1 == field.size == cols.max() - cols.min() + 1
 
 
+def test_receptive_fields_through_a_residual_block():
+    """The Add of a block is listed after the paths' layers, with the union of their fields."""
+    rng = np.random.default_rng(0)
+    block = cn.Residual({"conv1": cn.Conv2D(2, 4, 3, stride=2, padding=1, rng=rng),
+                         "conv2": cn.Conv2D(4, 4, 3, padding=1, rng=rng)},
+                        shortcut=cn.Conv2D(2, 4, 1, stride=2, rng=rng))
+    # main path: r 3, 3 + 2·2 = 7; start -1, -1 - 1·2 = -3; j 2. Shortcut: r 1 from 0, j 2.
+    # The sum: pixels -3..3 and 0..0, so r 7 from -3.
+    assert cn.receptive_fields(block, input_shape=(2, 8, 8)) == [
+        cn.Field(3, 2, -1), cn.Field(7, 2, -3), cn.Field(1, 2, 0), cn.Field(7, 2, -3)]
+    assert cn.receptive_field(block, input_shape=(2, 8, 8)) == 7
+    net = cn.models.resnet20(input_shape=(1, 28, 28), rng=rng)
+    assert cn.receptive_field(net) == 105  # avgpool over layer3's 7x7 maps: 81 + 6·4
+
+
 def test_receptive_field_spec_errors():
     with pytest.raises(ValueError, match=r"\(kernel, stride\)"):
         cn.receptive_field([3, 3])

@@ -463,6 +463,9 @@ def configure_summary(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=_class_count,
                         help="outputs of a --model (default: its own, 1000 for the ImageNet "
                              "models, 10 for the others)")
+    parser.add_argument("--input-padding", type=int, metavar="P",
+                        help="zero pixels around the input of a --model vgg* or alexnet, as "
+                             "`cnnumpy train` pads 28x28 images (2 for VGG, 18 for AlexNet)")
 
 
 def run_summary(args) -> int:
@@ -479,6 +482,8 @@ def run_summary(args) -> int:
             config["num_classes"] = args.num_classes
         if args.input_shape is not None:
             config["input_shape"] = list(args.input_shape)
+        if args.input_padding is not None:
+            config["input_padding"] = args.input_padding
         model = build_model(config, rng=np.random.default_rng(0))
         shape = model.input_shape
     print(model.summary(shape))

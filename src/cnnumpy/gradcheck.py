@@ -50,13 +50,15 @@ def gradient_check(module, x, *, eps: float = 1e-6, tol: float | None = 1e-6,
             (None: never raise).
         samples: check at most this many randomly chosen entries of each array (None: all),
             for models too large to check element by element.
-        rng: generator for g and the samples (default: seeded with 0, so checks repeat).
+        rng: generator for g and the samples (default: seeded with a fixed number, 2718, so
+            checks repeat; not 0, the seed a test most often draws its x from: g = x would
+            make the check of a normalisation degenerate).
 
     Returns:
         The worst relative error, max |analytic - numeric| / max magnitude, over the input
         and every parameter.
     """
-    rng = np.random.default_rng(0) if rng is None else rng
+    rng = np.random.default_rng(2718) if rng is None else rng
     module = copy.deepcopy(module).astype(np.float64)
     x = np.array(x, dtype=np.float64)  # a contiguous copy we may perturb
     upstream = rng.standard_normal(module.forward(x).shape)

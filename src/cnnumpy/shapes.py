@@ -113,7 +113,8 @@ def traced_fields(trace) -> dict[int, tuple[Field, Field] | None]:
 
 
 def _model_fields(model, input_shape) -> list[tuple[Field, Field]]:
-    """(height, width) fields of the windowed leaves of `model`, in the order they run."""
+    """(height, width) fields of the windowed leaves of `model` and of the joins of paths
+    (`Add`: the union), in the order they run."""
     from . import trace  # late: trace is about modules, this module about arithmetic
 
     if input_shape is None:
@@ -125,7 +126,8 @@ def _model_fields(model, input_shape) -> list[tuple[Field, Field]]:
     recorded = trace.record(model, x)
     fields = traced_fields(recorded)
     return [fields[id(call.output)] for call in recorded.leaves()
-            if call.module.receptive_window(call.inputs[0].shape[1:]) is not None
+            if (len(call.inputs) > 1
+                or call.module.receptive_window(call.inputs[0].shape[1:]) is not None)
             and fields[id(call.output)] is not None]
 
 
@@ -146,11 +148,11 @@ def _layer_windows(spec) -> list[tuple[tuple[int, int], tuple[int, int], tuple[i
 def receptive_fields(spec, axis: int = 0, input_shape=None) -> list[Field]:
     """Receptive field, jump and start of every windowed layer, along one axis.
 
-    `spec` is a model (its convolutions and pools count, in the order they run; ReLU,
-    Flatten and Linear do not; through a residual block, the union of the paths) or a
-    list of (kernel, stride) or (kernel, stride, padding) tuples, each an int or an
-    (h, w) pair. `axis` 0 is the height, 1 the width. A model is traced on one input of
-    `input_shape` (C, H, W), by default its `input_shape` attribute.
+    `spec` is a model (its convolutions and pools count, in the order they run, and so does
+    the `Add` of a residual block, with the union of its paths' fields; ReLU, Flatten and
+    Linear do not) or a list of (kernel, stride) or (kernel, stride, padding) tuples, each an
+    int or an (h, w) pair. `axis` 0 is the height, 1 the width. A model is traced on one
+    input of `input_shape` (C, H, W), by default its `input_shape` attribute.
 
     >>> [f.size for f in receptive_fields([(3, 1), (3, 1), (3, 2)])]
     [3, 5, 7]

@@ -95,6 +95,30 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     return to_nchw(out), cache
 
 
+def _input_grad_as_convolution(w, stride, padding) -> bool:
+    """Whether `conv2d_backward` makes dx by `input_gradient_by_convolution`. Its columns are
+    kH·kW·C_out wide where col2im's are kH·kW·C_in, and col2im's strided additions cost
+    most with few channels: measured (16-64 channels, 8x8 to 32x32 images, one thread) the
+    convolution took 0.4-0.6 times as long when C_out = C_in."""
+    (ph, pw), (kh, kw) = pair(padding), w.shape[2:]
+    return pair(stride) == (1, 1) and w.shape[0] <= w.shape[1] and ph < kh and pw < kw
+
+
+def input_gradient_by_convolution(dout, w, padding):
+    """dx of a stride-1 convolution as a convolution of dout with the flipped kernel:
+
+        dx[n, c, i, j] = Σ_o Σ_m Σ_q dout_pad[n, o, i + m, j + q] · W[o, c, kH-1-m, kW-1-q]
+
+    where dout_pad is dout with kH-1-pH rows (kW-1-pW columns) of zeros on each side (the
+    "full" correlation: every output that input pixel (i, j) fed). Shape: dout (N, C_out,
+    H_out, W_out) -> dx (N, C_in, H, W), H = H_out + kH - 1 - 2pH.
+    """
+    (ph, pw), (kh, kw) = pair(padding), w.shape[2:]
+    flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C_in, C_out, ..)
+    dx, _ = conv2d_forward(dout, flipped, None, 1, (kh - 1 - ph, kw - 1 - pw))
+    return dx
+
+
 def conv2d_backward(dout, cache, input_grad=True):
     """Gradients of a convolution: dout (N, C_out, H_out, W_out) -> (dx, dw, db).
 
@@ -107,9 +131,16 @@ def conv2d_backward(dout, cache, input_grad=True):
     columns of a first layer (colsᵀ contiguous) OpenBLAS ran it 1.4 times faster.
     With input_grad=False, dx is None and neither dout_rows · w_mat nor col2im is computed
     (a model's first layer: nothing needs the gradient of the images).
+
+    With stride 1 and no more output than input channels (a ResNet's convolutions), dx is
+    computed as a convolution instead (`input_gradient_by_convolution`), which was 1.5-2.5
+    times faster than col2im there.
     """
     x_pad, w, stride, padding, channels_last = cache
     c_out, c_in, kh, kw = w.shape
+    if input_grad and _input_grad_as_convolution(w, stride, padding):
+        _, dw, db = conv2d_backward(dout, cache, input_grad=False)
+        return input_gradient_by_convolution(dout, w, padding), dw, db
     n, _, h_out, w_out = dout.shape
     dout = to_channels_last(dout)  # (N, H_out, W_out, C_out)
     w_mat = _weight_matrix(w, channels_last)

@@ -11,6 +11,8 @@ every part (`cnnumpy.parallel`); without it, the part is the whole batch.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import workspace
@@ -34,6 +36,26 @@ def _whole(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _channelwise(ufunc, rows: np.ndarray, vector: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """ufunc(rows, vector) into out, the (C,) vector broadcast along the rows. NumPy's loop
+    over a narrow row of C values costs more than the arithmetic (1.6-3 times as long at 16
+    channels), so contiguous rows are seen k at a time, as (M/k, k·C) with the vector tiled k
+    times: the same values, in longer runs."""
+    m, c = rows.shape
+    k = math.gcd(m, max(1, 1024 // c))
+    if k > 1 and rows.flags.c_contiguous and out.flags.c_contiguous:
+        ufunc(rows.reshape(m // k, k * c), np.tile(vector, k), out=out.reshape(m // k, k * c))
+    else:
+        ufunc(rows, vector, out=out)
+    return out
+
+
+def _column_sums(rows: np.ndarray) -> np.ndarray:
+    """Σ over the rows, per channel, as a vector-matrix product: NumPy's own sum along the
+    long axis of a narrow (rows, C) matrix was 13 times slower (16 channels)."""
+    return np.ones(len(rows), dtype=rows.dtype) @ rows
+
+
 def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
     """Training mode: normalise every channel with the batch's mean and biased variance.
 
@@ -44,14 +66,14 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
     """
     total_sum = total_sum or _whole
     rows = _rows(x)
-    sums = total_sum(np.append(rows.sum(axis=0), rows.dtype.type(len(rows))))
+    sums = total_sum(np.append(_column_sums(rows), rows.dtype.type(len(rows))))
     count, mean = sums[-1], sums[:-1] / sums[-1]
-    xhat = np.subtract(rows, mean, out=workspace.empty_like(rows))  # (rows, C): x - mean
+    xhat = _channelwise(np.subtract, rows, mean, workspace.empty_like(rows))  # x - mean
     var = total_sum(np.einsum("ij,ij->j", xhat, xhat)) / count
     inv_std = 1 / np.sqrt(var + eps)
-    xhat *= inv_std
-    out = np.multiply(xhat, gamma, out=workspace.empty_like(rows))
-    out += beta
+    _channelwise(np.multiply, xhat, inv_std, xhat)
+    out = _channelwise(np.multiply, xhat, gamma, workspace.empty_like(rows))
+    _channelwise(np.add, out, beta, out)
     return _like_input(out, x.shape), (xhat, gamma, inv_std, count, x.shape), mean, var
 
 
@@ -68,14 +90,14 @@ def batchnorm_backward(dout, cache, total_sum=None):
     total_sum = total_sum or _whole
     xhat, gamma, inv_std, count, x_shape = cache
     g = _rows(dout)
-    dbeta = g.sum(axis=0)
+    dbeta = _column_sums(g)
     dgamma = np.einsum("ij,ij->j", g, xhat)
     c = len(dbeta)
     both = total_sum(np.concatenate([dbeta, dgamma]))
-    dx = np.multiply(xhat, -both[c:] / count, out=workspace.empty_like(xhat))
+    dx = _channelwise(np.multiply, xhat, -both[c:] / count, workspace.empty_like(xhat))
     dx += g
-    dx -= both[:c] / count
-    dx *= gamma * inv_std
+    _channelwise(np.subtract, dx, both[:c] / count, dx)
+    _channelwise(np.multiply, dx, gamma * inv_std, dx)
     return _like_input(dx, x_shape), dgamma, dbeta
 
 
@@ -85,6 +107,6 @@ def batchnorm_infer(x, gamma, beta, running_mean, running_var, eps):
     scale = gamma / np.sqrt(running_var + eps)
     shift = beta - running_mean * scale
     rows = _rows(x)
-    out = np.multiply(rows, scale.astype(x.dtype), out=workspace.empty_like(rows))
-    out += shift.astype(x.dtype)
+    out = _channelwise(np.multiply, rows, scale.astype(x.dtype), workspace.empty_like(rows))
+    _channelwise(np.add, out, shift.astype(x.dtype), out)
     return _like_input(out, x.shape)

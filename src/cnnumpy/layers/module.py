@@ -157,13 +157,17 @@ class Module:
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"parameters must be float32 or float64, got {dtype}")
         for module in self.modules():
-            for key in module.param_names:
-                for attr in (key, "d" + key):
-                    setattr(module, attr, getattr(module, attr).astype(dtype))
-            for key in module.buffer_names:
-                if np.issubdtype(getattr(module, key).dtype, np.floating):
-                    setattr(module, key, getattr(module, key).astype(dtype))
+            module._convert_own(dtype)
         return self
+
+    def _convert_own(self, dtype: np.dtype) -> None:
+        """`astype` for this module's own arrays (not its children's)."""
+        for key in self.param_names:
+            for attr in (key, "d" + key):
+                setattr(self, attr, getattr(self, attr).astype(dtype))
+        for key in self.buffer_names:
+            if np.issubdtype(getattr(self, key).dtype, np.floating):
+                setattr(self, key, getattr(self, key).astype(dtype))
 
     @property
     def dtype(self) -> np.dtype | None:

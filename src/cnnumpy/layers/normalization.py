@@ -41,6 +41,11 @@ class _BatchNorm(Layer):
     def dtype(self):
         return self.running_mean.dtype
 
+    def _convert_own(self, dtype):
+        super()._convert_own(dtype)
+        if not self.affine:  # the fixed γ = 1, β = 0 are neither parameters nor buffers
+            self.gamma, self.beta = self.gamma.astype(dtype), self.beta.astype(dtype)
+
     def output_shape(self, input_shape):
         if len(input_shape) + 1 != self.input_rank:
             layout = "(N, C, H, W)" if self.input_rank == 4 else "(N, C)"

@@ -1,0 +1,281 @@
+"""Models as trees with buffers: walking order, state dicts, astype, checkpoints; the batch
+split over threads computing exactly the whole-batch step (BatchNorm and Dropout included);
+receptive fields, unit gradients and the summary through residual branches."""
+
+import copy
+import re
+import threading
+
+import numpy as np
+import pytest
+
+import cnnumpy as cn
+from architectures import conv64
+from cnnumpy import parallel
+from cnnumpy.shapes import Field, traced_fields
+from cnnumpy.summary import summarize
+
+
+def small_resnet(seed=0, dtype=np.float64, input_shape=(1, 8, 8), classes=3):
+    return cn.models.resnet20(input_shape=input_shape, num_classes=classes,
+                              rng=np.random.default_rng(seed), dtype=dtype)
+
+
+def warm_up(model, rng, batches=3, n=6):
+    """A few training-mode forward passes: running statistics away from 0 and 1."""
+    for _ in range(batches):
+        model.forward(rng.standard_normal((n, *model.input_shape)).astype(model.dtype) * 2 + 1)
+
+
+# ------------------------------------------------------------------ the tree and its state
+
+
+def test_named_modules_parents_first_in_definition_order():
+    model = cn.models.CifarResNet(depth=8, width=4, input_shape=(1, 8, 8), num_classes=3,
+                                  rng=np.random.default_rng(0))
+    block = ["conv1", "bn1", "relu1", "conv2", "bn2"]
+    expected = (["", "conv1", "bn1", "relu", "layer1", "layer1.0"]
+                + [f"layer1.0.{n}" for n in block + ["add", "relu"]]
+                + [name for i in (2, 3) for name in
+                   [f"layer{i}", f"layer{i}.0", *(f"layer{i}.0.{n}" for n in block),
+                    f"layer{i}.0.downsample", f"layer{i}.0.downsample.0",
+                    f"layer{i}.0.downsample.1", f"layer{i}.0.add", f"layer{i}.0.relu"]]
+                + ["avgpool", "flatten", "fc"])
+    assert [name for name, _ in model.named_modules()] == expected
+    assert list(dict(model.named_children())) == ["conv1", "bn1", "relu", "layer1", "layer2",
+                                                  "layer3", "avgpool", "flatten", "fc"]
+
+
+def test_state_dict_holds_parameters_and_live_buffers():
+    model = small_resnet()
+    state = model.state_dict()
+    assert set(state) == set(model.parameters()) | set(model.buffers())
+    assert {"bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
+            "layer2.0.downsample.1.running_var"} <= set(model.buffers())
+    assert not set(model.buffers()) & set(model.parameters())
+    state["layer3.2.bn2.running_mean"][...] = 7.0
+    assert np.all(model["layer3"]["2"].bn2.running_mean == 7.0)
+
+
+def test_load_state_dict_lists_every_mismatch():
+    model = small_resnet()
+    state = {name: array.copy() for name, array in model.state_dict().items()}
+    del state["bn1.running_var"], state["fc.b"]
+    state["bn9.gamma"] = np.ones(3)
+    state["conv1.W"] = np.zeros((16, 1, 5, 5))
+    with pytest.raises(ValueError) as error:
+        model.load_state_dict(state)
+    message = str(error.value)
+    for part in ("missing ['bn1.running_var', 'fc.b']", "unexpected ['bn9.gamma']",
+                 "conv1.W: expected (16, 1, 3, 3), got (16, 1, 5, 5)"):
+        assert part in message
+
+
+def test_astype_converts_float_buffers_and_keeps_integer_ones():
+    model = cn.Sequential([cn.Conv2D(1, 2, 3, bias=False), cn.BatchNorm2D(2), cn.ReLU(),
+                           cn.Flatten(), cn.Dropout(0.2, rng=np.random.default_rng(0)),
+                           cn.Linear(18, 2)])
+    stream = model["4"].rng_state.copy()
+    model.astype(np.float64)
+    dtypes = {name: array.dtype for name, array in model.state_dict().items()}
+    assert dtypes == {"0.W": np.float64, "1.gamma": np.float64, "1.beta": np.float64,
+                      "1.running_mean": np.float64, "1.running_var": np.float64,
+                      "1.num_batches_tracked": np.int64, "4.rng_state": np.uint64,
+                      "5.W": np.float64, "5.b": np.float64}
+    assert all(grad.dtype == np.float64 for grad in model.gradients().values())
+    np.testing.assert_array_equal(model["4"].rng_state, stream)
+    out = model.forward(np.random.default_rng(1).standard_normal((4, 1, 5, 5)))
+    assert out.dtype == np.float64
+
+
+def test_checkpoint_round_trip_reproduces_eval_logits_exactly(tmp_path, rng):
+    model = small_resnet(dtype=np.float32)
+    warm_up(model, rng)
+    assert not np.allclose(model["bn1"].running_var, 1)
+    x = rng.standard_normal((5, 1, 8, 8)).astype(np.float32)
+    expected = model.eval().forward(x)
+    path = cn.save_checkpoint(tmp_path / "net.npz", model)
+    again = cn.load_checkpoint(path).build_model().eval()
+    np.testing.assert_array_equal(again.forward(x), expected)
+    assert again["layer3"]["2"].bn2.num_batches_tracked == 3
+
+
+def test_checkpoint_without_buffers_names_them(tmp_path):
+    model = small_resnet(dtype=np.float32)
+    checkpoint = cn.load_checkpoint(cn.save_checkpoint(tmp_path / "net.npz", model))
+    del checkpoint.parameters["layer2.0.downsample.1.running_mean"]
+    with pytest.raises(ValueError, match=r"net.npz.*missing \['layer2.0.downsample.1."
+                                         r"running_mean'\]"):
+        checkpoint.build_model()
+
+
+# ------------------------------------------------------------------ the batch split
+
+needs_threads = pytest.mark.skipif(parallel.ThreadpoolController is None,
+                                   reason="threadpoolctl (extra 'threads') not installed")
+
+
+def dropout_net(seed=0):
+    """BatchNorm in both forms and Dropout on images and on features."""
+    rng = np.random.default_rng(seed)
+    return cn.Sequential([
+        cn.Conv2D(2, 4, 3, padding=1, rng=rng, dtype=np.float64, bias=False),
+        cn.BatchNorm2D(4, dtype=np.float64), cn.ReLU(), cn.Dropout(0.3, rng=rng),
+        cn.MaxPool2D(3, 2, padding=1), cn.Flatten(), cn.Linear(36, 8, rng=rng, dtype=np.float64),
+        cn.BatchNorm1D(8, dtype=np.float64), cn.ReLU(), cn.Dropout(0.5, rng=rng),
+        cn.Linear(8, 3, rng=rng, dtype=np.float64)])
+
+
+@needs_threads
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("make, shape", [(small_resnet, (1, 8, 8)), (dropout_net, (2, 5, 5))])
+def test_split_step_equals_the_whole_batch_step(make, shape, workers):
+    """Two training steps: logits, loss, every gradient and every buffer (running statistics,
+    batch counts, Dropout streams) equal to 1e-10 with and without the split."""
+    rng = np.random.default_rng(5)
+    model = make()
+    whole = copy.deepcopy(model)
+    split_passes, whole_passes = cn.BatchParallel(model, workers), cn.BatchParallel(whole, 1)
+    assert split_passes.workers == workers
+    criterion = cn.CrossEntropyLoss()
+    optimizers = cn.SGD(model, lr=0.1), cn.SGD(whole, lr=0.1)
+    for step in range(2):
+        x, labels = rng.standard_normal((8, *shape)), rng.integers(0, 3, 8)
+        loss, logits = split_passes.forward_backward(x, labels, criterion)
+        whole_loss, whole_logits = whole_passes.forward_backward(x, labels, criterion)
+        np.testing.assert_allclose(logits, whole_logits, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(loss, whole_loss, rtol=1e-10)
+        for name, grad in whole.gradients().items():
+            np.testing.assert_allclose(model.gradients()[name], grad, rtol=1e-10, atol=1e-10,
+                                       err_msg=name)
+        for name, buffer in whole.buffers().items():
+            np.testing.assert_allclose(model.buffers()[name], buffer, rtol=1e-10, atol=0,
+                                       err_msg=name)
+        for optimizer in optimizers:
+            optimizer.step()
+    counts = [value for name, value in model.buffers().items()
+              if name.endswith("num_batches_tracked")]
+    assert counts and all(count == 2 for count in counts)  # once per step, not per part
+
+
+@needs_threads
+def test_an_error_in_one_part_ends_the_step_without_hanging():
+    model = small_resnet()
+    passes = cn.BatchParallel(model, 2)
+    x = np.random.default_rng(0).standard_normal((6, 1, 8, 8))
+    labels = np.array([0, 1, 2, 0, 1, 3])  # 3 is out of range, in the second part only
+    raised = []
+
+    def step():
+        try:
+            passes.forward_backward(x, labels, cn.CrossEntropyLoss())
+        except Exception as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=step, daemon=True)  # a daemon: a hang fails, not blocks
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the split step hangs after an error in one part"
+    assert len(raised) == 1 and isinstance(raised[0], ValueError)
+    assert re.search(r"labels must be in \[0, 2\].*got 3", str(raised[0]))
+    labels[-1] = 2  # the next step runs
+    loss, _ = passes.forward_backward(x, labels, cn.CrossEntropyLoss())
+    assert np.isfinite(loss)
+
+
+# ------------------------------------------------------------------ fields through branches
+
+
+def output_field(model, input_shape):
+    recorded = cn.trace.record(model, np.zeros((1, *input_shape)))
+    return traced_fields(recorded)[id(recorded.calls[0].output)]
+
+
+@pytest.mark.parametrize("main, shortcut, hw, expected", [
+    # two 3x3 convolutions (field 5) and a 1x1 shortcut (field 1): the union is 5
+    ([(3, 1, 1), (3, 1, 1)], (1, 1, 0), 9, Field(5, 1, -2)),
+    # 3x3 stride 2 pad 1: [2i-1, 2i+2); then 3x3 pad 1: [2i-3, 2i+4), field 7, jump 2;
+    # a 1x1 stride-2 shortcut sees [2i, 2i+1): the union is the main path's
+    ([(3, 2, 1), (3, 1, 1)], (1, 2, 0), 10, Field(7, 2, -3)),
+    # 3x3 stride 2 pad 1: [2i-1, 2i+2); a 4x4 stride-2 pad-1 shortcut: [2i-1, 2i+3), larger
+    ([(3, 2, 1)], (4, 2, 1), 10, Field(4, 2, -1)),
+    # 3x3 stride 2 pad 0: [2i, 2i+3); a 2x2 stride-2 pad-0 shortcut [2i, 2i+2)
+    ([(3, 2, 0), (1, 1, 0)], (2, 2, 0), 9, Field(3, 2, 0)),
+])
+def test_receptive_field_of_a_residual_block_is_the_union_of_its_paths(main, shortcut, hw,
+                                                                       expected):
+    block = cn.Residual({f"conv{i}": conv64(1, 1, *window) for i, window in enumerate(main)},
+                        conv64(1, 1, *shortcut), activation=None)
+    assert output_field(block, (1, hw, hw)) == (expected, expected)
+    # the public list: each convolution in the order they run, then the sum
+    assert cn.receptive_fields(block, input_shape=(1, hw, hw))[-1] == expected
+    assert cn.receptive_field(block, input_shape=(1, hw, hw)) == expected.size
+
+
+def linear_branched_net(seed=0):
+    """A stem and a residual block without ReLU or max-pooling: the output is linear in the
+    input, so a unit's gradient fills its whole receptive field (7x7: 3, then 3 + 2 + 2)."""
+    rng = np.random.default_rng(seed)
+    return cn.Sequential({
+        "stem": cn.Conv2D(1, 3, 3, padding=1, rng=rng, dtype=np.float64),
+        "block": cn.Residual({"conv1": cn.Conv2D(3, 3, 3, padding=1, rng=rng, dtype=np.float64),
+                              "bn1": cn.BatchNorm2D(3, dtype=np.float64),
+                              "conv2": cn.Conv2D(3, 3, 3, padding=1, rng=rng, dtype=np.float64)},
+                             cn.Conv2D(3, 3, 1, rng=rng, dtype=np.float64), activation=None),
+    })
+
+
+def support_box(gradient) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(np.abs(gradient).sum(axis=0))
+    return rows.min(), cols.min(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+@pytest.mark.parametrize("unit, expected", [((5, 6), (2, 3, 7, 7)), ((0, 11), (-3, 8, 7, 7))])
+def test_unit_gradient_fills_the_receptive_field_box_of_a_linear_branched_net(unit, expected,
+                                                                             rng):
+    plots = pytest.importorskip("cnnumpy.plots")
+    model = linear_branched_net()
+    image = rng.standard_normal((1, 12, 12))
+    box = plots.receptive_field_box(model, "block", unit, (1, 12, 12))
+    assert box == expected
+    top, left, height, width = box
+    inside = (max(top, 0), max(left, 0), min(top + height, 12) - max(top, 0),
+              min(left + width, 12) - max(left, 0))  # the box, clipped to the image
+    assert support_box(plots.unit_gradient(model, image, "block", unit)) == inside
+
+
+def test_unit_gradient_of_a_resnet_block_lies_within_its_box(rng):
+    plots = pytest.importorskip("cnnumpy.plots")
+    model = small_resnet(input_shape=(1, 16, 16))
+    warm_up(model, rng)
+    image = rng.standard_normal((1, 16, 16))
+    top, left, height, width = plots.receptive_field_box(model, "layer2.0", (2, 3))
+    gradient = plots.unit_gradient(model, image, "layer2.0", (2, 3))
+    rows, cols = np.nonzero(np.abs(gradient).sum(axis=0))
+    assert rows.size and cols.size
+    assert top <= rows.min() and rows.max() < top + height
+    assert left <= cols.min() and cols.max() < left + width
+
+
+def test_summary_of_resnet20_shows_blocks_and_their_layers():
+    model = small_resnet(dtype=np.float32, input_shape=(1, 28, 28), classes=10)
+    rows = {row.name: row for row in summarize(model, (1, 28, 28)).rows}
+    block, conv1 = rows["layer1.0"], rows["layer1.0.conv1"]
+    assert (block.type, block.leaf, conv1.type, conv1.leaf) == ("Residual", False, "Conv2D", True)
+    # conv1 3x3 (field 3), then layer1.0.conv1 (5) and conv2 (7); the identity shortcut's 3
+    assert (conv1.field[0].size, rows["layer1.0.conv2"].field[0].size, block.field[0].size) == \
+        (5, 7, 7)
+    # layer2.0: conv1 stride 2 (jump 1 -> 2): fields 3 + 6 * 2 = 15 before, 17 and 21 after
+    assert rows["layer2.0.conv1"].field[0] == Field(17, 2, -8)
+    assert rows["layer2.0"].field[0] == Field(21, 2, -10)
+    assert block.parameters == 2 * 16 * 16 * 9 + 2 * 2 * 16
+    assert block.macs == 2 * 16 * 28 * 28 * 16 * 9
+    assert rows["fc"].field is None
+    text = model.summary((1, 28, 28))
+    assert "layer1.0.conv1" in text and "Total parameters: 272,186" in text
+
+
+def test_astype_converts_the_fixed_scale_of_a_batchnorm_without_affine():
+    model = cn.Sequential([cn.BatchNorm2D(3, affine=False)]).astype(np.float64)
+    assert model["0"].gamma.dtype == model["0"].beta.dtype == np.float64
+    assert model.parameters() == {} and model["0"].running_var.dtype == np.float64
