@@ -2,7 +2,9 @@
 RUN_DIR [options]`) or in one process (`toy_fit` from a test), for test_distributed.py.
 
 SimpleCNN in float64 on 34 toy images of 8x8 with batches of 16: the last batch of an epoch
-has 2 images, so with 3 ranks one rank has none. Rank 0 writes RUN_DIR/last.npz.
+has 2 images, so with 3 ranks one rank has none. With --model normdrop, `NormDrop` (BatchNorm
+and Dropout, whose results depend on the whole batch) on 35 images. Rank 0 writes
+RUN_DIR/last.npz.
 """
 
 import argparse
@@ -25,17 +27,47 @@ def toy_data(rng, count, size=8, classes=3):
     return ImageDataset(images, labels.astype(np.int64), tuple("abc"[:classes]), "toy")
 
 
+class NormDrop(cn.Sequential):
+    """Conv, BatchNorm2D, ReLU, Dropout, pool, Linear, BatchNorm1D, ReLU, Dropout, Linear: a
+    small model with every layer whose result depends on the rest of the batch."""
+
+    def __init__(self, input_shape=(1, 8, 8), num_classes=3, *, rng=None, dtype=np.float32):
+        c, h, w = input_shape
+        super().__init__({
+            "conv": cn.Conv2D(c, 4, 3, padding=1, rng=rng, dtype=dtype),
+            "bn": cn.BatchNorm2D(4, dtype=dtype), "relu": cn.ReLU(),
+            "drop": cn.Dropout(0.3, rng=rng), "pool": cn.MaxPool2D(2), "flat": cn.Flatten(),
+            "fc1": cn.Linear(4 * (h // 2) * (w // 2), 6, rng=rng, dtype=dtype),
+            "bn1": cn.BatchNorm1D(6, dtype=dtype), "relu1": cn.ReLU(),
+            "drop1": cn.Dropout(0.2, rng=rng), "fc2": cn.Linear(6, num_classes, rng=rng,
+                                                                 dtype=dtype)})
+        self.input_shape, self.num_classes = tuple(input_shape), num_classes
+
+    def config(self):
+        return {"name": "NormDrop", "input_shape": list(self.input_shape),
+                "num_classes": self.num_classes}
+
+
+cn.register_model(NormDrop)
+
+
+def toy_model(name: str, seed: int):
+    if name == "normdrop":
+        return NormDrop((1, 8, 8), 3, rng=np.random.default_rng(seed), dtype=np.float64)
+    return cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(seed), dtype=np.float64)
+
+
 def toy_fit(run_dir, communicator=None, *, epochs=3, seed=0, batch_size=16, callbacks=(),
-            resume=None, count=34):
+            resume=None, count=34, model="simplecnn", workers=1):
     data_rng = np.random.default_rng(123)
     train, val = toy_data(data_rng, count), toy_data(data_rng, 11)
-    model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(seed + 1), dtype=np.float64)
+    model = toy_model(model, seed + 1)
     opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps = epochs * -(-count // batch_size)
     return model, cn.fit(model, train, val, optimizer=opt, epochs=epochs, batch_size=batch_size,
                          schedule=cn.OneCycle(0.05, total_steps=steps),
                          rng=np.random.default_rng(seed), run_dir=run_dir, resume=resume,
-                         callbacks=callbacks, progress=False, verbose=False, workers=1,
+                         callbacks=callbacks, progress=False, verbose=False, workers=workers,
                          communicator=communicator)
 
 
@@ -51,6 +83,8 @@ def main():
     parser.add_argument("--die", type=int, nargs=2, metavar=("RANK", "STEP"),
                         help="rank RANK is killed (SIGKILL) after step STEP")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--model", choices=("simplecnn", "normdrop"), default="simplecnn")
+    parser.add_argument("--workers", type=int, default=1, help="BatchParallel's parts per rank")
     parser.add_argument("--check-every", type=int, default=1)
     parser.add_argument("--signal-at", type=int, metavar="STEP",
                         help="rank 0 prints 'step N' and waits a moment after each step from STEP "
@@ -79,7 +113,9 @@ def main():
     resume = run_dir / "last.npz" if args.resume else None
     try:
         _, history = toy_fit(run_dir, group, epochs=args.epochs, seed=seed,
-                             batch_size=batch_size, callbacks=[callback], resume=resume)
+                             batch_size=batch_size, callbacks=[callback], resume=resume,
+                             model=args.model, count=35 if args.model == "normdrop" else 34,
+                             workers=args.workers)
     except cn.distributed.AllRanksError as err:
         print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return 1

@@ -22,7 +22,7 @@ import pytest
 import cnnumpy as cn
 from cnnumpy.cli import main
 from cnnumpy.distributed import RankAgreementError, Replicas, Solo, check_agreement, part_bounds
-from distributed_worker import toy_fit
+from distributed_worker import NormDrop, toy_data, toy_fit
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
@@ -188,6 +188,31 @@ def test_ranks_end_with_the_weights_of_one_process(one_process, straight, ranks)
         assert ours.keys() == theirs.keys()
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
             assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks, workers", [(2, 1), (3, 1), (2, 2)])
+def test_batchnorm_and_dropout_over_ranks_equal_one_process(tmp_path, ranks, workers):
+    """Global-batch statistics (SyncBatchNorm) and each rank's slice of the whole batch's
+    dropout masks, also with each rank's part split over threads (BatchParallel): the
+    weights, running statistics and Dropout streams of P ranks are one process's."""
+    model, _ = toy_fit(tmp_path / "one", model="normdrop", count=35)
+    mpirun(ranks, "many", "--model", "normdrop", "--workers", workers, cwd=tmp_path)
+    stored = cn.load_checkpoint(tmp_path / "many" / "last.npz").parameters
+    for name, value in model.state_dict().items():  # parameters and buffers
+        np.testing.assert_allclose(stored[name], value, rtol=1e-10, atol=1e-12, err_msg=name)
+    assert model["bn"].num_batches_tracked == 3 * 3  # 3 epochs of 3 batches, counted once
+
+
+def test_batchnorm_over_more_ranks_than_a_batch_has_images_is_refused(tmp_path):
+    class Three(cn.distributed.Solo):  # 3 ranks, as far as fit's checks before any collective
+        size = 3
+
+    model = NormDrop((1, 8, 8), 3, rng=np.random.default_rng(0), dtype=np.float64)
+    with pytest.raises(ValueError, match=r"each of the 3 ranks at least one image, but 34 "
+                                         r"training images in batches of 16 end with a batch of 2"):
+        cn.fit(model, toy_data(np.random.default_rng(0), 34), optimizer=cn.SGD(model, lr=0.1),
+               epochs=1, batch_size=16, communicator=Three(), progress=False, verbose=False)
 
 
 @needs_mpi

@@ -17,7 +17,7 @@ its own images' draws, so P ranks train exactly as one process with batch B, up 
 of float sums.
 
 The pieces:
-    BatchSplit   the protocol of a part of a global batch: where it starts, the batch's size,
+    BatchSplit   (from cnnumpy.parallel) a part of a global batch: where it starts, the batch's size,
                  and the sum over all parts (BatchNorm's statistics, dropout's masks use it)
     WholeBatch   the one part of a single process
     MPISplit     a rank's part; its sum is an Allreduce
@@ -36,11 +36,10 @@ import threading
 import time
 import zlib
 from contextlib import contextmanager
-from typing import Protocol
 
 import numpy as np
 
-from .parallel import available_cpus
+from .parallel import BatchSplit, available_cpus
 
 ABORT_STATUS = 3  # the exit status of every rank when a collective timed out
 _MISSING = "(nothing)"
@@ -74,18 +73,7 @@ class ReplicasDivergedError(AllRanksError, RuntimeError):
 # --------------------------------------------------------------------------- batch splits
 
 
-class BatchSplit(Protocol):
-    """Where one part of a global batch lies, and how to sum over all parts."""
-
-    start: int  # index of this part's first sample in the global batch
-    total: int  # number of samples in the global batch
-
-    def sum(self, array: np.ndarray) -> np.ndarray:
-        """Elementwise sum of `array` over every part of the global batch (every part calls it
-        the same number of times in the same order); returns a new array."""
-
-
-class WholeBatch:
+class WholeBatch(BatchSplit):
     """The global batch in one part (one process): the sum over all parts is the array."""
 
     def __init__(self, total: int):
@@ -95,7 +83,7 @@ class WholeBatch:
         return np.array(array, copy=True)
 
 
-class MPISplit:
+class MPISplit(BatchSplit):
     """One rank's part of a global batch: samples [start, start + n) of `total`; `sum` adds
     the arrays of all ranks of `group` (an Allreduce under the group's time limit)."""
 
@@ -374,8 +362,10 @@ class Replicas:
             loss, correct: this rank's mean loss and correct predictions on its `count`
                 images (anything when count is 0: the rank had no images).
             total: the images of the global batch.
-        The model's gradients must be those of the mean loss over this rank's part; each is
-        scaled by count / total while it is copied into the flat buffer, so the sum is the
+        The model's gradients must be this rank's share of the gradient of the mean loss over
+        the global batch (`BatchParallel.forward_backward(..., split=...)` makes them so: a
+        rank's loss gradient is scaled by count / total before backward, which BatchNorm's
+        backward needs, its sums running over every rank); their sum over the ranks is the
         gradient of the mean loss over the global batch. Returns (mean loss, correct) of the
         global batch.
         """
@@ -383,12 +373,11 @@ class Replicas:
             return loss, correct
         grads = self.model.gradients()
         buffer = self._flat_buffer(2)
-        scale = buffer.dtype.type(count / total)
         offset = 0
         for grad in grads.values():
             view = buffer[offset:offset + grad.size]
             if count:
-                np.multiply(grad.reshape(-1), scale, out=view)
+                view[...] = grad.reshape(-1)
             else:
                 view[...] = 0
             offset += grad.size
@@ -410,7 +399,7 @@ class Replicas:
         if self.group.size == 1:
             return
         crc = 0
-        for param in self.model.parameters().values():
+        for param in self.model.state_dict().values():  # buffers too: running statistics
             crc = zlib.crc32(np.ascontiguousarray(param).view(np.uint8).reshape(-1), crc)
         every = self.group.gather(crc, f"comparing the parameters' checksums at step {step}")
         if len(set(every)) > 1:

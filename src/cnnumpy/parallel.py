@@ -18,7 +18,8 @@ model to the replicas before a pass and back from the first replica after it: ev
 computes the same update, and the model takes it once.
 
 A batch may itself be one part of a larger batch split over processes (`cnnumpy.distributed`):
-`BatchParallel(model, outer=split)` then composes its parts with that split.
+`forward_backward(x, labels, criterion, split=split)` then composes its parts with that
+split, and the gradients are those of the mean loss over the larger batch.
 
     passes = BatchParallel(model)                            # one part per available CPU
     loss, logits = passes.forward_backward(x, labels, criterion)   # then optimizer.step()
@@ -147,16 +148,13 @@ class BatchParallel:
         model: a cnnumpy module (its layers keep the caches of a whole-batch pass only when
             the batch is not split).
         workers: parts per batch; default the available CPUs. 1 runs the model whole.
-        outer: the `BatchSplit` of a batch that is itself a part of a larger one (a process's
-            part, `cnnumpy.distributed`), or None.
     """
 
-    def __init__(self, model, workers: int | None = None, outer: BatchSplit | None = None):
+    def __init__(self, model, workers: int | None = None):
         workers = available_cpus() if workers is None else workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.model = model
-        self.outer = outer
         self.workers = workers if _blas_controller() is not None else 1
         self._replicas: list = []
         self._made_for = None  # the model's structure the replicas were made for
@@ -188,14 +186,14 @@ class BatchParallel:
             _copy_buffers(self.model, replica)
         return self._replicas[:count]
 
-    def _run(self, work, n: int) -> list:
+    def _run(self, work, n: int, outer: BatchSplit | None = None) -> list:
         """work(replica, part) for the parts of range(n), in parallel, BLAS one-threaded:
         the first part in the calling thread, the others in pool threads. Each replica knows
         its part's place in the batch (set_batch_split); the first replica's buffers go back
         to the model."""
         parts = batch_parts(n, self.workers)
-        meeting = _Parts(len(parts), self.outer)
-        offset, total = (0, n) if self.outer is None else (self.outer.start, self.outer.total)
+        meeting = _Parts(len(parts), outer)
+        offset, total = (0, n) if outer is None else (outer.start, outer.total)
 
         def run_part(index, replica, part):
             set_batch_split(replica, _ThreadPart(meeting, index, offset + part.start, total))
@@ -223,9 +221,9 @@ class BatchParallel:
             _copy_buffers(replicas[0], self.model)
         return [first, *(other.result() for other in others)]
 
-    def _whole(self, work):
+    def _whole(self, work, outer: BatchSplit | None = None):
         """work() on the model itself, the batch whole (or the outer split's part)."""
-        set_batch_split(self.model, self.outer)
+        set_batch_split(self.model, outer)
         try:
             return work()
         finally:
@@ -239,14 +237,20 @@ class BatchParallel:
                             len(x))
         return np.concatenate(outputs)
 
-    def forward_backward(self, x: np.ndarray, labels: np.ndarray, criterion):
+    def forward_backward(self, x: np.ndarray, labels: np.ndarray, criterion,
+                         split: BatchSplit | None = None):
         """(mean loss over the batch, logits), and the model's parameter gradients of that
         mean loss. `criterion` is e.g. `CrossEntropyLoss()` (each part uses a copy). The
         images' gradient is not made (the first layer skips it). Split, the criterion itself
-        keeps no cache (its copies did the work)."""
+        keeps no cache (its copies did the work).
+
+        With `split`, x is that part of a larger batch (a process's, `cnnumpy.distributed`):
+        the loss returned is still the mean over x, but the gradients are this part's share
+        of the gradient of the mean loss over the whole batch (they add up to it over the
+        parts), the form BatchNorm's backward needs."""
         if len(labels) != len(x):
             raise ValueError(f"got {len(labels)} labels for a batch of {len(x)} images")
-        total = len(x) if self.outer is None else self.outer.total  # the mean is over it
+        total = len(x) if split is None else split.total  # the mean is over it
 
         def whole_pass():
             logits = self.model.forward(x)
@@ -258,7 +262,7 @@ class BatchParallel:
             return loss, logits
 
         if self.workers == 1 or len(x) < 2:
-            return self._whole(whole_pass)
+            return self._whole(whole_pass, split)
 
         def part_pass(replica, part):
             own = copy.copy(criterion)
@@ -270,7 +274,7 @@ class BatchParallel:
             return loss, logits
 
         criterion.cache = None
-        results = self._run(part_pass, len(x))
+        results = self._run(part_pass, len(x), split)
         parts = batch_parts(len(x), self.workers)
         replicas = self._replicas[: len(parts)]
         for modules in zip(self.model.modules(), *(replica.modules() for replica in replicas)):

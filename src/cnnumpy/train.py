@@ -450,7 +450,7 @@ class _Run:
         lr = self.schedule.apply(self.optimizer, p.step) if self.schedule else self.optimizer.lr
         loss, correct = math.nan, 0
         if len(y):  # a rank's part is empty when the batch has fewer images than ranks
-            loss, logits = self.passes.forward_backward(x, y, self.criterion)
+            loss, logits = self.passes.forward_backward(x, y, self.criterion, split=split)
             loss, correct = float(loss), int((logits.argmax(axis=1) == y).sum())
         loss, correct = self.replicas.reduce(loss, correct, len(y), total)
         if not math.isfinite(loss):
@@ -592,6 +592,14 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
     distributed = group.size > 1
     if distributed and workers is None:
         workers = cpus_per_rank(group)
+    if distributed and any(hasattr(m, "running_mean") for m in model.modules()):
+        # BatchNorm sums its statistics over every rank, so every rank must hold a part
+        tail = len(images) % batch_size
+        if min(batch_size, tail or batch_size) < group.size:
+            raise ValueError(
+                f"with BatchNorm, every batch must give each of the {group.size} ranks at least "
+                f"one image, but {len(images)} training images in batches of {batch_size} end "
+                f"with a batch of {tail}; change --limit or --batch-size")
     run = _Run(model, train_data, val_data, optimizer, schedule, epochs, batch_size, augment,
                crop_padding, flip, label_smoothing, rng, run_dir, normalization, metadata,
                workers, group)
