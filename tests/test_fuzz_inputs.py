@@ -340,3 +340,20 @@ def test_cli_damaged_checkpoint_image_and_data_files(tmp_path, cli_files, capsys
     else:
         assert status == 1
         one_line_error(capsys, damaged.name)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: cn.SimpleCNN((1, 100000, 100000), 10),
+    lambda: cn.SimpleCNN((1, 28, 28), 10**12),
+    lambda: cn.Linear(10**12, 10),
+    lambda: cn.Conv2D(3, 10**6, 1000),
+])
+def test_absurd_layer_sizes_are_refused_before_allocating(build):
+    with pytest.raises(ValueError, match=r"weights of shape \(.*\) would hold \d+ values, more "
+                                         r"than the 134217728 a layer may have"):
+        build()
+
+
+def test_a_seed_is_not_a_generator():
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator .* got int"):
+        cn.SimpleCNN((1, 8, 8), 3, rng=42)
