@@ -224,8 +224,9 @@ class _Archive:
                 raise self.error(f"{_NOT_NPZ}: entry {info.filename!r} uses compression method "
                                  f"{info.compress_type} (only stored or deflated)")
             if info.file_size > info.compress_size * _MAX_DEFLATE_RATIO + 1024:
-                raise self.error(f"{_NOT_NPZ}: entry {info.filename!r} declares {info.file_size} bytes "
-                                 f"from {info.compress_size} compressed ones")
+                raise self.error(f"{_NOT_NPZ}: entry {info.filename!r} declares "
+                                 f"{info.file_size} bytes from {info.compress_size} "
+                                 f"compressed ones")
             total += info.file_size
             self.members[name] = info
         if total > MAX_ARRAY_BYTES:
@@ -372,8 +373,7 @@ def _check_metadata(m: dict) -> dict:
                          f"({FORMAT_VERSION}); upgrade cnnumpy")
     check_text("cnnumpy_version", m.get("cnnumpy_version"))
     dtype = np.dtype(check_text("dtype", m.get("dtype"), _FLOAT_DTYPES))
-    model = _checked_model(m, dtype)
-    config = m["model"]
+    config = _check_model_config(m)
     input_shape = config.get("input_shape")
     num_classes = config.get("num_classes")
     if m.get("class_names"):
@@ -400,31 +400,35 @@ def _check_metadata(m: dict) -> dict:
         names = {cls.__name__: cls for cls in OPTIMIZERS.values()}
         check_text("optimizer.name", optimizer["name"], names)
     _check_run(m)
+    model = _build(config, dtype)  # the first allocation: everything above is checked
     parameters = getattr(model, "state_dict", model.parameters)()
-    checks = {f"model/{name}": _same_as(f"model/{name}", value)
-              for name, value in parameters.items()}
+    checks = {f"model/{name}": _same_as(value) for name, value in parameters.items()}
     if optimizer is not None:
         for slot in names[optimizer["name"]].slots:
-            checks.update({f"optimizer/{slot}/{name}": _same_as(f"optimizer/{slot}/{name}",
-                                                                  value)
+            checks.update({f"optimizer/{slot}/{name}": _same_as(value)
                            for name, value in model.parameters().items()})
     if input_shape is not None:
         for which in ("mean", "std"):
-            checks[f"extra/normalization/{which}"] = _float_vector(
-                f"extra/normalization/{which}", input_shape[0])
+            checks[f"extra/normalization/{which}"] = _float_vector(input_shape[0])
     if "fit" in m:
-        checks["extra/epoch_order"] = _index_vector("extra/epoch_order", m["fit"]["train_size"])
+        checks["extra/epoch_order"] = _index_vector(m["fit"]["train_size"])
     return {"model": model, "checks": checks}
 
 
-def _checked_model(m: dict, dtype):
-    """The model of m["model"] (sizes checked first), its name made canonical in `m`."""
+def _check_model_config(m: dict) -> dict:
+    """m["model"], with a registered name and bounded sizes (nothing built yet)."""
     config = _dict("model", m.get("model"), ("name",))
     model_class(check_text("model.name", config["name"]))
     if "input_shape" in config:
         check_input_shape("model.input_shape", config["input_shape"])
     if "num_classes" in config:
         check_num_classes("model.num_classes", config["num_classes"])
+    return config
+
+
+def _build(config: dict, dtype):
+    """The model of a checked config; the config's name made canonical (the registry's
+    names are case-insensitive, Checkpoint.load_into compares configs)."""
     try:
         model = build_model(config, rng=np.random.default_rng(0), dtype=dtype)
     except MemoryError:
@@ -564,7 +568,7 @@ def _check_train_settings(settings, m: dict) -> None:
                              f"{value!r}")
 
 
-def _same_as(name: str, reference: np.ndarray):
+def _same_as(reference: np.ndarray):
     """check(shape, dtype) refusing anything but `reference`'s shape and dtype."""
     def check(shape, dtype):
         if dtype != reference.dtype or tuple(shape) != reference.shape:
@@ -573,15 +577,15 @@ def _same_as(name: str, reference: np.ndarray):
     return check
 
 
-def _float_vector(name: str, length: int):
+def _float_vector(length: int):
     def check(shape, dtype):
         if dtype not in _FLOAT_DTYPES or tuple(shape) != (length,):
-            raise ValueError(f"must be float32 or float64 of shape ({length},) (one per input channel), "
-                             f"got {dtype} of shape {tuple(shape)}")
+            raise ValueError(f"must be float32 or float64 of shape ({length},) (one per input "
+                             f"channel), got {dtype} of shape {tuple(shape)}")
     return check
 
 
-def _index_vector(name: str, length: int):
+def _index_vector(length: int):
     def check(shape, dtype):
         if dtype.kind not in "iu" or tuple(shape) != (length,):
             raise ValueError(f"must be integers of shape ({length},) (one per training image), "

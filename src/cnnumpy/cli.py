@@ -34,8 +34,8 @@ from .optim import build_optimizer
 from .registry import MODELS, build_model, model_class
 from .schedules import SCHEDULES, make_schedule
 from .train import LAST_FILE, evaluate, fit, predict_proba
-from .validate import (MAX_CLASSES, check_input_shape, check_integer, check_number, check_num_classes,
-                       finite_json, range_text)
+from .validate import (MAX_CLASSES, check_input_shape, check_integer, check_number,
+                       check_num_classes, finite_json, range_text)
 
 
 @dataclass
@@ -89,8 +89,8 @@ def _path(text: str) -> Path:
 
 
 def _data_dir(value):
-    """`value` (a --data-dir, given or stored) unless it names no folder: a data set is
-    downloaded only into the default cache, never into a folder that was mistyped."""
+    """`value` (a --data-dir, given or stored in a checkpoint) unless it names no folder: a
+    folder that does not exist is a mistake, not a place to create and download into."""
     if value is not None and not Path(value).is_dir():
         raise ValueError(f"--data-dir {value}: no such directory")
     return value
@@ -121,8 +121,8 @@ RESUME_OPTIONS = ("data_dir",)
 def configure_train(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--dataset", choices=DATASETS, help="data set (default fashion-mnist)")
-    add("--data-dir", type=_path, help="folder with the data files (default: the per-user cache, then "
-                           "system folders, then a download)")
+    add("--data-dir", type=_path, help="folder with the data files (default: the per-user "
+                                       "cache, then system folders, then a download)")
     add("--model", choices=sorted(MODELS), help="architecture (default simplecnn)")
     add("--init", choices=INITS, help="initial weights: he (the lesson's) or uniform "
                                      "(PyTorch's default); default uniform")
@@ -131,13 +131,15 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--lr", type=_number(0.0), help="learning rate; the peak for onecycle "
                                  "(default 0.05 for sgd, 1e-3 for adam/adamw)")
     add("--optimizer", choices=sorted(OPTIMIZER_DEFAULTS), help="optimizer (default sgd)")
-    add("--momentum", type=_number(0.0, 1.0, high_open=True), help="SGD momentum (default 0.9; cycled by onecycle)")
+    add("--momentum", type=_number(0.0, 1.0, high_open=True),
+        help="SGD momentum (default 0.9; cycled by onecycle)")
     add("--nesterov", action=argparse.BooleanOptionalAction,
         help="SGD Nesterov momentum (default on)")
     add("--schedule", choices=sorted(SCHEDULES), help="learning-rate schedule (default onecycle)")
     add("--weight-decay", type=_number(0.0),
         help="weight decay (default 5e-4 for sgd, 0 for adam, 1e-2 for adamw)")
-    add("--label-smoothing", type=_number(0.0, 1.0), help="label smoothing of the loss (default 0)")
+    add("--label-smoothing", type=_number(0.0, 1.0),
+        help="label smoothing of the loss (default 0)")
     add("--augment", action=argparse.BooleanOptionalAction,
         help="random crop (2 px padding) and horizontal flip of training images (default on)")
     add("--val-split", type=_fraction, help="fraction of the training images held out for "
