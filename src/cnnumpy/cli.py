@@ -173,6 +173,8 @@ def _train_settings(args) -> dict:
 def _new_run_dir(requested: Path | None, dataset: str) -> Path:
     """The run folder: `requested` if free, else runs/DATASET, runs/DATASET-2, ..."""
     if requested is not None:
+        if requested.exists() and not requested.is_dir():
+            raise ValueError(f"--out {requested} is a file, not a folder; choose another --out")
         if (requested / LAST_FILE).exists():
             raise ValueError(f"{requested} already holds a run; continue it with --resume "
                              f"{requested} or choose another --out")
