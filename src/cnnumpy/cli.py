@@ -292,6 +292,13 @@ def _test_set(checkpoint, args):
         raise ValueError(f"checkpoint {checkpoint.path} names no data set; pass --dataset")
     test = load_dataset(dataset, "test",
                         data_dir=_data_dir(_checkpoint_data_dir(checkpoint, args.data_dir)))
+    config = checkpoint.metadata["model"]
+    if tuple(config.get("input_shape", test.sample_shape)) != test.sample_shape \
+            or config.get("num_classes", test.num_classes) < test.num_classes:
+        raise ValueError(f"the model of {checkpoint.path} takes {config.get('input_shape')} "
+                         f"images into {config.get('num_classes')} classes, the {dataset} test "
+                         f"set has {list(test.sample_shape)} images of {test.num_classes} "
+                         f"classes; pass the --dataset it was trained on")
     limit = getattr(args, "limit", None)
     return test if limit is None else test.subset(slice(0, limit))
 
