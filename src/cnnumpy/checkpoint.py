@@ -454,7 +454,7 @@ def _check_run(m: dict) -> None:
             raise ValueError("progress needs the entries fit and epochs")
         _check_progress(progress, fit, m["epochs"])
     if "history" in m:
-        _check_history(m["history"], None if progress is None else progress["epoch"])
+        _check_history(m["history"], progress)
     if "rng_state" in m:
         _check_rng_state(m["rng_state"])
     if "train_settings" in m:
@@ -481,11 +481,17 @@ def _check_progress(p: dict, fit: dict, epochs: int) -> None:
         raise ValueError(f"progress.seen must be the images of the {p['batch']} batches done "
                          f"= {seen}, got {p['seen']}")
     check_integer("progress.correct", p["correct"], 0, seen)
+    if p["batch"] == 0 and (p["loss_sum"] or p["seconds"]):
+        raise ValueError(f"progress.loss_sum and progress.seconds must be 0 before the first "
+                         f"batch of an epoch, got {p['loss_sum']!r} and {p['seconds']!r}")
     if p["epoch"] > 0 and p["best_score"] is None:
         raise ValueError("progress.best_score must be a number after the first epoch")
 
 
-def _check_history(history, epochs_done) -> None:
+def _check_history(history, progress) -> None:
+    """One entry per epoch done, numbers >= 0, accuracies at most 1, and the best score of
+    the progress the best of the history's (validation accuracy, else training)."""
+    epochs_done = None if progress is None else progress["epoch"]
     if not isinstance(history, list):
         raise ValueError(f"history must be a list, got {kind(history)}")
     if epochs_done is not None and len(history) != epochs_done:
@@ -497,7 +503,13 @@ def _check_history(history, epochs_done) -> None:
             raise ValueError(f"history[{number - 1}].epoch must be {number}, got "
                              f"{entry['epoch']!r}")
         for key, value in entry.items():
-            check_number(f"history[{number - 1}].{key}", value, 0.0)
+            check_number(f"history[{number - 1}].{key}", value, 0.0,
+                         1.0 if key.endswith("_acc") else math.inf)
+    if history and progress is not None:
+        best = max(entry.get("val_acc", entry.get("train_acc", 0.0)) for entry in history)
+        if progress["best_score"] != best:
+            raise ValueError(f"progress.best_score must be the history's best accuracy "
+                             f"{best}, got {progress['best_score']!r}")
 
 
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
@@ -566,6 +578,26 @@ def _check_train_settings(settings, m: dict) -> None:
         if value is not None and settings[key] != value:
             raise ValueError(f"train_settings.{key} is {settings[key]!r} but {where} is "
                              f"{value!r}")
+    optimizer = m.get("optimizer") or {}
+    if optimizer and OPTIMIZERS[settings["optimizer"]].__name__ != optimizer.get("name"):
+        raise ValueError(f"train_settings.optimizer is {settings['optimizer']!r} but the "
+                         f"optimizer state is {optimizer.get('name')!r}")
+    stored = optimizer.get("hyperparameters") if isinstance(optimizer, dict) else None
+    for key in ("weight_decay", "nesterov"):
+        if isinstance(stored, dict) and key in settings and key in stored \
+                and settings[key] != stored[key]:
+            raise ValueError(f"train_settings.{key} is {settings[key]!r} but the optimizer "
+                             f"has {stored[key]!r}")
+    schedule = m.get("schedule")
+    if isinstance(schedule, dict):
+        peak = schedule.get("max_lr", schedule.get("lr"))
+        if schedule.get("name") != settings["schedule"] or peak != settings["lr"]:
+            raise ValueError(f"train_settings (schedule {settings['schedule']!r}, lr "
+                             f"{settings['lr']!r}) disagree with the stored schedule "
+                             f"{schedule.get('name')!r} peaking at {peak!r}")
+    if settings["limit"] is not None and fit.get("train_size", 0) > settings["limit"]:
+        raise ValueError(f"fit.train_size {fit['train_size']} is more than "
+                         f"train_settings.limit {settings['limit']}")
 
 
 def _same_as(reference: np.ndarray):

@@ -288,8 +288,10 @@ def _test_set(checkpoint, args):
     """The test split of --dataset (default: the checkpoint's data set), the first --limit
     images when the command has that option."""
     dataset = args.dataset or checkpoint.metadata.get("dataset")
-    if dataset is None:
-        raise ValueError(f"checkpoint {checkpoint.path} names no data set; pass --dataset")
+    if dataset is None or dataset not in DATASETS:
+        raise ValueError(f"checkpoint {checkpoint.path} names "
+                         f"{'no data set' if dataset is None else f'data set {dataset!r}'} "
+                         f"cnnumpy can load; pass --dataset (one of {', '.join(DATASETS)})")
     test = load_dataset(dataset, "test",
                         data_dir=_data_dir(_checkpoint_data_dir(checkpoint, args.data_dir)))
     config = checkpoint.metadata["model"]
