@@ -255,6 +255,11 @@ def test_public_arguments_are_checked_at_the_boundary(tmp_path, rng):
     ("train_settings.lr", 7.0, r"train_settings \(schedule 'onecycle', lr 7.0\) disagree"),
     ("train_settings.limit", 3, r"fit.train_size 64 is more than train_settings.limit 3"),
     ("progress.loss_sum", 5.0, r"progress.loss_sum and progress.seconds must be 0 before"),
+    ("optimizer.hyperparameters.lr", 0.5, r"optimizer.hyperparameters lr 0.5 is not the "
+                                          r"schedule's .* at step 1, the last one taken"),
+    ("optimizer.hyperparameters.momentum", 0.5,
+     r"optimizer.hyperparameters momentum 0.5 is not the schedule's"),
+    ("optimizer.steps", 1, r"optimizer.steps must be an integer >= 2, got 1"),
 ])
 def test_a_checkpoint_that_disagrees_with_itself_is_refused(tmp_path, field, value, message):
     """Fields that must agree (settings of the command line, optimizer, schedule, history)."""

@@ -488,6 +488,24 @@ def _check_progress(p: dict, fit: dict, epochs: int) -> None:
         raise ValueError("progress.best_score must be a number after the first epoch")
 
 
+def _check_optimizer_progress(optimizer: dict, schedule, step: int) -> None:
+    """The optimizer has taken at least the run's steps, and its learning rate (and cycled
+    momentum) are the schedule's values for the last step taken."""
+    check_integer("optimizer.steps", optimizer["steps"], step)
+    if schedule is None or step == 0:
+        return
+    hyperparameters = _dict("optimizer.hyperparameters", optimizer["hyperparameters"])
+    planned = build_schedule(schedule)
+    expected = {"lr": planned.lr(step - 1), "momentum": planned.momentum(step - 1)}
+    found = {"lr": hyperparameters.get("lr"),
+             "momentum": hyperparameters.get("momentum",
+                                             (hyperparameters.get("betas") or [None])[0])}
+    for key, value in expected.items():
+        if value is not None and found[key] != value:
+            raise ValueError(f"optimizer.hyperparameters {key} {found[key]!r} is not the "
+                             f"schedule's {value!r} at step {step - 1}, the last one taken")
+
+
 def _check_history(history, progress) -> None:
     """One entry per epoch done, numbers >= 0, accuracies at most 1, and the best score of
     the progress the best of the history's (validation accuracy, else training)."""
@@ -650,6 +668,12 @@ def validate_arrays(checkpoint: Checkpoint, model) -> None:
             optimizer.load_state_dict({**m["optimizer"], "arrays": checkpoint.optimizer_arrays})
         except (ValueError, TypeError) as err:
             raise checkpoint.error(f"optimizer state does not fit: {err}") from None
+        if m.get("progress") is not None:
+            try:
+                _check_optimizer_progress(m["optimizer"], m.get("schedule"),
+                                          m["progress"]["step"])
+            except ValueError as err:
+                raise checkpoint.error(str(err)) from None
     std = checkpoint.arrays.get("normalization/std")
     if std is not None and not (std > 0).all():
         raise checkpoint.error(f"extra/normalization/std must be > 0, got {std}")
