@@ -504,6 +504,10 @@ API_CASES += [
     ("cn.build_model({'name': 7})", "7"),
     ("cn.data.load_dataset('imagenet')", "imagenet"),
     ("cn.data.iterate_batches(10, 0)", "batch_size"),
+    ("cn.SimpleCNN((1, 100000, 100000), 10)", "weights of shape"),
+    ("cn.SimpleCNN((1, 28, 28), 10**12)", "weights of shape"),
+    ("cn.Linear(10**12, 10)", "weights of shape"),
+    ("cn.SimpleCNN((1, 8, 8), 3, rng=42)", "rng"),
 ]
 
 

@@ -88,6 +88,10 @@ def test_errors_are_one_line(data_dir, tmp_path, monkeypatch, capsys):
     assert main(["train", "--data-dir", str(tmp_path / "nowhere"), "--dataset", "mnist",
                  "--out", "r", "--no-progress"]) == 1
     assert "--data-dir" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    (tmp_path / "notes.txt").write_text("kept")
+    assert main(["train", "--out", "notes.txt", "--no-progress"]) == 1
+    assert "--out notes.txt is a file" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "kept"
     (tmp_path / "empty").mkdir()
     assert main(["train", "--data-dir", str(tmp_path / "empty"), "--dataset", "mnist",
                  "--out", "r", "--no-progress"]) == 1

@@ -344,3 +344,34 @@ def test_cli_damaged_checkpoint_image_and_data_files(tmp_path, cli_files, capsys
     else:
         assert status == 1
         one_line_error(capsys, damaged.name)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: cn.SimpleCNN((1, 100000, 100000), 10),
+    lambda: cn.SimpleCNN((1, 28, 28), 10**12),
+    lambda: cn.Linear(10**12, 10),
+    lambda: cn.Conv2D(3, 10**6, 1000),
+])
+def test_absurd_layer_sizes_are_refused_before_allocating(build):
+    with pytest.raises(ValueError, match=r"weights of shape \(.*\) would hold \d+ values, more "
+                                         r"than the 134217728 a layer may have"):
+        build()
+
+
+def test_a_seed_is_not_a_generator():
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator .* got int"):
+        cn.SimpleCNN((1, 8, 8), 3, rng=42)
+
+
+def test_a_test_set_the_model_does_not_take_is_named(tmp_path, cli_files, capsys):
+    from cnnumpy.data import cifar
+
+    rng = np.random.default_rng(0)
+    split = (rng.integers(0, 256, (5, 3, 32, 32), dtype=np.uint8), np.arange(5))
+    cifar.write_cifar10(tmp_path / "cifar10", split, split)
+    assert main(["evaluate", str(cli_files / "ck.npz"), "--dataset", "cifar10", "--data-dir",
+                 str(tmp_path)]) == 1
+    one_line_error(capsys, "ck.npz takes [1, 28, 28] images into 10 classes, the cifar10 "
+                           "test set has [3, 32, 32] images")
+    with pytest.raises(TypeError, match="data_dir must be a path .* got int"):
+        cn.data.load_dataset("mnist", data_dir=123)

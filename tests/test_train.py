@@ -246,3 +246,35 @@ def test_public_arguments_are_checked_at_the_boundary(tmp_path, rng):
         opt.load_state_dict(None)
     with pytest.raises(ValueError, match=r"optimizer state lacks \['arrays', 'hyperparameters'"):
         opt.load_state_dict({"name": "SGD"})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("history.0.train_acc", 1.5, r"history\[0\].train_acc must be a finite number in \[0.0, 1.0\]"),
+    ("progress.best_score", 0.01, r"progress.best_score must be the history's best accuracy"),
+    ("train_settings.optimizer", "adam", r"train_settings.optimizer is 'adam' but the optimizer"),
+    ("train_settings.lr", 7.0, r"train_settings \(schedule 'onecycle', lr 7.0\) disagree"),
+    ("train_settings.limit", 3, r"fit.train_size 64 is more than train_settings.limit 3"),
+    ("progress.loss_sum", 5.0, r"progress.loss_sum and progress.seconds must be 0 before"),
+    ("optimizer.hyperparameters.lr", 0.5, r"optimizer.hyperparameters lr 0.5 is not the "
+                                          r"schedule's .* at step 1, the last one taken"),
+    ("optimizer.hyperparameters.momentum", 0.5,
+     r"optimizer.hyperparameters momentum 0.5 is not the schedule's"),
+    ("optimizer.steps", 1, r"optimizer.steps must be an integer >= 2, got 1"),
+])
+def test_a_checkpoint_that_disagrees_with_itself_is_refused(tmp_path, field, value, message):
+    """Fields that must agree (settings of the command line, optimizer, schedule, history)."""
+    from corruptions import read_npz, set_path, write_npz
+    from cnnumpy.cli import main
+    from cnnumpy.data.idx import write_idx_split
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 64), ("test", 8)):
+        write_idx_split(tmp_path / "data" / "fashion-mnist", split,
+                        rng.integers(0, 256, (count, 28, 28), dtype=np.uint8),
+                        rng.integers(0, 10, count))
+    assert main(["train", "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--batch-size",
+                 "32", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    metadata, arrays = read_npz(tmp_path / "run" / LAST_FILE)
+    path = write_npz(tmp_path / "edited.npz", set_path(metadata, field, value), arrays)
+    with pytest.raises(ValueError, match=rf"edited\.npz: {message}"):
+        cn.load_checkpoint(path)

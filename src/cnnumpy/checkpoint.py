@@ -226,8 +226,9 @@ class _Archive:
                 raise self.error(f"{_NOT_NPZ}: entry {info.filename!r} uses compression method "
                                  f"{info.compress_type} (only stored or deflated)")
             if info.file_size > info.compress_size * _MAX_DEFLATE_RATIO + 1024:
-                raise self.error(f"{_NOT_NPZ}: entry {info.filename!r} declares {info.file_size} bytes "
-                                 f"from {info.compress_size} compressed ones")
+                raise self.error(f"{_NOT_NPZ}: entry {info.filename!r} declares "
+                                 f"{info.file_size} bytes from {info.compress_size} "
+                                 f"compressed ones")
             total += info.file_size
             self.members[name] = info
         if total > MAX_ARRAY_BYTES:
@@ -374,8 +375,7 @@ def _check_metadata(m: dict) -> dict:
                          f"({FORMAT_VERSION}); upgrade cnnumpy")
     check_text("cnnumpy_version", m.get("cnnumpy_version"))
     dtype = np.dtype(check_text("dtype", m.get("dtype"), _FLOAT_DTYPES))
-    model = _checked_model(m, dtype)
-    config = m["model"]
+    config = _check_model_config(m)
     input_shape = config.get("input_shape")
     num_classes = config.get("num_classes")
     if m.get("class_names"):
@@ -402,31 +402,35 @@ def _check_metadata(m: dict) -> dict:
         names = {cls.__name__: cls for cls in OPTIMIZERS.values()}
         check_text("optimizer.name", optimizer["name"], names)
     _check_run(m)
+    model = _build(config, dtype)  # the first allocation: everything above is checked
     parameters = getattr(model, "state_dict", model.parameters)()
-    checks = {f"model/{name}": _same_as(f"model/{name}", value)
-              for name, value in parameters.items()}
+    checks = {f"model/{name}": _same_as(value) for name, value in parameters.items()}
     if optimizer is not None:
         for slot in names[optimizer["name"]].slots:
-            checks.update({f"optimizer/{slot}/{name}": _same_as(f"optimizer/{slot}/{name}",
-                                                                  value)
+            checks.update({f"optimizer/{slot}/{name}": _same_as(value)
                            for name, value in model.parameters().items()})
     if input_shape is not None:
         for which in ("mean", "std"):
-            checks[f"extra/normalization/{which}"] = _float_vector(
-                f"extra/normalization/{which}", input_shape[0])
+            checks[f"extra/normalization/{which}"] = _float_vector(input_shape[0])
     if "fit" in m:
-        checks["extra/epoch_order"] = _index_vector("extra/epoch_order", m["fit"]["train_size"])
+        checks["extra/epoch_order"] = _index_vector(m["fit"]["train_size"])
     return {"model": model, "checks": checks}
 
 
-def _checked_model(m: dict, dtype):
-    """The model of m["model"] (sizes checked first), its name made canonical in `m`."""
+def _check_model_config(m: dict) -> dict:
+    """m["model"], with a registered name and bounded sizes (nothing built yet)."""
     config = _dict("model", m.get("model"), ("name",))
     model_class(check_text("model.name", config["name"]))
     if "input_shape" in config:
         check_input_shape("model.input_shape", config["input_shape"])
     if "num_classes" in config:
         check_num_classes("model.num_classes", config["num_classes"])
+    return config
+
+
+def _build(config: dict, dtype):
+    """The model of a checked config; the config's name made canonical (the registry's
+    names are case-insensitive, Checkpoint.load_into compares configs)."""
     try:
         model = build_model(config, rng=np.random.default_rng(0), dtype=dtype)
     except MemoryError:
@@ -452,7 +456,7 @@ def _check_run(m: dict) -> None:
             raise ValueError("progress needs the entries fit and epochs")
         _check_progress(progress, fit, m["epochs"])
     if "history" in m:
-        _check_history(m["history"], None if progress is None else progress["epoch"])
+        _check_history(m["history"], progress)
     if "rng_state" in m:
         _check_rng_state(m["rng_state"])
     if "train_settings" in m:
@@ -479,11 +483,35 @@ def _check_progress(p: dict, fit: dict, epochs: int) -> None:
         raise ValueError(f"progress.seen must be the images of the {p['batch']} batches done "
                          f"= {seen}, got {p['seen']}")
     check_integer("progress.correct", p["correct"], 0, seen)
+    if p["batch"] == 0 and (p["loss_sum"] or p["seconds"]):
+        raise ValueError(f"progress.loss_sum and progress.seconds must be 0 before the first "
+                         f"batch of an epoch, got {p['loss_sum']!r} and {p['seconds']!r}")
     if p["epoch"] > 0 and p["best_score"] is None:
         raise ValueError("progress.best_score must be a number after the first epoch")
 
 
-def _check_history(history, epochs_done) -> None:
+def _check_optimizer_progress(optimizer: dict, schedule, step: int) -> None:
+    """The optimizer has taken at least the run's steps, and its learning rate (and cycled
+    momentum) are the schedule's values for the last step taken."""
+    check_integer("optimizer.steps", optimizer["steps"], step)
+    if schedule is None or step == 0:
+        return
+    hyperparameters = _dict("optimizer.hyperparameters", optimizer["hyperparameters"])
+    planned = build_schedule(schedule)
+    expected = {"lr": planned.lr(step - 1), "momentum": planned.momentum(step - 1)}
+    found = {"lr": hyperparameters.get("lr"),
+             "momentum": hyperparameters.get("momentum",
+                                             (hyperparameters.get("betas") or [None])[0])}
+    for key, value in expected.items():
+        if value is not None and found[key] != value:
+            raise ValueError(f"optimizer.hyperparameters {key} {found[key]!r} is not the "
+                             f"schedule's {value!r} at step {step - 1}, the last one taken")
+
+
+def _check_history(history, progress) -> None:
+    """One entry per epoch done, numbers >= 0, accuracies at most 1, and the best score of
+    the progress the best of the history's (validation accuracy, else training)."""
+    epochs_done = None if progress is None else progress["epoch"]
     if not isinstance(history, list):
         raise ValueError(f"history must be a list, got {kind(history)}")
     if epochs_done is not None and len(history) != epochs_done:
@@ -495,7 +523,13 @@ def _check_history(history, epochs_done) -> None:
             raise ValueError(f"history[{number - 1}].epoch must be {number}, got "
                              f"{entry['epoch']!r}")
         for key, value in entry.items():
-            check_number(f"history[{number - 1}].{key}", value, 0.0)
+            check_number(f"history[{number - 1}].{key}", value, 0.0,
+                         1.0 if key.endswith("_acc") else math.inf)
+    if history and progress is not None:
+        best = max(entry.get("val_acc", entry.get("train_acc", 0.0)) for entry in history)
+        if progress["best_score"] != best:
+            raise ValueError(f"progress.best_score must be the history's best accuracy "
+                             f"{best}, got {progress['best_score']!r}")
 
 
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
@@ -566,9 +600,29 @@ def _check_train_settings(settings, m: dict) -> None:
         if value is not None and settings[key] != value:
             raise ValueError(f"train_settings.{key} is {settings[key]!r} but {where} is "
                              f"{value!r}")
+    optimizer = m.get("optimizer") or {}
+    if optimizer and OPTIMIZERS[settings["optimizer"]].__name__ != optimizer.get("name"):
+        raise ValueError(f"train_settings.optimizer is {settings['optimizer']!r} but the "
+                         f"optimizer state is {optimizer.get('name')!r}")
+    stored = optimizer.get("hyperparameters") if isinstance(optimizer, dict) else None
+    for key in ("weight_decay", "nesterov"):
+        if isinstance(stored, dict) and key in settings and key in stored \
+                and settings[key] != stored[key]:
+            raise ValueError(f"train_settings.{key} is {settings[key]!r} but the optimizer "
+                             f"has {stored[key]!r}")
+    schedule = m.get("schedule")
+    if isinstance(schedule, dict):
+        peak = schedule.get("max_lr", schedule.get("lr"))
+        if schedule.get("name") != settings["schedule"] or peak != settings["lr"]:
+            raise ValueError(f"train_settings (schedule {settings['schedule']!r}, lr "
+                             f"{settings['lr']!r}) disagree with the stored schedule "
+                             f"{schedule.get('name')!r} peaking at {peak!r}")
+    if settings["limit"] is not None and fit.get("train_size", 0) > settings["limit"]:
+        raise ValueError(f"fit.train_size {fit['train_size']} is more than "
+                         f"train_settings.limit {settings['limit']}")
 
 
-def _same_as(name: str, reference: np.ndarray):
+def _same_as(reference: np.ndarray):
     """check(shape, dtype) refusing anything but `reference`'s shape and dtype."""
     def check(shape, dtype):
         if dtype != reference.dtype or tuple(shape) != reference.shape:
@@ -577,15 +631,15 @@ def _same_as(name: str, reference: np.ndarray):
     return check
 
 
-def _float_vector(name: str, length: int):
+def _float_vector(length: int):
     def check(shape, dtype):
         if dtype not in _FLOAT_DTYPES or tuple(shape) != (length,):
-            raise ValueError(f"must be float32 or float64 of shape ({length},) (one per input channel), "
-                             f"got {dtype} of shape {tuple(shape)}")
+            raise ValueError(f"must be float32 or float64 of shape ({length},) (one per input "
+                             f"channel), got {dtype} of shape {tuple(shape)}")
     return check
 
 
-def _index_vector(name: str, length: int):
+def _index_vector(length: int):
     def check(shape, dtype):
         if dtype.kind not in "iu" or tuple(shape) != (length,):
             raise ValueError(f"must be integers of shape ({length},) (one per training image), "
@@ -618,6 +672,12 @@ def validate_arrays(checkpoint: Checkpoint, model) -> None:
             optimizer.load_state_dict({**m["optimizer"], "arrays": checkpoint.optimizer_arrays})
         except (ValueError, TypeError) as err:
             raise checkpoint.error(f"optimizer state does not fit: {err}") from None
+        if m.get("progress") is not None:
+            try:
+                _check_optimizer_progress(m["optimizer"], m.get("schedule"),
+                                          m["progress"]["step"])
+            except ValueError as err:
+                raise checkpoint.error(str(err)) from None
     std = checkpoint.arrays.get("normalization/std")
     if std is not None and not (std > 0).all():
         raise checkpoint.error(f"extra/normalization/std must be > 0, got {std}")

@@ -35,8 +35,8 @@ from .optim import build_optimizer
 from .registry import MODELS, build_model, model_class
 from .schedules import SCHEDULES, make_schedule
 from .train import LAST_FILE, evaluate, fit, predict_proba
-from .validate import (MAX_CLASSES, check_input_shape, check_integer, check_number, check_num_classes,
-                       finite_json, range_text)
+from .validate import (MAX_CLASSES, check_input_shape, check_integer, check_number,
+                       check_num_classes, finite_json, range_text)
 
 
 @dataclass
@@ -90,8 +90,8 @@ def _path(text: str) -> Path:
 
 
 def _data_dir(value):
-    """`value` (a --data-dir, given or stored) unless it names no folder: a data set is
-    downloaded only into the default cache, never into a folder that was mistyped."""
+    """`value` (a --data-dir, given or stored in a checkpoint) unless it names no folder: a
+    folder that does not exist is a mistake, not a place to create and download into."""
     if value is not None and not Path(value).is_dir():
         raise ValueError(f"--data-dir {value}: no such directory")
     return value
@@ -139,8 +139,8 @@ RESUME_OPTIONS = ("data_dir",)
 def configure_train(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--dataset", choices=DATASETS, help="data set (default fashion-mnist)")
-    add("--data-dir", type=_path, help="folder with the data files (default: the per-user cache, then "
-                           "system folders, then a download)")
+    add("--data-dir", type=_path, help="folder with the data files (default: the per-user "
+                                       "cache, then system folders, then a download)")
     add("--model", choices=sorted(MODEL_RECIPES), help="architecture (default simplecnn); "
         "each has its own defaults, see the README")
     add("--init", choices=INITS[:2], help="initial weights of simplecnn: he (the lesson's) or "
@@ -150,13 +150,15 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--lr", type=_number(0.0), help="learning rate; the peak for onecycle "
                                  "(default 0.05 for sgd, 1e-3 for adam/adamw)")
     add("--optimizer", choices=sorted(OPTIMIZER_DEFAULTS), help="optimizer (default sgd)")
-    add("--momentum", type=_number(0.0, 1.0, high_open=True), help="SGD momentum (default 0.9; cycled by onecycle)")
+    add("--momentum", type=_number(0.0, 1.0, high_open=True),
+        help="SGD momentum (default 0.9; cycled by onecycle)")
     add("--nesterov", action=argparse.BooleanOptionalAction,
         help="SGD Nesterov momentum (default on)")
     add("--schedule", choices=sorted(SCHEDULES), help="learning-rate schedule (default onecycle)")
     add("--weight-decay", type=_number(0.0),
         help="weight decay (default 5e-4 for sgd, 0 for adam, 1e-2 for adamw)")
-    add("--label-smoothing", type=_number(0.0, 1.0), help="label smoothing of the loss (default 0)")
+    add("--label-smoothing", type=_number(0.0, 1.0),
+        help="label smoothing of the loss (default 0)")
     add("--augment", action=argparse.BooleanOptionalAction,
         help="random crop (2 px padding) and horizontal flip of training images (default on)")
     add("--val-split", type=_fraction, help="fraction of the training images held out for "
@@ -204,6 +206,8 @@ def _train_settings(args) -> dict:
 def _new_run_dir(requested: Path | None, dataset: str) -> Path:
     """The run folder: `requested` if free, else runs/DATASET, runs/DATASET-2, ..."""
     if requested is not None:
+        if requested.exists() and not requested.is_dir():
+            raise ValueError(f"--out {requested} is a file, not a folder; choose another --out")
         if (requested / LAST_FILE).exists():
             raise ValueError(f"{requested} already holds a run; continue it with --resume "
                              f"{requested} or choose another --out")
@@ -359,10 +363,19 @@ def _test_set(checkpoint, args):
     """The test split of --dataset (default: the checkpoint's data set), the first --limit
     images when the command has that option."""
     dataset = args.dataset or checkpoint.metadata.get("dataset")
-    if dataset is None:
-        raise ValueError(f"checkpoint {checkpoint.path} names no data set; pass --dataset")
+    if dataset is None or dataset not in DATASETS:
+        raise ValueError(f"checkpoint {checkpoint.path} names "
+                         f"{'no data set' if dataset is None else f'data set {dataset!r}'} "
+                         f"cnnumpy can load; pass --dataset (one of {', '.join(DATASETS)})")
     test = load_dataset(dataset, "test",
                         data_dir=_data_dir(_checkpoint_data_dir(checkpoint, args.data_dir)))
+    config = checkpoint.metadata["model"]
+    if tuple(config.get("input_shape", test.sample_shape)) != test.sample_shape \
+            or config.get("num_classes", test.num_classes) < test.num_classes:
+        raise ValueError(f"the model of {checkpoint.path} takes {config.get('input_shape')} "
+                         f"images into {config.get('num_classes')} classes, the {dataset} test "
+                         f"set has {list(test.sample_shape)} images of {test.num_classes} "
+                         f"classes; pass the --dataset it was trained on")
     limit = getattr(args, "limit", None)
     return test if limit is None else test.subset(slice(0, limit))
 

@@ -14,14 +14,27 @@ layer to layer; the uniform draw is smaller by a factor √6 in standard deviati
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .validate import check_rng
+
 INITS = ("he", "uniform", "he_out", "normal")
+# The most values one weight array may hold (2^27: 512 MiB in float32, VGG-16's largest layer
+# has 103 M). A larger layer is a mistake, not a model: refused before anything is drawn.
+MAX_LAYER_VALUES = 1 << 27
 
 
 def initial_parameters(init: str, rng: np.random.Generator, weight_shape: tuple[int, ...],
                        fan_in: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     """(W, b) of shapes `weight_shape` and (weight_shape[0],), drawn from rng in `dtype`."""
+    values = math.prod(int(size) for size in weight_shape)
+    if values > MAX_LAYER_VALUES:
+        raise ValueError(f"weights of shape {tuple(weight_shape)} would hold {values} values, "
+                         f"more than the {MAX_LAYER_VALUES} a layer may have (a layer or an "
+                         f"input image far larger than intended?)")
+    check_rng("rng", rng)
     if init not in INITS:
         raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
     if np.dtype(dtype) not in (np.float32, np.float64):

@@ -4,8 +4,10 @@ Each check returns the value in its plain Python type or raises a ValueError (a 
 a value of the wrong kind where the caller is a program) whose message names the value, says
 what is allowed and shows what was given:
 
-    check_number("lr", float("inf"), low=0.0)   # ValueError: lr must be a finite number >= 0.0, got inf
-    check_integer("epochs", 0, low=1)           # ValueError: epochs must be an integer >= 1, got 0
+    check_number("lr", float("inf"), low=0.0)
+    # ValueError: lr must be a finite number >= 0.0, got inf
+    check_integer("epochs", 0, low=1)
+    # ValueError: epochs must be an integer >= 1, got 0
 
 Limits on sizes taken from files (a checkpoint's input shape, an image's side) are here too,
 so a declared size is refused before anything of that size is allocated.

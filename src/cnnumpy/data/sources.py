@@ -79,6 +79,9 @@ def data_home():
 def search_dirs(name, data_dir=None):
     """The directories searched for data set `name`, in order; downloads go to the first."""
     if data_dir is not None:
+        if not isinstance(data_dir, (str, os.PathLike)):
+            raise TypeError(f"data_dir must be a path (str or Path) or None, got "
+                            f"{type(data_dir).__name__}")
         data_dir = Path(data_dir).expanduser()
         return [data_dir / name, data_dir]
     return [data_home() / name, *SYSTEM_DIRS.get(name, ())]
