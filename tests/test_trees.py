@@ -279,3 +279,48 @@ def test_astype_converts_the_fixed_scale_of_a_batchnorm_without_affine():
     model = cn.Sequential([cn.BatchNorm2D(3, affine=False)]).astype(np.float64)
     assert model["0"].gamma.dtype == model["0"].beta.dtype == np.float64
     assert model.parameters() == {} and model["0"].running_var.dtype == np.float64
+
+
+def test_modules_in_a_list_attribute_are_refused_by_name():
+    class Stack(cn.Module):
+        def __init__(self):
+            self.blocks = [cn.ReLU(), cn.ReLU()]
+
+    with pytest.raises(TypeError, match=r"Stack.blocks holds modules in a list: .* hold them in a cnnumpy.Sequential"):
+        list(Stack().named_modules())
+
+
+def test_residual_refuses_a_shortcut_or_names_it_cannot_use():
+    main = {"conv": cn.Conv2D(2, 2, 3, padding=1)}
+    with pytest.raises(TypeError, match=r"shortcut must be a cnnumpy module or None"):
+        cn.Residual(main, shortcut="identity")
+    with pytest.raises(ValueError, match=r"main path names must be identifiers .* 'train'"):
+        cn.Residual({"train": cn.ReLU()})
+
+
+def test_a_summary_between_forward_and_backward_keeps_the_step(rng):
+    """Tracing (summary, receptive fields, plots) leaves a forward pass's caches alone."""
+    model = cn.models.resnet20(input_shape=(1, 8, 8), num_classes=3, rng=rng, dtype=np.float64)
+    x, dout = rng.standard_normal((4, 1, 8, 8)), rng.standard_normal((4, 3))
+    reference = copy.deepcopy(model)
+    reference.forward(x)
+    expected = reference.backward(dout)
+    model.forward(x)
+    model.summary((1, 8, 8))
+    cn.receptive_fields(model)
+    np.testing.assert_array_equal(model.backward(dout), expected)
+
+
+def test_split_pass_keeps_each_modules_own_mode(rng):
+    """A BatchNorm frozen in eval mode inside a training model stays frozen in the parts."""
+    model = cn.models.resnet20(input_shape=(1, 8, 8), num_classes=3, rng=rng, dtype=np.float64)
+    model["bn1"].eval()
+    before = model["bn1"].running_mean.copy()
+    x, labels = rng.standard_normal((6, 1, 8, 8)), rng.integers(0, 3, 6)
+    whole = copy.deepcopy(model)
+    loss_whole, _ = cn.BatchParallel(whole, workers=1).forward_backward(x, labels,
+                                                                        cn.CrossEntropyLoss())
+    loss_split, _ = cn.BatchParallel(model, workers=2).forward_backward(x, labels,
+                                                                        cn.CrossEntropyLoss())
+    assert loss_split == pytest.approx(loss_whole, rel=1e-12)
+    np.testing.assert_array_equal(model["bn1"].running_mean, before)

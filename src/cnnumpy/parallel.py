@@ -38,6 +38,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
+from .models.containers import check_finite_input, input_checked
+
 try:
     from threadpoolctl import ThreadpoolController
 except ImportError:  # the optional extra is not installed: no data parallelism
@@ -73,6 +75,8 @@ def _threads(workers: int) -> ThreadPoolExecutor:
     """One pool of threads for every BatchParallel, grown when more workers are wanted."""
     global _executor, _executor_threads
     if _executor is None or _executor_threads < workers:
+        if _executor is not None:
+            _executor.shutdown(wait=False)  # its threads end once idle
         _executor = ThreadPoolExecutor(workers, thread_name_prefix="cnnumpy")
         _executor_threads = workers
     return _executor
@@ -182,7 +186,8 @@ class BatchParallel:
                 shared[id(getattr(module, "cache", None))] = None  # a copy needs no caches
             self._replicas = [copy.deepcopy(self.model, dict(shared)) for _ in range(count)]
         for replica in self._replicas[:count]:
-            replica.train(self.model.training)
+            for module, copied in zip(self.model.modules(), replica.modules()):
+                copied.training = module.training  # each module's own mode (a frozen BN)
             _copy_buffers(self.model, replica)
         return self._replicas[:count]
 
@@ -198,7 +203,8 @@ class BatchParallel:
         def run_part(index, replica, part):
             set_batch_split(replica, _ThreadPart(meeting, index, offset + part.start, total))
             try:
-                return work(replica, part)
+                with input_checked():  # checked whole by the caller: errors name its shape
+                    return work(replica, part)
             except BaseException:
                 meeting.barrier.abort()  # the others may wait for this part's sums
                 raise
@@ -221,7 +227,7 @@ class BatchParallel:
             _copy_buffers(replicas[0], self.model)
         return [first, *(other.result() for other in others)]
 
-    def _whole(self, work, outer: BatchSplit | None = None):
+    def _run_whole(self, work, outer: BatchSplit | None = None):
         """work() on the model itself, the batch whole (or the outer split's part)."""
         set_batch_split(self.model, outer)
         try:
@@ -229,10 +235,15 @@ class BatchParallel:
         finally:
             set_batch_split(self.model, None)
 
+    def _check(self, x) -> None:
+        """NaN or infinite inputs, named with the whole batch's shape before it is split."""
+        check_finite_input(x)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The model's output for x, without caches (inference)."""
         if self.workers == 1 or len(x) < 2:
-            return self._whole(lambda: self.model.forward(x, keep_cache=False))
+            return self._run_whole(lambda: self.model.forward(x, keep_cache=False))
+        self._check(x)
         outputs = self._run(lambda replica, part: replica.forward(x[part], keep_cache=False),
                             len(x))
         return np.concatenate(outputs)
@@ -262,7 +273,7 @@ class BatchParallel:
             return loss, logits
 
         if self.workers == 1 or len(x) < 2:
-            return self._whole(whole_pass, split)
+            return self._run_whole(whole_pass, split)
 
         def part_pass(replica, part):
             own = copy.copy(criterion)
@@ -274,6 +285,7 @@ class BatchParallel:
             return loss, logits
 
         criterion.cache = None
+        self._check(x)
         results = self._run(part_pass, len(x), split)
         parts = batch_parts(len(x), self.workers)
         replicas = self._replicas[: len(parts)]

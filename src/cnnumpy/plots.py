@@ -176,19 +176,20 @@ def unit_gradient(model, image: np.ndarray, layer: str, unit: tuple[int, int],
     that unit through the layers it depends on (`cnnumpy.trace.backward_from`); its non-zero
     pixels lie inside the unit's receptive field (`receptive_field_box`). Returns (C, H, W).
     """
-    recorded = trace.record(model, _batch_of_one(model, image), keep_cache=True)
-    out = _image_call(recorded, layer).output
-    row, column = unit
-    channels = slice(None) if channel is None else channel
-    if not (0 <= row < out.shape[2] and 0 <= column < out.shape[3]) or not (
-            channel is None or 0 <= channel < out.shape[1]):
-        where = f"unit {tuple(unit)}" + ("" if channel is None else f" of map {channel}")
-        raise ValueError(f"{where} is outside the output of {layer!r}, of shape "
-                         f"{out.shape[1:]} (maps, rows, columns)")
-    dout = np.zeros_like(out)
-    dout[0, channels, row, column] = 1
-    with trace.evaluation(model):
-        return trace.backward_from(recorded, out, dout)[0]
+    with trace.preserved(model):
+        recorded = trace.record(model, _batch_of_one(model, image), keep_cache=True)
+        out = _image_call(recorded, layer).output
+        row, column = unit
+        channels = slice(None) if channel is None else channel
+        if not (0 <= row < out.shape[2] and 0 <= column < out.shape[3]) or not (
+                channel is None or 0 <= channel < out.shape[1]):
+            where = f"unit {tuple(unit)}" + ("" if channel is None else f" of map {channel}")
+            raise ValueError(f"{where} is outside the output of {layer!r}, of shape "
+                             f"{out.shape[1:]} (maps, rows, columns)")
+        dout = np.zeros_like(out)
+        dout[0, channels, row, column] = 1
+        with trace.evaluation(model):
+            return trace.backward_from(recorded, out, dout)[0]
 
 
 def receptive_field_box(model, layer: str, unit: tuple[int, int],
@@ -218,7 +219,7 @@ def saliency(model, image: np.ndarray, target: int | None = None) -> tuple[np.nd
     Returns ((H, W) float array, target).
     """
     x = _batch_of_one(model, image)
-    with trace.evaluation(model):
+    with trace.preserved(model), trace.evaluation(model):
         logits = model.forward(x)
         if target is None:
             target = int(logits[0].argmax())

@@ -25,7 +25,9 @@ Definitions (per image, i.e. for a batch of one):
 - **Activation memory for training**: the bytes of the tensors a forward pass keeps until
   backward has run, counted as the input image plus the output of every leaf layer, in the
   model's dtype. Flatten's output counts 0 (a reshape shares its input's memory), and so
-  does an output that is its input (an identity, such as adaptive pooling to the same size). The
+  does an output that is its input (an identity, such as adaptive pooling to the same size,
+  or Dropout, which the summary's pass runs in evaluation mode: in training it adds an output
+  and a mask). The
   kernels' scratch buffers (im2col columns, max-pool indices, ReLU masks) and the gradients
   are not counted: they depend on the implementation, so the figure is a lower bound.
 """

@@ -12,8 +12,9 @@ lives). The summary, the receptive fields (`cnnumpy.shapes.traced_fields`) and t
 models through a trace, so they work for any tree of modules, branches included.
 
 While a trace records, `Sequential` runs its layers as written (no ReLU/max-pool swap), so
-every recorded output is the one the model's definition names. Recording is per thread: the
-threads of `cnnumpy.parallel.BatchParallel` are never recorded.
+every recorded output is the one the model's definition names. Recording is per thread:
+record a model's own pass, not a `cnnumpy.parallel.BatchParallel` pass (its replicas are not
+the model's modules).
 """
 
 from __future__ import annotations
@@ -112,11 +113,38 @@ def evaluation(model):
             module.training = mode
 
 
+@contextmanager
+def preserved(model):
+    """Inside the block, passes may overwrite the layers' caches; after it, every module has
+    its earlier cache back (a training step's forward still waiting for its backward)."""
+    kept = [(module, {key: vars(module)[key] for key in _PASS_STATE if key in vars(module)})
+            for module in model.modules()]
+    try:
+        yield model
+    finally:
+        for module, state in kept:
+            for key in _PASS_STATE:
+                if key in state:
+                    setattr(module, key, state[key])
+                elif key in vars(module):
+                    delattr(module, key)
+
+
+# What a forward pass leaves in a module for its backward.
+_PASS_STATE = ("cache", "_executed")
+
+
 def record(model, x: np.ndarray, keep_cache: bool = False) -> Trace:
-    """Run `model(x)` in evaluation mode (the model's state is left as it was) and return its
-    trace. keep_cache=True keeps what backward needs, for `backward_from`."""
-    with evaluation(model), recording(model) as trace:
-        model(x, keep_cache=keep_cache)
+    """Run `model(x)` in evaluation mode and return its trace; the model's modes are left as
+    they were. keep_cache=False (inference) also leaves the caches as they were. keep_cache=True
+    keeps what backward needs, for `backward_from`, in the layers' caches: do it inside
+    `with preserved(model):` to have the earlier caches back afterwards."""
+    if keep_cache:
+        with evaluation(model), recording(model) as trace:
+            model(x, keep_cache=True)
+        return trace
+    with preserved(model), evaluation(model), recording(model) as trace:
+        model(x, keep_cache=False)
     return trace
 
 

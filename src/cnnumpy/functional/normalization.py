@@ -32,7 +32,8 @@ def _like_input(rows: np.ndarray, x_shape) -> np.ndarray:
     return to_nchw(rows.reshape(n, h, w, c))
 
 
-def _whole(array: np.ndarray) -> np.ndarray:
+def _one_part_sum(array: np.ndarray) -> np.ndarray:
+    """The sum over the parts of a batch that is whole: the array itself."""
     return array
 
 
@@ -64,7 +65,7 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
 
     Returns (out, cache, mean, var): the batch statistics, for the running averages.
     """
-    total_sum = total_sum or _whole
+    total_sum = total_sum or _one_part_sum
     rows = _rows(x)
     sums = total_sum(np.append(_column_sums(rows), rows.dtype.type(len(rows))))
     count, mean = sums[-1], sums[:-1] / sums[-1]
@@ -87,7 +88,7 @@ def batchnorm_backward(dout, cache, total_sum=None):
     (dx, dgamma, dbeta), the parameter gradients of this part's rows only (the parts' sums
     add up to the whole batch's, as any parameter gradient's do).
     """
-    total_sum = total_sum or _whole
+    total_sum = total_sum or _one_part_sum
     xhat, gamma, inv_std, count, x_shape = cache
     g = _rows(dout)
     dbeta = _column_sums(g)

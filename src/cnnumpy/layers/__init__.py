@@ -28,8 +28,8 @@ from .normalization import BatchNorm1D, BatchNorm2D
 from .activation import Dropout, ReLU
 from .linear import Flatten, Linear
 from .merge import Add
-from .padding import ZeroPad2D
+from .padding import Identity, ZeroPad2D
 
 __all__ = ["AdaptiveAvgPool2D", "Add", "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D",
-           "Dropout", "Flatten", "GlobalAvgPool2D", "Layer", "Linear", "MaxPool2D", "Module",
+           "Dropout", "Flatten", "GlobalAvgPool2D", "Identity", "Layer", "Linear", "MaxPool2D", "Module",
            "ReLU", "ZeroPad2D"]

@@ -23,7 +23,8 @@ class Conv2D(Layer):
         padding: zeros added on each side, pH = pW, or a pair (default 0).
         rng: `numpy.random.Generator` for the initial weights (default: a fresh one).
         dtype: float32 (default) or float64.
-        init: "he" (default) or "uniform" (PyTorch's default), see `cnnumpy.init`.
+        init: "he" (default), "uniform" (PyTorch's default), or torchvision's "he_out" and
+            "normal", see `cnnumpy.init`.
         bias: whether there is a b (default True); a convolution followed by BatchNorm needs
             none (the normalisation subtracts any constant), as in ResNet.
 

@@ -32,7 +32,8 @@ class Linear(Layer):
         in_features, out_features: sizes of each input and output sample.
         rng: `numpy.random.Generator` for the initial weights (default: a fresh one).
         dtype: float32 (default) or float64.
-        init: "he" (default) or "uniform" (PyTorch's default), see `cnnumpy.init`.
+        init: "he" (default), "uniform" (PyTorch's default), or torchvision's "he_out" and
+            "normal", see `cnnumpy.init`.
 
     Shape:
         input (N, in_features) -> output (N, out_features).

@@ -61,10 +61,18 @@ class Module:
     # ------------------------------------------------------------------ the tree
 
     def named_children(self) -> Iterator[tuple[str, "Module"]]:
-        """(name, module) of the direct children, in the order they were set."""
+        """(name, module) of the direct children, in the order they were set. Modules in a
+        list, tuple or dict attribute would be nobody's children (never trained, saved or
+        converted): a TypeError says to hold them in a Sequential."""
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
+            elif isinstance(value, (list, tuple, dict)) and any(
+                    isinstance(item, Module)
+                    for item in (value.values() if isinstance(value, dict) else value)):
+                raise TypeError(f"{type(self).__name__}.{name} holds modules in a "
+                                f"{type(value).__name__}: they would not be trained or saved; "
+                                f"hold them in a cnnumpy.Sequential")
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
         """(dotted name, module) of this module ("" or `prefix`) and everything below it,

@@ -1,4 +1,5 @@
-"""Zero padding as a layer of its own: small images made large enough for a network."""
+"""Zero padding as a layer of its own (small images made large enough for a network), and the
+Identity (what `cnnumpy.models.fold_batchnorm` leaves where a BatchNorm was)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,16 @@ class ZeroPad2D(Layer):
 
     def _repr_args(self):
         return [_pair_repr(self.padding)]
+
+
+class Identity(Layer):
+    """out = x (what a folded BatchNorm becomes). Shape: any -> the same."""
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def _forward(self, x):
+        return x, None
+
+    def _backward(self, dout, cache):
+        return dout

@@ -3,13 +3,36 @@ shortcut, added)."""
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
 
-from .. import trace
+from .. import trace, workspace
 from ..layers import Add, MaxPool2D, Module, ReLU
 from ..layers.module import _join
+
+
+_inside = threading.local()  # how many Sequential.forward calls this thread is inside
+
+
+def check_finite_input(x) -> None:
+    """ValueError if a floating-point input holds NaN or infinite values (one pass over it)."""
+    if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise ValueError(f"input contains NaN or infinite values (shape {x.shape})")
+
+
+@contextmanager
+def input_checked():
+    """Inside the block, Sequential.forward takes its input as already checked (a part of a
+    batch that `cnnumpy.parallel.BatchParallel` checked whole)."""
+    _inside.depth = getattr(_inside, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _inside.depth -= 1
 
 
 class Sequential(Module):
@@ -76,12 +99,15 @@ class Sequential(Module):
         """Run every layer in order: (N, *input_shape) -> (N, *output_shape).
 
         keep_cache=False: inference, nothing kept for backward (see `Module.forward`)."""
-        if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
-            if not np.isfinite(x).all():
-                raise ValueError(f"input contains NaN or infinite values (shape {x.shape})")
+        if getattr(_inside, "depth", 0) == 0:  # the model's input: checked once, at the top
+            check_finite_input(x)
         self._executed = [layer for _, layer in self.execution_order()]
-        for layer in self._executed:
-            x = layer(x, keep_cache=keep_cache)
+        _inside.depth = getattr(_inside, "depth", 0) + 1
+        try:
+            for layer in self._executed:
+                x = layer(x, keep_cache=keep_cache)
+        finally:
+            _inside.depth -= 1
         return x
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -131,7 +157,13 @@ class Residual(Module):
         for name, module in main.items():
             if not isinstance(module, Module):
                 raise TypeError(f"module {name!r} is not a cnnumpy module: {module!r}")
+            if not (isinstance(name, str) and name.isidentifier()) or hasattr(Residual, name):
+                raise ValueError(f"main path names must be identifiers that are not attributes "
+                                 f"of a Residual (such as 'forward' or 'train'), got {name!r}")
             setattr(self, name, module)
+        if shortcut is not None and not isinstance(shortcut, Module):
+            raise TypeError(f"shortcut must be a cnnumpy module or None (the identity), got "
+                            f"{shortcut!r}")
         self._main = list(main)
         self.downsample = shortcut
         self.add = Add()
@@ -172,7 +204,7 @@ class Residual(Module):
                 dmain, input_grad=input_grad or depth < len(self._main))
         if self.downsample is not None:
             dshort = self.downsample.backward(dshort, input_grad=input_grad)
-        return dmain + dshort if input_grad else None
+        return np.add(dmain, dshort, out=workspace.empty_like(dmain)) if input_grad else None
 
     def __repr__(self) -> str:
         lines = [f"  ({name}): {module!r}" for name, module in self.named_children()]

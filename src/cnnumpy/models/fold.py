@@ -18,22 +18,8 @@ import copy
 
 import numpy as np
 
-from ..layers import BatchNorm2D, Conv2D, Module
-from ..layers.module import Layer
+from ..layers import BatchNorm2D, Conv2D, Identity, Module
 from .containers import Residual, Sequential
-
-
-class Identity(Layer):
-    """out = x (what a folded BatchNorm becomes). Shape: any -> the same."""
-
-    def output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def _forward(self, x):
-        return x, None
-
-    def _backward(self, dout, cache):
-        return dout
 
 
 def _folded(conv: Conv2D, bn: BatchNorm2D) -> Conv2D:
@@ -63,7 +49,8 @@ def fold_batchnorm(model: Module) -> Module:
     """A copy of `model` for inference with every Conv2D -> BatchNorm2D pair folded into one
     convolution (see the module docstring); the copy is in evaluation mode. The original is
     left as it was."""
-    folded = copy.deepcopy(model)
+    caches = {id(getattr(module, "cache", None)): None for module in model.modules()}
+    folded = copy.deepcopy(model, caches)  # without the caches of a last training step
     for module in list(folded.modules()):
         if isinstance(module, Sequential):
             _fold_pairs(list(module.layers), module.layers.__getitem__,
