@@ -161,14 +161,12 @@ def receptive_fields(spec, axis: int = 0, input_shape=None) -> list[Field]:
         raise ValueError(f"axis must be 0 (height) or 1 (width), got {axis!r}")
     if hasattr(spec, "named_modules"):
         return [field[axis] for field in _model_fields(spec, input_shape)]
-    size, jump, start = 1, 1, 0
-    fields = []
+    field, fields = Field(1, 1, 0), []
     for kernel, stride, padding in _layer_windows(spec):
-        k = _check_int("kernel", kernel[axis], 1)
-        s = _check_int("stride", stride[axis], 1)
-        p = _check_int("padding", padding[axis], 0)
-        size, start, jump = size + (k - 1) * jump, start - p * jump, jump * s
-        fields.append(Field(size, jump, start))
+        field = _step(field, _check_int("kernel", kernel[axis], 1),
+                      _check_int("stride", stride[axis], 1),
+                      _check_int("padding", padding[axis], 0))
+        fields.append(field)
     return fields
 
 
