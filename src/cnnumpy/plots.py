@@ -346,24 +346,29 @@ def first_layer_filters(model, path, *, max_filters: int = 64, figsize=(6, 6),
 
 
 def feature_maps(model, image: np.ndarray, path, *, max_channels: int = 16,
-                 figsize=(10, 6), dpi: int = DEFAULT_DPI) -> Path:
+                 max_rows: int = 8, figsize=(10, 6), dpi: int = DEFAULT_DPI) -> Path:
     """The input image, then the output of each convolution (its first `max_channels`).
 
-    Each map is rescaled on its own; one row per convolution.
+    Each map is rescaled on its own; one row per convolution, in the order they run. A deeper
+    network (ResNet-20 has 21 convolutions) shows `max_rows` of them, evenly spaced from the
+    first to the last.
     """
     outputs = _leaf_outputs(model, _batch_of_one(model, image))
     convolutions = [(name, out[0]) for name, layer, out in outputs if isinstance(layer, Conv2D)]
     if not convolutions:
         raise ValueError("the model has no Conv2D layer to show the feature maps of")
+    if len(convolutions) > max_rows:
+        picked = np.linspace(0, len(convolutions) - 1, max_rows).round().astype(int)
+        convolutions = [convolutions[i] for i in picked]
     fig = _figure(figsize, dpi)
     grid = fig.add_gridspec(len(convolutions), 2, width_ratios=(1, 4))
     _show(fig.add_subplot(grid[:, 0]), image, "input")
     for row, (name, maps) in enumerate(convolutions):
         ax = fig.add_subplot(grid[row, 1])
         shown = maps[:max_channels]
-        _show_mosaic(ax, shown, columns=min(len(shown), 8), cmap="viridis")
+        _show_mosaic(ax, shown, columns=min(len(shown), 16), cmap="viridis")
         ax.set_title(f"{name}: {len(shown)} of {maps.shape[0]} maps, "
-                     f"{maps.shape[1]}x{maps.shape[2]}", fontsize=9)
+                     f"{maps.shape[1]}x{maps.shape[2]}", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
