@@ -32,7 +32,7 @@ from .data.images import load_images
 from .distributed import AllRanksError, Group, Solo
 from .init import INITS
 from .optim import build_optimizer
-from .registry import MODELS, build_model, model_class
+from .registry import MODELS, build_model
 from .schedules import SCHEDULES, make_schedule
 from .train import LAST_FILE, evaluate, fit, predict_proba
 from .validate import (MAX_CLASSES, check_input_shape, check_integer, check_number,

@@ -20,7 +20,7 @@ the model's modules).
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -139,12 +139,9 @@ def record(model, x: np.ndarray, keep_cache: bool = False) -> Trace:
     they were. keep_cache=False (inference) also leaves the caches as they were. keep_cache=True
     keeps what backward needs, for `backward_from`, in the layers' caches: do it inside
     `with preserved(model):` to have the earlier caches back afterwards."""
-    if keep_cache:
-        with evaluation(model), recording(model) as trace:
-            model(x, keep_cache=True)
-        return trace
-    with preserved(model), evaluation(model), recording(model) as trace:
-        model(x, keep_cache=False)
+    caches = nullcontext() if keep_cache else preserved(model)
+    with caches, evaluation(model), recording(model) as trace:
+        model(x, keep_cache=keep_cache)
     return trace
 
 

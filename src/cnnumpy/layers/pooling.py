@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import functional as F
 from .module import Layer, _check_positive, _check_spatial, _window_repr
 

@@ -11,7 +11,6 @@ import numpy as np
 
 from .. import trace, workspace
 from ..layers import Add, MaxPool2D, Module, ReLU
-from ..layers.module import _join
 
 
 _inside = threading.local()  # how many Sequential.forward calls this thread is inside
