@@ -14,15 +14,17 @@ Fashion-MNIST images, BLAS held to one thread per rank:
                 reference
 
 A step is the time between two of fit's callbacks on rank 0 (gather, augment, forward,
-backward, the gradient sum, the optimizer step, the stop agreement); the figure is the median
+backward, the gradient exchange, the optimizer step, the stop agreement); the figure is the median
 over `--steps` steps after `--warmup` (and, on a machine shared with other jobs, the fastest
 step of all rounds, the least disturbed). The configurations take turns, in an order that
 alternates round by round, so that the other load on a shared machine hits them alike.
-For 2 ranks it also reports per step, on rank 0: the gradient sum as fit sees it (copying
-the gradients into the flat buffer, the Allreduce including the wait for the slower rank,
-copying back), the Allreduce alone, the stop agreement; the Allreduce of the same 6.5 MB
-buffer right after a Barrier (the transfer alone, no waiting); and the SGD update, which every
-rank makes for all parameters (work that does not shrink with more ranks).
+For 2 ranks it also reports per step, on rank 0: the exchange as fit sees it (copying the
+gradients into the flat buffer, the Reduce_scatter that sums this rank's half, the loss sum,
+copying the half back; after the update, the Allgatherv of the new parameters and copying
+them out), the two MPI calls alone (including the wait for the slower rank), the stop
+agreement; the Reduce_scatter and Allgatherv of the same 6.5 MB buffer right after a Barrier
+(the transfer alone, no waiting); and the SGD update, which each rank makes for its half of
+the parameters.
 
 `--json F` writes the figures for benchmarks/scaling_model.py --measured F.
 """
@@ -52,7 +54,8 @@ def worker(args) -> None:
     from cnnumpy import distributed
     from cnnumpy.data import load_dataset
 
-    spent: dict[str, list[float]] = {"reduce": [], "allreduce": [], "agree": [], "update": []}
+    spent: dict[str, list[float]] = {key: [] for key in
+                                     ("reduce", "share", "scatter", "gather", "agree", "update")}
 
     def timed(key, method):
         def run(*a, **k):
@@ -64,10 +67,12 @@ def worker(args) -> None:
         return run
 
     class TimedGroup(distributed.Group):
-        sum_in_place = timed("allreduce", distributed.Group.sum_in_place)
+        sum_parts = timed("scatter", distributed.Group.sum_parts)
+        share_parts = timed("gather", distributed.Group.share_parts)
         any = timed("agree", distributed.Group.any)
 
     distributed.Replicas.reduce = timed("reduce", distributed.Replicas.reduce)
+    distributed.Replicas.share = timed("share", distributed.Replicas.share)
     group = TimedGroup(timeout=300)
     steps = args.warmup + args.steps
     train = load_dataset("fashion-mnist", "train").subset(slice(0, BATCH * steps))
@@ -83,11 +88,13 @@ def worker(args) -> None:
                callbacks=[lambda info: stamps.append(time.perf_counter())])
         transfer = []
         if group.size > 1:
-            buffer = np.ones(sum(p.size for p in model.parameters().values()) + 2, np.float32)
+            buffer = np.ones(model.num_parameters(), np.float32)
+            counts = distributed.Replicas(model, group)._counts()
             for _ in range(args.steps):
                 group.comm.Barrier()
                 started = time.perf_counter()
-                group.comm.Allreduce(group._MPI.IN_PLACE, buffer)
+                distributed.Group.sum_parts(group, buffer, counts)
+                distributed.Group.share_parts(group, buffer, counts)
                 transfer.append(time.perf_counter() - started)
     if group.rank != 0:
         return
@@ -148,7 +155,7 @@ def main() -> None:
         f"{b['internal_api']} {b['version']} {b['architecture']}, {b['num_threads']} thread(s)"
         for b in blas))
     print(f"\n{'round':<6}" + "".join(f"{name + ' img/s':>17}" for name in CONFIGS)
-          + f"{'2 ranks / 1':>13}{'step ms':>9}{'sum ms':>8}{'allred.':>8}{'agree':>7}"
+          + f"{'2 ranks / 1':>13}{'step ms':>9}{'exch. ms':>9}{'MPI':>7}{'agree':>7}"
           f"{'transfer':>9}{'update':>8}")
     ratios = []
     for number, figures in enumerate(rounds, start=1):
@@ -157,9 +164,9 @@ def main() -> None:
         ratios.append(ratio)
         print(f"{number:<6}" + "".join(f"{figures[name]['images_per_s']:>17.0f}"
                                        for name in CONFIGS)
-              + f"{ratio:>13.2f}{ms(two['step']):>9}{ms(two['reduce']):>8}"
-              f"{ms(two['allreduce']):>8}{ms(two['agree']):>7}{ms(two['transfer']):>9}"
-              f"{ms(two['update']):>8}")
+              + f"{ratio:>13.2f}{ms(two['step']):>9}{ms(two['reduce'] + two['share']):>9}"
+              f"{ms(two['scatter'] + two['gather']):>7}{ms(two['agree']):>7}"
+              f"{ms(two['transfer']):>9}{ms(two['update']):>8}")
     print(f"\nmedian ratio 2 ranks / 1 rank: {statistics.median(ratios):.2f} "
           f"(gradient buffer {rounds[0]['2 ranks']['buffer_mb']:.2f} MB)")
     best = {name: min(figures[name]["best_step"] for figures in rounds) for name in CONFIGS}

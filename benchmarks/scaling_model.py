@@ -2,16 +2,19 @@
 
     python benchmarks/scaling_model.py [--measured bench.json]
 
-One step on P ranks = compute on the rank's part of the batch + the sum of the gradients:
+One step on P ranks = compute on the rank's part of the batch, its share of the update, and
+the exchange (cnnumpy.distributed: a reduce-scatter of the gradients, each rank updates 1/P
+of the parameters, an allgather of the new values):
 
-    T(P) = T_c(n) + T_copy + T_ring(P),   T_c(n) = a + b n   (n images on the rank)
+    T(P) = T_c(n) - U (P - 1) / P + T_copy + T_ring(P),   T_c(n) = a + b n   (n images)
     T_ring(P) = 2 (P - 1) / P x S / bandwidth + 2 (P - 1) x latency
 
-T_ring is a ring allreduce of S gradient bytes (reduce-scatter then allgather: each rank sends
-and receives 2 (P - 1) / P of the buffer in 2 (P - 1) messages); T_copy copies the gradients
-into the flat buffer and back. a and b are measured here: a training step of SimpleCNN
-(1x28x28) on n images (gather, crop, flip, normalise, forward, backward, SGD) in one process
-with one BLAS thread, fitted by least squares. ResNet-20 (0.27 M parameters) is not in
+T_ring is the reduce-scatter and the allgather of S gradient bytes, as in a ring allreduce
+(each rank sends and receives 2 (P - 1) / P of the buffer in 2 (P - 1) messages); T_copy
+copies the gradients into the flat buffer and the new parameters out of it; U is the SGD
+update of all the parameters, part of a in one process. a, b and U are measured here: a
+training step of SimpleCNN (1x28x28) on n images (gather, crop, flip, normalise, forward,
+backward, SGD) in one process with one BLAS thread, fitted by least squares. ResNet-20 (0.27 M parameters) is not in
 cnnumpy yet: its b is SimpleCNN's times the ratio of training multiply-accumulates per image
 at 1x28x28 (5.7; PyTorch's seconds per epoch in ANCHORS.md give 3.1, printed as the lighter
 case), its a SimpleCNN's times the ratio of layer calls (20 convolutions, 19 BatchNorms,
@@ -26,7 +29,8 @@ speed-up's peak); efficiency = T(1) / (P T(P)) for strong scaling, T_c(128) / T(
 
 `--measured F` (from benchmarks/bench_distributed.py --json F) checks the model against the
 measured 2-rank step on this machine, where the "network" is shared memory: the model's
-T(2) with the measured transfer (Allreduce after a Barrier) against the measured step.
+T(2) with the measured transfer (reduce-scatter and allgather after a Barrier) against the
+measured step.
 """
 
 from __future__ import annotations
@@ -112,10 +116,10 @@ def ring(parameters: int, ranks: int, bandwidth: float, latency: float, bytes_pe
 
 def step_time(model, ranks, network, *, strong=True, fp16=False, overlap=False) -> float:
     """Modelled seconds per step; overlap hides the ring behind backward (2/3 of compute)."""
-    a, b, parameters = model
+    a, b, parameters, update = model
     bandwidth, latency = NETWORKS[network]
     n = 128 / ranks if strong else 128
-    compute = a + b * n
+    compute = a - update * (ranks - 1) / ranks + b * n
     if ranks == 1:
         return compute
     bytes_per = 2 if fp16 else 4
@@ -151,17 +155,19 @@ def main() -> None:
     print("  fit   " + "".join(f"{1e3 * (a + b * s):>8.2f}" for s in SIZES))
     macs_ratio = 3 * resnet20_macs() / (3 * simplecnn_macs())
     print(f"  a = {1e3 * a:.2f} ms per step (of which the SGD update of the 1.6 M parameters, "
-          f"done by every rank: {1e3 * update:.2f} ms), b = {1e3 * b:.3f} ms per image")
+          f"U = {1e3 * update:.2f} ms, shared out over the ranks), b = {1e3 * b:.3f} ms per "
+          f"image")
     # ResNet-20: the update scales with the parameters, the rest of a with the layer calls
-    a_resnet = update * RESNET20_PARAMS / SIMPLECNN_PARAMS + (a - update) * 70 / 9
+    update_resnet = update * RESNET20_PARAMS / SIMPLECNN_PARAMS
+    a_resnet = update_resnet + (a - update) * 70 / 9
     print(f"  training MACs per image: SimpleCNN {3 * simplecnn_macs() / 1e6:.1f} M, ResNet-20 "
           f"{3 * resnet20_macs() / 1e6:.1f} M (x{macs_ratio:.1f}); ResNet-20 estimated a = "
           f"{1e3 * a_resnet:.1f} ms, b = {1e3 * b * macs_ratio:.2f} ms per image (light: "
           f"{1e3 * b * 3.1:.2f})\n")
     models = {
-        "SimpleCNN": (a, b, SIMPLECNN_PARAMS),
-        "ResNet-20": (a_resnet, b * macs_ratio, RESNET20_PARAMS),
-        "ResNet-20 (light)": (a_resnet, b * 3.1, RESNET20_PARAMS),
+        "SimpleCNN": (a, b, SIMPLECNN_PARAMS, update),
+        "ResNet-20": (a_resnet, b * macs_ratio, RESNET20_PARAMS, update_resnet),
+        "ResNet-20 (light)": (a_resnet, b * 3.1, RESNET20_PARAMS, update_resnet),
     }
 
     for strong in (True, False):
@@ -199,14 +205,14 @@ def main() -> None:
         print("\nThe model against the measured 2-rank step on this machine (shared memory):")
         for number, figures in enumerate(rounds, start=1):
             one, two = figures["1 rank"], figures["2 ranks"]
-            scale = (a + b * 64) / (a + b * 128)  # T_c(64) / T_c(128) from the fit
-            predicted = one["step"] * scale + two["reduce"] - two["allreduce"] + two["transfer"]
+            compute = one["step"] * (a + b * 64) / (a + b * 128) - update / 2  # T_c(64) - U/2
+            copies = two["reduce"] + two["share"] - two["scatter"] - two["gather"]
+            predicted = compute + copies + two["transfer"]
             print(f"  round {number}: 1 rank {1e3 * one['step']:.1f} ms; 2 ranks predicted "
-                  f"{1e3 * predicted:.1f} ms (compute {1e3 * one['step'] * scale:.1f} + copies "
-                  f"{1e3 * (two['reduce'] - two['allreduce']):.1f} + transfer "
-                  f"{1e3 * two['transfer']:.1f}), measured {1e3 * two['step']:.1f} ms; "
-                  f"speed-up predicted {one['step'] / predicted:.2f}, measured "
-                  f"{one['step'] / two['step']:.2f}")
+                  f"{1e3 * predicted:.1f} ms (compute {1e3 * compute:.1f} + copies "
+                  f"{1e3 * copies:.1f} + transfer {1e3 * two['transfer']:.1f}), measured "
+                  f"{1e3 * two['step']:.1f} ms; speed-up predicted "
+                  f"{one['step'] / predicted:.2f}, measured {one['step'] / two['step']:.2f}")
 
 
 if __name__ == "__main__":

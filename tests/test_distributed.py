@@ -184,6 +184,12 @@ def test_ranks_end_with_the_weights_of_one_process(one_process, straight, ranks)
     assert checkpoint.metadata["ranks"] == ranks
     assert max_difference(checkpoint, model) < 1e-10
     assert max_difference(checkpoint, initial) > 1e-2  # it trained: the check can fail
+    # each rank updated its part of the parameters: the momentum saved is whole all the same
+    momentum = cn.load_checkpoint(history.checkpoint).optimizer_arrays
+    assert momentum.keys() == checkpoint.optimizer_arrays.keys() and len(momentum) == 8
+    for key, value in momentum.items():
+        np.testing.assert_allclose(checkpoint.optimizer_arrays[key], value, rtol=1e-10,
+                                   atol=1e-12, err_msg=key)
     for ours, theirs in zip(checkpoint.metadata["history"], history):
         assert ours.keys() == theirs.keys()
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):

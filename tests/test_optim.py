@@ -151,3 +151,31 @@ def test_errors(rng):
     bad = {**sgd_state, "arrays": {"momentum_buffer/W": np.zeros((3, 3), np.float32)}}
     with pytest.raises(ValueError, match=r"momentum_buffer/W' has shape \(3, 3\)"):
         cn.SGD(layer, lr=0.1).load_state_dict(bad)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: cn.SGD(m, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    lambda m: cn.SGD(m, lr=0.1, momentum=0.5, dampening=0.3),
+    lambda m: cn.Adam(m, lr=0.01, weight_decay=1e-3),
+    lambda m: cn.AdamW(m, lr=0.01)])
+def test_an_update_made_in_parts_is_the_whole_update(make):
+    """A distributed run's ranks each update a range of the elements end to end
+    (`step(part)`): ranges that cut through parameters, one of which holds no element of some
+    parameters, give bit for bit the weights and state of whole steps."""
+    models = [cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(0)) for _ in range(2)]
+    whole, parted = (make(model) for model in models)
+    total = models[0].num_parameters()
+    cuts = [0, 5, 300, total - 7, total]  # inside conv1.W, inside fc1.W, inside fc2.b
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        grads = {name: rng.standard_normal(p.shape) for name, p in models[0].parameters().items()}
+        for model in models:
+            set_gradients(model, grads)
+        whole.step()
+        for start, stop in zip(cuts, cuts[1:]):  # one step in four parts (as on four ranks)
+            parted.steps = whole.steps - 1
+            parted.step(slice(start, stop))
+    for name, value in models[0].parameters().items():
+        np.testing.assert_array_equal(models[1].parameters()[name], value, err_msg=name)
+    for key, value in whole.state_dict()["arrays"].items():
+        np.testing.assert_array_equal(parted.state_dict()["arrays"][key], value, err_msg=key)

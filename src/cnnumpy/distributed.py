@@ -10,8 +10,12 @@ images on rank r
 
     g = Σ_r (n_r / B) ∇ mean loss(part r) = ∇ mean loss(batch)
 
-is summed by one in-place Allreduce over a flat buffer of every gradient (plus the batch's
-loss and correct count), and every rank takes the same optimizer step. Augmentation draws
+is summed over the ranks, and the optimizer step is shared out: the parameters' elements end
+to end are cut into P ranges, rank r receives the sum of range r only (one Reduce_scatter of
+a flat buffer of every gradient), updates those elements (`optimizer.step(part)`: the update
+rules are elementwise), and one Allgatherv gives every rank every range's new values. The
+same bytes travel as in one Allreduce of the gradients, and each rank makes 1/P of the
+update instead of all of it. Augmentation draws
 for the whole batch on every rank (the same generator state everywhere) and each rank keeps
 its own images' draws, so P ranks train exactly as one process with batch B, up to the order
 of float sums.
@@ -25,7 +29,7 @@ The pieces:
                  limit (a rank that died or hangs stops the others: MPI_Abort, with a message)
     Solo         the one-rank group of a run without MPI (no mpi4py needed)
     Replicas     what `fit` does with a group: agree on the run, broadcast rank 0's weights,
-                 sum the gradients, compare parameter checksums
+                 sum the gradients, share out the update, compare parameter checksums
 """
 
 from __future__ import annotations
@@ -212,6 +216,24 @@ class Group:
             self.comm.Allreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.SUM)
         return buffer
 
+    def sum_parts(self, buffer: np.ndarray, counts: list[int],
+                  what: str = "a sum over the ranks, in parts") -> np.ndarray:
+        """This rank's part of the elementwise sum of `buffer` over the ranks: the parts are
+        consecutive, counts[r] elements for rank r (a new array; `buffer` is not changed)."""
+        out = np.empty(counts[self.rank], dtype=buffer.dtype)
+        with self._limited(what):
+            self.comm.Reduce_scatter(buffer, out, recvcounts=counts, op=self._MPI.SUM)
+        return out
+
+    def share_parts(self, buffer: np.ndarray, counts: list[int],
+                    what: str = "an exchange of the ranks' parts") -> np.ndarray:
+        """Fill the contiguous `buffer`, in place, with every rank's part of it: counts[r]
+        consecutive elements from rank r (each rank holds its own part on entry)."""
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+        with self._limited(what):
+            self.comm.Allgatherv(self._MPI.IN_PLACE, [buffer, (counts, starts)])
+        return buffer
+
     def any(self, flag: bool, what: str = "the stop request") -> bool:
         """True on every rank when `flag` is true on at least one."""
         buffer = np.array([1 if flag else 0], dtype=np.int32)
@@ -321,6 +343,26 @@ def check_agreement(group, description: dict) -> None:
                                  f"every rank the same arguments, data and seed")
 
 
+def _pieces(arrays: list[np.ndarray], part: slice):
+    """(array, where, place) for each array with elements in `part`, a range of the arrays'
+    elements end to end: `where`, those elements' range in the array's own elements (in C
+    order), `place`, where they lie in the part."""
+    start = 0
+    for array in arrays:
+        low, high = max(part.start - start, 0), min(part.stop - start, array.size)
+        if low < high:
+            yield array, slice(low, high), slice(start + low - part.start, start + high - part.start)
+        start += array.size
+
+
+def _put(array: np.ndarray, where: slice, values: np.ndarray) -> None:
+    """Set the elements `where` (in C order) of `array`, in place, whatever its memory layout."""
+    if array.flags.c_contiguous:
+        array.reshape(-1)[where] = values
+    else:
+        array.flat[where] = values
+
+
 class Replicas:
     """The copies of `model` on the ranks of `group`, kept identical: what `fit` does with a
     group (with Solo every method costs nothing)."""
@@ -329,8 +371,9 @@ class Replicas:
         self.model, self.group = model, group
         self._buffer: np.ndarray | None = None
 
-    def _flat_buffer(self, extra: int) -> np.ndarray:
-        size = sum(p.size for p in self.model.parameters().values()) + extra
+    def _flat_buffer(self) -> np.ndarray:
+        """A buffer of as many elements as the parameters, in the model's dtype (reused)."""
+        size = self.model.num_parameters()
         dtype = self.model.dtype
         if self._buffer is None or self._buffer.size != size or self._buffer.dtype != dtype:
             self._buffer = np.empty(size, dtype=dtype)
@@ -343,7 +386,7 @@ class Replicas:
             return
         check_agreement(self.group, describe())
         params = self.model.parameters()
-        buffer = self._flat_buffer(0)
+        buffer = self._flat_buffer()
         offset = 0
         for param in params.values():
             buffer[offset:offset + param.size] = param.reshape(-1)
@@ -354,9 +397,23 @@ class Replicas:
             param[...] = buffer[offset:offset + param.size].reshape(param.shape)
             offset += param.size
 
+    @property
+    def part(self) -> slice | None:
+        """The range of the parameters' elements end to end whose update this rank makes
+        (`optimizer.step(part)`); None in one process (the whole update)."""
+        if self.group.size == 1:
+            return None
+        return part_bounds(self.model.num_parameters(), self.group.rank, self.group.size)
+
+    def _counts(self) -> list[int]:
+        total = self.model.num_parameters()
+        return [len(range(total)[part_bounds(total, rank, self.group.size)])
+                for rank in range(self.group.size)]
+
     def reduce(self, loss: float, correct: int, count: int, total: int,
                what: str = "the sum of the gradients") -> tuple[float, int]:
-        """Sum the gradients of every rank's part into every rank's model, in place.
+        """Sum the gradients of every rank's part over the ranks, where this rank's update
+        needs them: in the elements of `part` (the others keep this rank's own share).
 
         Args:
             loss, correct: this rank's mean loss and correct predictions on its `count`
@@ -371,23 +428,51 @@ class Replicas:
         """
         if self.group.size == 1:
             return loss, correct
-        grads = self.model.gradients()
-        buffer = self._flat_buffer(2)
+        grads = list(self.model.gradients().values())
+        buffer = self._flat_buffer()
         offset = 0
-        for grad in grads.values():
-            view = buffer[offset:offset + grad.size]
-            if count:
-                view[...] = grad.reshape(-1)
-            else:
-                view[...] = 0
+        for grad in grads:
+            buffer[offset:offset + grad.size] = grad.reshape(-1) if count else 0
             offset += grad.size
-        buffer[offset:] = (loss * count, correct) if count else (0, 0)
-        self.group.sum_in_place(buffer, what)
+        summed = self.group.sum_parts(buffer, self._counts(), what)
+        for grad, where, place in _pieces(grads, self.part):
+            _put(grad, where, summed[place])
+        sums = self.group.sum(np.array([loss * count, correct] if count else [0.0, 0.0]),
+                              "the sum of the losses")
+        return float(sums[0]) / total, int(round(float(sums[1])))
+
+    def share(self) -> None:
+        """After every rank updated its `part` of the parameters: give every rank all of
+        the new values (one Allgatherv)."""
+        if self.group.size > 1:
+            self._exchange(list(self.model.parameters().values()),
+                           "the exchange of the updated parameters")
+
+    def whole_optimizer(self, optimizer) -> None:
+        """Make the optimizer's state (momentum buffers, moments) whole on every rank: each
+        rank's updates kept only its part of it up to date. Before a checkpoint, and at the
+        end of a run."""
+        if self.group.size == 1:
+            return
+        params = self.model.parameters()
+        for slot, arrays in optimizer.state.items():
+            named = set().union(*self.group.gather(sorted(arrays), f"the optimizer's {slot}"))
+            if named:  # every parameter has it once its part was updated on some rank
+                for name in params:
+                    arrays.setdefault(name, np.zeros_like(params[name]))
+                self._exchange([arrays[name] for name in params], f"the optimizer's {slot}")
+
+    def _exchange(self, arrays: list[np.ndarray], what: str) -> None:
+        """Every rank's `part` of the arrays' elements end to end to every rank, in place."""
+        buffer = self._flat_buffer()
+        mine = self.part
+        for array, where, place in _pieces(arrays, mine):
+            buffer[mine][place] = array.reshape(-1)[where]
+        self.group.share_parts(buffer, self._counts(), what)
         offset = 0
-        for grad in grads.values():
-            grad[...] = buffer[offset:offset + grad.size].reshape(grad.shape)
-            offset += grad.size
-        return float(buffer[offset]) / total, int(round(float(buffer[offset + 1])))
+        for array in arrays:
+            array[...] = buffer[offset:offset + array.size].reshape(array.shape)
+            offset += array.size
 
     def step_done(self, step: int) -> None:
         """After optimizer step `step`: compare the checksums every `check_every` steps."""

@@ -18,6 +18,7 @@ Notation for one parameter p with gradient g at step t = 1, 2, ...; λ is weight
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class Optimizer:
     """Base of the optimizers: parameter walking, learning rate, step count, state (de)serialising.
 
     Subclasses set `slots` (the names of their per-parameter state arrays), implement
-    `_update(name, param, grad)` and `hyperparameters()`.
+    `_update(param, grad, slot)` and `hyperparameters()`.
     """
 
     slots: tuple[str, ...] = ()
@@ -63,19 +64,48 @@ class Optimizer:
     def zero_grad(self) -> None:
         self.model.zero_grad()
 
-    def step(self) -> None:
-        """One update of every parameter, in place, from the gradients of the last backward."""
+    def step(self, part: slice | None = None) -> None:
+        """One update of every parameter, in place, from the gradients of the last backward.
+
+        part: a range of the parameters' elements, counted through all of them end to end
+        (in the order of `model.parameters()`): only those are updated. A distributed run
+        shares the update out so (`cnnumpy.distributed.Replicas`): each rank updates its
+        part, then the ranks exchange the new values. The update rules are elementwise, so
+        the parts come out exactly as the whole does.
+        """
         params = self.model.parameters()
         grads = self.model.gradients()
         self.steps += 1
+        start = 0  # of the parameter in the elements end to end
         for name, param in params.items():
             grad = grads[name]
             if grad.shape != param.shape:
                 raise ValueError(f"gradient of {name} has shape {grad.shape}, "
                                  f"the parameter {param.shape}")
-            self._update(name, param, grad.astype(param.dtype, copy=False))
+            grad = grad.astype(param.dtype, copy=False)
+            if part is None:
+                self._update(param, grad, partial(self._slot, name, param, ...))
+            else:
+                low, high = max(part.start - start, 0), min(part.stop - start, param.size)
+                if low < high:
+                    where = slice(low, high)
+                    self._update(_flat(param, name)[where], grad.reshape(-1)[where],
+                                 partial(self._slot, name, param, where))
+            start += param.size
 
-    def _update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+    def _slot(self, name: str, param: np.ndarray, where, slot: str) -> tuple[np.ndarray, bool]:
+        """The piece at `where` (`...`: all; a slice: of the flattened array) of parameter
+        `name`'s state array `slot` (made with zeros the first time), and whether it was
+        just made."""
+        arrays = self.state[slot]
+        made = name not in arrays
+        if made:
+            arrays[name] = np.zeros_like(param)
+        return (arrays[name] if where is ... else arrays[name].reshape(-1)[where]), made
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, slot) -> None:
+        """Update `param` (a parameter, or a piece of one) in place from its gradient `grad`;
+        `slot(name)` gives the matching piece of a state array and whether it is new."""
         raise NotImplementedError
 
     def hyperparameters(self) -> dict:
@@ -194,13 +224,12 @@ class SGD(Optimizer):
     def momentum(self, value: float) -> None:
         self._momentum = _check_number("momentum", value, 0.0, 1.0, high_open=True)
 
-    def _update(self, name, param, grad):
+    def _update(self, param, grad, slot):
         d = grad + self.weight_decay * param if self.weight_decay else grad
         if self.momentum:
-            buffers = self.state["momentum_buffer"]
-            buf = buffers.get(name)
-            if buf is None:
-                buf = buffers[name] = d.copy()
+            buf, first = slot("momentum_buffer")
+            if first:
+                buf[...] = d
             else:
                 buf *= self.momentum
                 if self.dampening:
@@ -261,15 +290,14 @@ class Adam(Optimizer):
     def momentum(self, value: float) -> None:
         self.betas = (value, self.betas[1])
 
-    def _update(self, name, param, grad):
+    def _update(self, param, grad, slot):
         beta1, beta2 = self.betas
         if self.weight_decay:
             if self.decoupled_weight_decay:
                 param *= 1 - self.lr * self.weight_decay
             else:
                 grad = grad + self.weight_decay * param
-        exp_avg = self.state["exp_avg"].setdefault(name, np.zeros_like(param))
-        exp_avg_sq = self.state["exp_avg_sq"].setdefault(name, np.zeros_like(param))
+        (exp_avg, _), (exp_avg_sq, _) = slot("exp_avg"), slot("exp_avg_sq")
         exp_avg += (1 - beta1) * (grad - exp_avg)
         exp_avg_sq *= beta2
         exp_avg_sq += (1 - beta2) * grad * grad
@@ -298,6 +326,14 @@ class AdamW(Adam):
     def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2):
         super().__init__(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def _flat(param: np.ndarray, name: str) -> np.ndarray:
+    """The elements of `param` as a 1-d view (updated in place through it)."""
+    if not param.flags.c_contiguous:
+        raise ValueError(f"parameter {name} is not contiguous in memory: it cannot be "
+                         f"updated in parts")
+    return param.reshape(-1)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

@@ -369,6 +369,7 @@ class _Run:
     def saved(self, name: str) -> Path:
         """The path of checkpoint `name` of the run folder, written by rank 0 (the only rank
         when not distributed); a rank that times out later says it stays loadable."""
+        self.replicas.whole_optimizer(self.optimizer)
         path = self.save(name) if self.writes else self.run_dir / name
         if name == LAST_FILE:
             self.group.note = f"The last checkpoint, {path}, is whole: resume from it."
@@ -388,6 +389,7 @@ class _Run:
                 break
             if not (self.run_epoch(stop, callbacks, show_progress) and self.end_epoch(verbose)):
                 break
+        self.replicas.whole_optimizer(self.optimizer)  # distributed: each rank kept its part
         self.history.normalization = self.normalization
         return self.history
 
@@ -438,8 +440,10 @@ class _Run:
     def train_batch(self, indices: np.ndarray) -> BatchInfo | None:
         """One optimizer step on the images at `indices`; None if the loss is not finite.
 
-        Distributed, this rank takes its part of the batch, and the ranks' gradients, losses
-        and correct counts are summed (`Replicas.reduce`) before the step."""
+        Distributed, this rank takes its part of the batch, the ranks' gradients, losses
+        and correct counts are summed (`Replicas.reduce`), and the ranks share out the step
+        (each updates its `Replicas.part` of the parameters, `Replicas.share` exchanges
+        them)."""
         p = self.progress
         total, split = len(indices), self.group.split(len(indices))
         indices = indices[self.group.part(total)]
@@ -456,7 +460,8 @@ class _Run:
         if not math.isfinite(loss):
             self.last_loss = loss
             return None
-        self.optimizer.step()
+        self.optimizer.step(self.replicas.part)  # distributed: this rank's part of the update
+        self.replicas.share()
         p.loss_sum += loss * total
         p.correct += correct
         p.seen += total
