@@ -23,7 +23,8 @@ def toy_data(rng, count=96, size=8, classes=3):
     return ImageDataset(images, labels.astype(np.int64), tuple("abc"[:classes]), "toy")
 
 
-def toy_run(tmp_path, name, seed=0, model_seed=1, callbacks=(), resume=None, epochs=3):
+def toy_run(tmp_path, name, seed=0, model_seed=1, callbacks=(), resume=None, epochs=3,
+            epoch_callbacks=()):
     """A short seeded run on toy data: SGD Nesterov + one-cycle (momentum cycled) + augmentation."""
     data_rng = np.random.default_rng(123)
     train, val = toy_data(data_rng), toy_data(data_rng, count=30)
@@ -32,7 +33,8 @@ def toy_run(tmp_path, name, seed=0, model_seed=1, callbacks=(), resume=None, epo
     history = cn.fit(model, train, val, optimizer=opt, epochs=epochs, batch_size=16,
                      schedule=cn.OneCycle(0.05, total_steps=epochs * 6),
                      rng=np.random.default_rng(seed), run_dir=tmp_path / name,
-                     callbacks=callbacks, resume=resume, progress=False, verbose=False)
+                     callbacks=callbacks, epoch_callbacks=epoch_callbacks, resume=resume,
+                     progress=False, verbose=False)
     return model, history
 
 
@@ -74,6 +76,26 @@ def test_interrupt_and_resume_gives_identical_weights(tmp_path, stop_step):
     assert without_time == [{k: v for k, v in e.items() if k != "seconds"}
                             for e in straight_history]
     assert len((tmp_path / "resumed" / METRICS_FILE).read_text().splitlines()) == 3
+
+
+def test_an_epoch_callback_stops_the_run_resumably_after_that_epoch(tmp_path):
+    """Early stopping: the callback sees each epoch's logged metrics; a true answer stops
+    the run with the epoch's checkpoint, from which the run resumes exactly."""
+    seen = []
+
+    def enough(entry):
+        seen.append(dict(entry))
+        return entry["epoch"] == 1
+
+    straight, _ = toy_run(tmp_path, "straight")
+    _, history = toy_run(tmp_path, "stopped", epoch_callbacks=[enough])
+    assert history.status == "interrupted" and "an epoch callback asked to stop" in history.message
+    assert seen == list(history) and len(history) == 1 and "val_acc" in seen[0]
+    assert cn.load_checkpoint(tmp_path / "stopped" / LAST_FILE).metadata["progress"]["step"] == 6
+    resumed, history = toy_run(tmp_path, "stopped", resume=tmp_path / "stopped" / LAST_FILE)
+    assert history.status == "completed" and len(history) == 3
+    for name, value in straight.parameters().items():
+        assert np.array_equal(resumed.parameters()[name], value), name
 
 
 def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(tmp_path):

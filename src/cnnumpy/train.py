@@ -270,22 +270,42 @@ def _write_metrics(run_dir: Path, history: list, append: bool) -> None:
             log.write(json.dumps(entry) + "\n")
 
 
-class _Run:
+@dataclass(frozen=True)
+class LoopSettings:
+    """How `fit` goes through the data: a resumed run must have the same (but `epochs`)."""
+
+    epochs: int
+    batch_size: int
+    augment: bool
+    crop_padding: int
+    flip: bool
+    label_smoothing: float
+
+
+class RunStopped(Exception):
+    """Ends a run before its last epoch: `status` "interrupted" (resumable) or "diverged",
+    and a sentence saying what happened."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Trainer:
     """The state of one fit call (the function `fit` is its public face)."""
 
-    def __init__(self, model, train_data, val_data, optimizer, schedule, epochs, batch_size,
-                 augment, crop_padding, flip, label_smoothing, rng, run_dir, normalization,
-                 metadata, workers, group):
+    def __init__(self, model, *, optimizer, schedule, train_data, val_data,
+                 loop: LoopSettings, rng, run_dir, normalization, metadata, workers, group):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
-        self.passes = BatchParallel(model, workers)
+        self.batch_parallel = BatchParallel(model, workers)
         self.group, self.replicas = group, Replicas(model, group)  # ranks of a distributed run
         self.train_images, self.train_labels = _check_data(train_data, "train_data")
         self.val_data = val_data
         if val_data is not None:
             _check_data(val_data, "val_data")
-        self.epochs, self.batch_size = epochs, batch_size
-        self.augment, self.crop_padding, self.flip = augment, crop_padding, flip
-        self.criterion = CrossEntropyLoss(label_smoothing)
+        self.epochs, self.batch_size = loop.epochs, loop.batch_size
+        self.augment, self.crop_padding, self.flip = loop.augment, loop.crop_padding, loop.flip
+        self.criterion = CrossEntropyLoss(loop.label_smoothing)
         self.rng = rng
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.writes = self.run_dir is not None and group.rank == 0  # rank 0 writes the files
@@ -377,33 +397,34 @@ class _Run:
 
     # ------------------------------------------------------------------ training
 
-    def run(self, stop: StopRequest, callbacks, show_progress: bool, verbose: bool) -> History:
+    def run(self, stop: StopRequest, callbacks, epoch_callbacks, show_progress: bool,
+            verbose: bool) -> History:
         self.replicas.start(self.description)  # distributed: called, compared, broadcast
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _write_metrics(self.run_dir, self.history, append=False)
         self.model.train()
-        while self.progress.epoch < self.epochs:
-            if self.stopping(stop):  # requested during the last batch of the previous epoch
-                self.interrupt(stop.reason or OTHER_RANK_STOPPED)
-                break
-            if not (self.run_epoch(stop, callbacks, show_progress) and self.end_epoch(verbose)):
-                break
+        try:
+            while self.progress.epoch < self.epochs:
+                if self.stopping(stop):  # asked for in the last batch of the previous epoch,
+                    self.interrupt(stop.reason or OTHER_RANK_STOPPED)  # or after it
+                self.run_epoch(stop, callbacks, show_progress)
+                entry = self.end_epoch(verbose)
+                if any([callback(entry) for callback in epoch_callbacks]):
+                    stop.request("an epoch callback asked to stop")
+        except RunStopped as stopped:
+            self.history.status, self.history.message = stopped.status, stopped.message
         self.replicas.whole_optimizer(self.optimizer)  # distributed: each rank kept its part
         self.history.normalization = self.normalization
         return self.history
-
-    def stop_with(self, status: str, message: str) -> bool:
-        self.history.status, self.history.message = status, message
-        return False
 
     def stopping(self, stop: StopRequest) -> bool:
         """Whether a stop was requested, here or (distributed) on any rank: every rank stops
         after the same batch."""
         return self.group.any(bool(stop), "the agreement on stopping")
 
-    def run_epoch(self, stop: StopRequest, callbacks, show_progress: bool) -> bool:
-        """Train the rest of the current epoch; False when the run stops inside it."""
+    def run_epoch(self, stop: StopRequest, callbacks, show_progress: bool) -> None:
+        """Train the rest of the current epoch (RunStopped when the run stops inside it)."""
         p = self.progress
         if p.batch == 0:
             self.order = self.rng.permutation(len(self.train_images))
@@ -415,13 +436,6 @@ class _Run:
             for part in slices[p.batch:]:
                 info = self.train_batch(self.order[part])
                 p.seconds = time.perf_counter() - started
-                if info is None:
-                    return self.stop_with(
-                        "diverged",
-                        f"the training loss became {self.last_loss} at epoch {p.epoch + 1}, "
-                        f"batch {p.batch + 1} (step {p.step + 1}): stopped; "
-                        + ("the saved checkpoints are untouched; " if self.run_dir else "")
-                        + "try a lower learning rate")
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}",
@@ -431,14 +445,14 @@ class _Run:
                     if callback(info):
                         stop.request("a callback asked to stop")
                 if self.stopping(stop) and p.batch < len(slices):
-                    return self.interrupt(stop.reason or OTHER_RANK_STOPPED)
+                    self.interrupt(stop.reason or OTHER_RANK_STOPPED)
         finally:
             if bar is not None:
                 bar.close()
-        return True
 
-    def train_batch(self, indices: np.ndarray) -> BatchInfo | None:
-        """One optimizer step on the images at `indices`; None if the loss is not finite.
+    def train_batch(self, indices: np.ndarray) -> BatchInfo:
+        """One optimizer step on the images at `indices`; RunStopped ("diverged") if the loss
+        is not finite (before the step: the weights and saved checkpoints stay as they were).
 
         Distributed, this rank takes its part of the batch, the ranks' gradients, losses
         and correct counts are summed (`Replicas.reduce`), and the ranks share out the step
@@ -454,12 +468,15 @@ class _Run:
         lr = self.schedule.apply(self.optimizer, p.step) if self.schedule else self.optimizer.lr
         loss, correct = math.nan, 0
         if len(y):  # a rank's part is empty when the batch has fewer images than ranks
-            loss, logits = self.passes.forward_backward(x, y, self.criterion, split=split)
+            loss, logits = self.batch_parallel.forward_backward(x, y, self.criterion, split=split)
             loss, correct = float(loss), int((logits.argmax(axis=1) == y).sum())
         loss, correct = self.replicas.reduce(loss, correct, len(y), total)
         if not math.isfinite(loss):
-            self.last_loss = loss
-            return None
+            raise RunStopped(
+                "diverged", f"the training loss became {loss} at epoch {p.epoch + 1}, batch "
+                f"{p.batch + 1} (step {p.step + 1}): stopped; "
+                + ("the saved checkpoints are untouched; " if self.run_dir else "")
+                + "try a lower learning rate")
         self.optimizer.step(self.replicas.part)  # distributed: this rank's part of the update
         self.replicas.share()
         p.loss_sum += loss * total
@@ -470,19 +487,20 @@ class _Run:
         self.replicas.step_done(p.step)
         return BatchInfo(p.epoch, p.batch - 1, p.step, loss, correct / total, lr)
 
-    def interrupt(self, reason: str) -> bool:
+    def interrupt(self, reason: str):
+        """Save the last checkpoint (with a run folder) and stop: RunStopped ("interrupted")."""
         where = (f"epoch {self.progress.epoch + 1}, batch {self.progress.batch}/"
                  f"{num_batches(len(self.train_images), self.batch_size)}")
         if self.run_dir is None:
-            return self.stop_with("interrupted", f"{reason}: stopped at {where}")
+            raise RunStopped("interrupted", f"{reason}: stopped at {where}")
         self.replicas.check(self.progress.step)
         self.history.checkpoint = self.saved(LAST_FILE)
-        return self.stop_with("interrupted",
-                              f"{reason}: stopped at {where}; saved {self.history.checkpoint} "
-                              f"to resume from")
+        raise RunStopped("interrupted", f"{reason}: stopped at {where}; saved "
+                                        f"{self.history.checkpoint} to resume from")
 
-    def end_epoch(self, verbose: bool) -> bool:
-        """Validate, log, checkpoint and move to the next epoch; False if validation diverged."""
+    def end_epoch(self, verbose: bool) -> dict:
+        """Validate, log, checkpoint and move to the next epoch; the epoch's metrics entry.
+        RunStopped ("diverged") if the validation loss is not finite."""
         p = self.progress
         entry = {"epoch": p.epoch + 1, "lr": self.optimizer.lr,
                  "train_loss": p.loss_sum / p.seen, "train_acc": p.correct / p.seen}
@@ -490,7 +508,7 @@ class _Run:
         if self.val_data is not None:
             metrics = evaluate(self.model, self.val_data, self.normalization, group=self.group)
             if not math.isfinite(metrics["loss"]):
-                return self.stop_with(
+                raise RunStopped(
                     "diverged", f"the validation loss became {metrics['loss']} after epoch "
                                 f"{p.epoch + 1}: stopped; try a lower learning rate")
             entry.update(val_loss=metrics["loss"], val_acc=metrics["accuracy"])
@@ -510,7 +528,7 @@ class _Run:
                 self.saved(BEST_FILE)
         if verbose:
             print(format_entry(entry), file=sys.stderr, flush=True)
-        return True
+        return entry
 
 
 def format_entry(entry: dict) -> str:
@@ -524,6 +542,7 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
         label_smoothing: float = 0.0, rng: np.random.Generator | None = None,
         run_dir=None, normalization=None, resume=None,
         callbacks: tuple[Callable[[BatchInfo], bool | None], ...] = (),
+        epoch_callbacks: tuple[Callable[[dict], bool | None], ...] = (),
         handle_signals: bool = True, progress: bool = True, verbose: bool = True,
         metadata: dict | None = None, workers: int | None = None,
         communicator=None) -> History:
@@ -547,6 +566,9 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
             restores the weights, optimizer, RNG state and position, then continues.
         callbacks: functions called with a BatchInfo after every step; a true return value
             stops the run after that batch, as a signal does.
+        epoch_callbacks: functions called with each epoch's metrics (the History entry) once
+            it is logged and checkpointed; a true return value stops the run there (early
+            stopping), resumable as after a signal.
         handle_signals: turn SIGINT / SIGTERM into a clean stop with a resumable last.npz.
         progress: show a tqdm bar (when tqdm is installed); verbose: print one line per epoch.
         metadata: JSON-ready entries added to every checkpoint (e.g. the command line).
@@ -585,8 +607,9 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
     check_integer("crop_padding", crop_padding, 0)
     if run_dir is not None and not str(run_dir):
         raise ValueError("run_dir must name a folder (or be None), got an empty path")
-    if not all(callable(callback) for callback in callbacks):
-        raise TypeError(f"callbacks must be a tuple of functions, got {callbacks!r:.80}")
+    for name, functions in (("callbacks", callbacks), ("epoch_callbacks", epoch_callbacks)):
+        if not all(callable(function) for function in functions):
+            raise TypeError(f"{name} must be a tuple of functions, got {functions!r:.80}")
     images = _check_data(train_data, "train_data")[0]
     if normalization is None:
         normalization = channel_stats(images)
@@ -605,9 +628,10 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
                 f"with BatchNorm, every batch must give each of the {group.size} ranks at least "
                 f"one image, but {len(images)} training images in batches of {batch_size} end "
                 f"with a batch of {tail}; change --limit or --batch-size")
-    run = _Run(model, train_data, val_data, optimizer, schedule, epochs, batch_size, augment,
-               crop_padding, flip, label_smoothing, rng, run_dir, normalization, metadata,
-               workers, group)
+    loop = LoopSettings(epochs, batch_size, augment, crop_padding, flip, label_smoothing)
+    run = Trainer(model, optimizer=optimizer, schedule=schedule, train_data=train_data,
+                  val_data=val_data, loop=loop, rng=rng, run_dir=run_dir,
+                  normalization=normalization, metadata=metadata, workers=workers, group=group)
     if resume is not None:
         run.restore(resume if isinstance(resume, Checkpoint) else load_checkpoint(resume))
     # Open MPI's mpirun forwards SIGUSR1 to the ranks as it is; SIGINT and SIGTERM it turns
@@ -616,7 +640,8 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
     verbose = verbose and group.rank == 0
     with StopRequest(handle_signals, signals) as stop, \
             blas_threads(cpus_per_rank(group)) if distributed else nullcontext():
-        history = run.run(stop, callbacks, progress and group.rank == 0, verbose)
+        history = run.run(stop, callbacks, epoch_callbacks, progress and group.rank == 0,
+                          verbose)
     history.signal = stop.signal
     if verbose and history.message:
         print(history.message, file=sys.stderr, flush=True)
