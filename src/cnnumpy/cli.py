@@ -678,15 +678,21 @@ def configure_explore(parser: argparse.ArgumentParser) -> None:
     _add_test_set_options(parser, limit=True)
 
 
-def run_explore(args) -> int:
+def explorer_for(args):
+    """The `cnnumpy.explore.Explorer` of the checkpoint and test set that `args` name."""
     from . import explore  # Flask, only when exploring
 
     checkpoint = load_checkpoint(args.checkpoint)
-    explorer = explore.Explorer(
+    return explore.Explorer(
         checkpoint.build_model, _normalization(checkpoint), _test_set(checkpoint, args),
         checkpoint.metadata.get("class_names"), run_dir=args.checkpoint.parent,
         input_shape=checkpoint.metadata["model"]["input_shape"])
-    return explore.serve(explorer, args.host, args.port)
+
+
+def run_explore(args) -> int:
+    from .explore import serve
+
+    return serve(explorer_for(args), args.host, args.port)
 
 
 register_command("explore", "a local web page of what a checkpoint's network sees (needs "

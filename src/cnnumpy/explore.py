@@ -69,6 +69,9 @@ PICTURE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 GAP_COLOR = (70, 110, 160)            # the mosaic's gaps: not a value of the grey maps
 
 
+UPLOAD_TOO_LARGE = f"the upload is larger than the limit of {MAX_UPLOAD_BYTES // 2**20} MiB"
+
+
 class RequestError(Exception):
     """A bad request: answered with `status` and {"error": message}."""
 
@@ -234,6 +237,8 @@ class Explorer:
         """Decode an uploaded PNG or JPEG into the model's input shape; its id."""
         if not data:
             raise RequestError(400, f"{name}: the file is empty")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise RequestError(413, UPLOAD_TOO_LARGE)
         if not any(data.startswith(magic) for magic in PICTURE_MAGIC):
             raise RequestError(415, f"{name}: not a PNG or JPEG picture")
         try:
@@ -451,9 +456,8 @@ def create_app(explorer: Explorer):
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
-        message = ("the upload is larger than the limit of "
-                   f"{MAX_UPLOAD_BYTES // 2**20} MiB" if err.code == 413 else err.description)
-        return jsonify(error=message), err.code
+        return jsonify(error=UPLOAD_TOO_LARGE if err.code == 413 else err.description), \
+            err.code
 
     @app.after_request
     def headers(response):
@@ -499,7 +503,7 @@ def create_app(explorer: Explorer):
             raise RequestError(400, "send the picture as the form field 'image' "
                                     "(a PNG or JPEG file)")
         name = Path(file.filename or "the upload").name[:100]
-        return jsonify(id=explorer.upload(file.read(), name))
+        return jsonify(id=explorer.upload(file.read(MAX_UPLOAD_BYTES + 1), name))
 
     @app.get("/api/images/<image_id>")
     def prediction(image_id: str):
