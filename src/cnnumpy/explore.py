@@ -568,9 +568,10 @@ def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 0) -> int:
     print(f"cnnumpy explore: http://{shown}:{server.server_port}/  (Ctrl-C stops it)",
           flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever()  # werkzeug's returns on Ctrl-C
     except KeyboardInterrupt:
-        print("cnnumpy explore: stopped", flush=True)
+        pass
     finally:
         server.server_close()
+    print("cnnumpy explore: stopped", flush=True)
     return 0
