@@ -1,6 +1,7 @@
 """The explorer end to end in a real browser: `cnnumpy explore` runs as a subprocess on the
 checkpoint of the `explore_run` fixture, and Chromium (Debian's `chromium`, headless), driven
-by Playwright, uses the page as a person would. Screenshots go to docs/explorer/.
+by Playwright, uses the page as a person would. Screenshots go to docs/explorer/e2e-*.png
+(ignored by git; the README shows one taken the same way of a model trained on Fashion-MNIST).
 
 Needs Playwright (`pip install playwright`, in the extra dev) and a Chromium executable on
 PATH (`apt-get install chromium`; Playwright's own browser download is not needed)."""
@@ -183,8 +184,8 @@ def test_a_clicked_unit_shows_its_receptive_field(tab, server, explore_run):
     assert data == {"top": 0, "left": 0, "height": 5, "width": 5}   # the corner, in the padding
     click_unit(tab, layers["conv2"], 3, 2, 4)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    tab.screenshot(path=SCREENSHOTS / "explorer.png")
-    tab.locator("#prediction-section").screenshot(path=SCREENSHOTS / "unit.png")
+    tab.screenshot(path=SCREENSHOTS / "e2e-page.png")
+    tab.locator("#prediction-section").screenshot(path=SCREENSHOTS / "e2e-unit.png")
 
 
 def test_a_bad_upload_shows_its_error_and_a_good_one_is_chosen(tab, tmp_path):
@@ -193,7 +194,7 @@ def test_a_bad_upload_shows_its_error_and_a_good_one_is_chosen(tab, tmp_path):
     tab.wait_for_selector("#error:not([hidden])", timeout=WAIT_MS)
     assert tab.text_content("#error") == \
         "Upload refused: notes.txt: not a PNG or JPEG picture"
-    tab.locator("#input-section").screenshot(path=SCREENSHOTS / "upload-error.png")
+    tab.locator("#input-section").screenshot(path=SCREENSHOTS / "e2e-upload-error.png")
     from PIL import Image
 
     Image.fromarray(np.full((56, 40), 200, dtype=np.uint8)).save(tmp_path / "grey.png")

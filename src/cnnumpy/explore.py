@@ -472,13 +472,10 @@ def create_app(explorer: Explorer):
     def index():
         return app.send_static_file("index.html")
 
-    @app.get("/api/info")
-    def info():
-        return jsonify(explorer.info())
-
-    @app.get("/api/progress")
-    def progress():
-        return jsonify(explorer.progress())
+    # the endpoints without arguments: one method's answer as JSON
+    for name in ("info", "progress", "summary", "metrics", "confusion"):
+        method = getattr(explorer, name)
+        app.add_url_rule(f"/api/{name}", name, lambda method=method: jsonify(method()))
 
     @app.get("/api/test-images")
     def test_images():
@@ -533,18 +530,6 @@ def create_app(explorer: Explorer):
         if target is None:
             target = int(explorer.view(image_id).probabilities.argmax())
         return png_response(heat(explorer.saliency(image_id, target)))
-
-    @app.get("/api/summary")
-    def summary():
-        return jsonify(explorer.summary())
-
-    @app.get("/api/metrics")
-    def metrics():
-        return jsonify(explorer.metrics())
-
-    @app.get("/api/confusion")
-    def confusion():
-        return jsonify(explorer.confusion())
 
     return app
 
