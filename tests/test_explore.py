@@ -367,3 +367,18 @@ def test_the_default_host_is_this_machine_only():
     assert args.host == "127.0.0.1" and args.port == 0
     with pytest.raises(SystemExit):
         build_parser().parse_args(["explore", "x.npz", "--port", "70000"])
+
+
+def test_an_installed_package_holds_the_page():
+    """pyproject's package data names every file of the page, so a wheel serves it too."""
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["cnnumpy"]
+    files = [f"{explore.STATIC_FOLDER.name}/{path.name}"
+             for path in explore.STATIC_FOLDER.iterdir()]
+    assert "explore_static/index.html" in files and "explore_static/main.js" in files
+    assert [name for name in files
+            if not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)] == []

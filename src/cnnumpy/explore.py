@@ -65,10 +65,8 @@ MAP_GAP = 1                           # pixels between tiles
 TOP_K = 5
 KEPT_IMAGES = 16                      # the forward passes (and uploads) kept in memory
 PREDICTION_BATCH = 250                # test images per step of the background predictions
-PICTURE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+PICTURE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")   # how PNG and JPEG files start
 GAP_COLOR = (70, 110, 160)            # the mosaic's gaps: not a value of the grey maps
-
-
 UPLOAD_TOO_LARGE = f"the upload is larger than the limit of {MAX_UPLOAD_BYTES // 2**20} MiB"
 
 
@@ -121,9 +119,8 @@ def shown_layers(recorded: trace.Trace) -> list[Layer]:
 
 @dataclass
 class View:
-    """One image run through the model: its pixels, what the model saw, what it made."""
+    """One image run through the model: what the model saw, what it made."""
 
-    pixels: np.ndarray                 # (C, H, W) uint8 of the model's input shape
     image: np.ndarray                  # (C, H, W) normalised, the model's dtype
     maps: dict[str, np.ndarray]        # shown layer -> its output (C, h, w)
     probabilities: np.ndarray          # (K,)
@@ -136,7 +133,8 @@ class Explorer:
     pages' requests and once for the background predictions of the test set, so the two
     never share a layer's cache. normalization: (mean, std) per channel, as training used.
     test: an ImageDataset. class_names: one per output (default "0", "1", ...).
-    run_dir: the folder of `metrics.jsonl` (None: no learning curves).
+    run_dir: the folder of `metrics.jsonl` (None: no learning curves). input_shape: (C, H, W)
+    of one image (default the model's `input_shape`).
     """
 
     def __init__(self, build_model: Callable, normalization, test, class_names=None,
@@ -190,8 +188,8 @@ class Explorer:
             self.prediction_error = f"{type(err).__name__}: {err}"
 
     def progress(self) -> dict:
-        return {"done": self.done, "total": len(self.test), "ready": self.probabilities is not None,
-                "error": self.prediction_error}
+        return {"done": self.done, "total": len(self.test),
+                "ready": self.probabilities is not None, "error": self.prediction_error}
 
     def test_probabilities(self) -> np.ndarray:
         """(N, K) probabilities of the test set; 503 while they are being computed."""
@@ -226,8 +224,8 @@ class Explorer:
              "confidence": float(confidence[i])} for i in page]}
 
     def confusion(self) -> dict:
-        counts = plots.confusion_matrix(self.test.labels, self.test_probabilities().argmax(axis=1),
-                                        len(self.class_names))
+        predicted = self.test_probabilities().argmax(axis=1)
+        counts = plots.confusion_matrix(self.test.labels, predicted, len(self.class_names))
         return {"classes": self.class_names, "counts": counts.tolist(),
                 "accuracy": float(np.trace(counts) / max(counts.sum(), 1))}
 
@@ -271,13 +269,12 @@ class Explorer:
             if image_id in self.views:
                 self.views.move_to_end(image_id)
                 return self.views[image_id]
-            pixels = self.pixels(image_id)
-            image = prepare_batch(pixels[None], self.normalization, self.dtype)
+            image = prepare_batch(self.pixels(image_id)[None], self.normalization, self.dtype)
             recorded = trace.record(self.model, image)
             maps = {call.name: call.output[0] for call in recorded.calls
                     if call.name in self.layers}
             logits = recorded.calls[0].output
-            view = View(pixels, image[0], maps, softmax(logits.astype(np.float64))[0])
+            view = View(image[0], maps, softmax(logits.astype(np.float64))[0])
             _keep(self.views, image_id, view)
             return view
 
@@ -285,8 +282,8 @@ class Explorer:
         probabilities = self.view(image_id).probabilities
         best = np.argsort(-probabilities, kind="stable")[:TOP_K]
         return {"id": image_id, "predicted": self.class_names[best[0]], "top": [
-            {"class": self.class_names[k], "index": int(k), "probability": float(probabilities[k])}
-            for k in best]}
+            {"class": self.class_names[k], "index": int(k),
+             "probability": float(probabilities[k])} for k in best]}
 
     def layer(self, name) -> Layer:
         if name not in self.layers:
@@ -542,14 +539,13 @@ def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 0) -> int:
     the URL, and a warning when `host` lets other machines in."""
     from werkzeug.serving import make_server
 
-    app = create_app(explorer)
+    server = make_server(host, port, create_app(explorer), threaded=True)
+    shown = f"[{host}]" if ":" in host else host
     if host not in LOOPBACK:
         print(f"warning: --host {host}: the explorer is reachable from other machines, "
-              f"without a password; anyone who can reach {host}:{port or '<port>'} sees the "
-              f"model and the test images", file=sys.stderr, flush=True)
-    server = make_server(host, port, app, threaded=True)
+              f"without a password; anyone who can reach {shown}:{server.server_port} sees "
+              f"the model and the test images", file=sys.stderr, flush=True)
     explorer.start()
-    shown = f"[{host}]" if ":" in host else host
     print(f"cnnumpy explore: http://{shown}:{server.server_port}/  (Ctrl-C stops it)",
           flush=True)
     try:

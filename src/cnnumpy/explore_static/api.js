@@ -16,9 +16,10 @@ export function clearError() {
 // message for a 4xx or 5xx answer.
 export async function request(url, form = null) {
   const response = await fetch(url, form ? { method: "POST", body: form } : {});
-  const body = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
+  const status = `${response.status} ${response.statusText}`;
+  const body = await response.json().catch(() => ({ error: status }));
   if (!response.ok) {
-    const error = new Error(body.error || `${response.status} ${response.statusText}`);
+    const error = new Error(body.error || status);
     error.status = response.status;
     throw error;
   }

@@ -29,7 +29,8 @@ function tile(image) {
     if (state.chosenTile) state.chosenTile.classList.remove("chosen");
     div.classList.add("chosen");
     state.chosenTile = div;
-    state.choose(`test-${image.index}`, `test image ${image.index} (true class: ${names[image.label]})`);
+    const name = `test image ${image.index} (true class: ${names[image.label]})`;
+    state.choose(`test-${image.index}`, name);
   });
   return div;
 }
@@ -39,7 +40,8 @@ export async function showGrid(more = false) {
   const grid = document.getElementById("grid");
   state.offset = more ? state.offset + PAGE : 0;
   try {
-    const answer = await request(url("/api/test-images", { ...filters(), offset: state.offset, limit: PAGE }));
+    const query = { ...filters(), offset: state.offset, limit: PAGE };
+    const answer = await request(url("/api/test-images", query));
     if (!more) grid.replaceChildren();
     grid.append(...answer.images.map(tile));
     const shown = Math.min(answer.total, state.offset + PAGE);

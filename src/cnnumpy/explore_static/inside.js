@@ -32,7 +32,8 @@ function unitAt(layer, x, y) {
   const inX = x - column * (width + layer.gap);
   const inY = y - row * (height + layer.gap);
   const channel = row * layer.columns + column;
-  if (inX >= width || inY >= height || column >= layer.columns || channel >= layer.maps) return null;
+  const inGap = inX >= width || inY >= height;
+  if (inGap || column >= layer.columns || channel >= layer.maps) return null;
   return { channel, row: inY, column: inX };
 }
 
@@ -57,7 +58,8 @@ function layerFigure(layer) {
   img.height = (rows * (height + layer.gap) - layer.gap) * scale;
   img.alt = `feature maps of ${layer.name}`;
   img.addEventListener("click", (event) => {
-    const unit = unitAt(layer, Math.floor(event.offsetX / scale), Math.floor(event.offsetY / scale));
+    const x = Math.floor(event.offsetX / scale);
+    const unit = unitAt(layer, x, Math.floor(event.offsetY / scale));
     if (unit) showUnit(layer, unit);
   });
   div.append(title, img);
@@ -128,8 +130,9 @@ async function showUnit(layer, unit) {
     document.getElementById("unit-info").textContent = `${text} sees input rows ` +
       `${field.top}…${field.top + field.height - 1}, columns ${field.left}…` +
       `${field.left + field.width - 1} (${field.height}×${field.width} pixels` +
-      `${answer.clipped ? ", partly in the padding: the dashed box is the part inside the image" : ""}).`;
-    document.getElementById("unit-info").dataset.unit = [unit.channel, unit.row, unit.column].join(",");
+      `${answer.clipped ? ", partly in the padding: dashed, the part inside the image" : ""}).`;
+    document.getElementById("unit-info").dataset.unit =
+      [unit.channel, unit.row, unit.column].join(",");
     clearError();
   } catch (error) {
     showError(error.message);

@@ -1,7 +1,9 @@
 // The run panel: learning curves from metrics.jsonl, the confusion matrix, the summary.
 import { request } from "./api.js";
 
-const COLORS = { train_loss: "#2c7be5", val_loss: "#8fb8f0", train_acc: "#e5632c", val_acc: "#f0b38f" };
+const COLORS = {
+  train_loss: "#2c7be5", val_loss: "#8fb8f0", train_acc: "#e5632c", val_acc: "#f0b38f",
+};
 
 // Loss (left) and accuracy (right) against the epoch, each panel scaled to its own range.
 export async function showCurves() {
@@ -32,7 +34,8 @@ export async function showCurves() {
       pen.strokeStyle = "#999";
       pen.strokeRect(x0, margin, width, height);
       pen.fillStyle = "#222";
-      pen.fillText(`${title} (${low.toPrecision(3)} … ${high.toPrecision(3)}) per epoch`, x0, margin - 8);
+      const range = `${low.toPrecision(3)} … ${high.toPrecision(3)}`;
+      pen.fillText(`${title} (${range}) per epoch`, x0, margin - 8);
       for (const key of keys) {
         const points = history.filter((entry) => typeof entry[key] === "number");
         if (!points.length) continue;
@@ -75,7 +78,8 @@ export async function showConfusion(openCell) {
       const share = count / total;
       cell.style.background = `rgba(44, 123, 229, ${share.toFixed(3)})`;
       cell.style.color = share > 0.5 ? "white" : "black";
-      cell.title = `${count} test images of ${answer.classes[label]} predicted as ${answer.classes[predicted]}`;
+      cell.title = `${count} test images of ${answer.classes[label]} predicted as ` +
+        answer.classes[predicted];
       cell.addEventListener("click", () => openCell(label, predicted));
     });
   });
