@@ -183,6 +183,10 @@ def test_a_clicked_unit_shows_its_receptive_field(tab, server, explore_run):
         assert clipped == (expected["height"] < layers[name]["field"][0])
         gradient = tab.evaluate(COLOURS, "#unit-gradient")[0]
         assert gradient["width"] == 28 and gradient["colours"] > 1
+        assert {key: int(tab.get_attribute("#gradient-box", f"data-{key}"))
+                for key in data} == data                 # the same box over the gradient
+        marker = tab.locator(f'img.maps[data-layer="{name}"] + .unit-marker')
+        assert marker.is_visible() and tab.locator(".unit-marker:visible").count() == 1
     assert data == {"top": 0, "left": 0, "height": 5, "width": 5}   # the corner, in the padding
     click_unit(tab, layers["conv2"], 3, 2, 4)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

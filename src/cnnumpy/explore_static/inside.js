@@ -57,12 +57,23 @@ function layerFigure(layer) {
   img.width = naturalWidth * scale;
   img.height = (rows * (height + layer.gap) - layer.gap) * scale;
   img.alt = `feature maps of ${layer.name}`;
+  const marker = document.createElement("div");   // the clicked unit
+  marker.className = "unit-marker";
+  marker.hidden = true;
+  Object.assign(marker.style, { width: `${scale}px`, height: `${scale}px` });
   img.addEventListener("click", (event) => {
     const x = Math.floor(event.offsetX / scale);
-    const unit = unitAt(layer, x, Math.floor(event.offsetY / scale));
-    if (unit) showUnit(layer, unit);
+    const y = Math.floor(event.offsetY / scale);
+    if (!unitAt(layer, x, y)) return;
+    document.querySelectorAll(".unit-marker").forEach((other) => { other.hidden = true; });
+    Object.assign(marker.style, { left: `${x * scale + 1}px`, top: `${y * scale + 1}px` });
+    marker.hidden = false;
+    showUnit(layer, unitAt(layer, x, y));
   });
-  div.append(title, img);
+  const frame = document.createElement("span");
+  frame.className = "maps-frame";
+  frame.append(img, marker);
+  div.append(title, frame);
   return div;
 }
 
@@ -92,8 +103,10 @@ export async function choose(id, name) {
     document.getElementById("chosen-name").textContent = name;
     showBars(prediction);
     document.getElementById("saliency-class").value = String(prediction.top[0].index);
-    document.getElementById("field-box").hidden = true;
-    document.getElementById("unit-gradient").hidden = true;
+    for (const hidden of ["field-box", "gradient-box", "unit-gradient"]) {
+      document.getElementById(hidden).hidden = true;
+    }
+    document.querySelectorAll(".unit-marker").forEach((marker) => { marker.hidden = true; });
     await Promise.all([
       loadImage(document.getElementById("model-view"), `/api/images/${id}/input.png`),
       ...[...document.querySelectorAll("img.maps")].map((img) =>
@@ -106,6 +119,22 @@ export async function choose(id, name) {
   }
 }
 
+// Draw the part of a unit's field inside the image (dashed when the field reaches into the
+// padding) over its frame, a square of input pixels; its data-* keep the input pixels.
+function placeBox(id, answer) {
+  const [, rows, columns] = info.input_shape;
+  const box = document.getElementById(id);
+  const frame = box.parentElement.getBoundingClientRect();
+  const { top, left, height, width } = answer.box;
+  Object.assign(box.dataset, { top, left, height, width });
+  Object.assign(box.style, {
+    top: `${(top * frame.height) / rows}px`, left: `${(left * frame.width) / columns}px`,
+    height: `${(height * frame.height) / rows}px`, width: `${(width * frame.width) / columns}px`,
+  });
+  box.classList.toggle("clipped", answer.clipped);
+  box.hidden = false;
+}
+
 async function showUnit(layer, unit) {
   const args = { layer: layer.name, ...unit };
   try {
@@ -113,17 +142,8 @@ async function showUnit(layer, unit) {
     const gradient = document.getElementById("unit-gradient");
     gradient.hidden = false;
     await loadImage(gradient, url(`/api/images/${chosen}/unit.png`, args));
-    const [, rows, columns] = info.input_shape;
-    const frame = document.getElementById("input-frame").getBoundingClientRect();
-    const box = document.getElementById("field-box");
-    const { top, left, height, width } = answer.box;
-    Object.assign(box.dataset, { top, left, height, width });
-    box.style.top = `${(top * frame.height) / rows}px`;
-    box.style.left = `${(left * frame.width) / columns}px`;
-    box.style.height = `${(height * frame.height) / rows}px`;
-    box.style.width = `${(width * frame.width) / columns}px`;
-    box.classList.toggle("clipped", answer.clipped);
-    box.hidden = false;
+    placeBox("field-box", answer);      // on the input and on the gradient, to compare
+    placeBox("gradient-box", answer);
     const field = answer.field;
     const text = `${layer.name}[map ${unit.channel}, row ${unit.row}, column ${unit.column}]`;
     document.getElementById("unit-caption").textContent = `|d ${text} / d input|`;
