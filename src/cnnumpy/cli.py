@@ -1,4 +1,5 @@
-"""The `cnnumpy` command (also `python -m cnnumpy`): train, evaluate, predict, summary, plot.
+"""The `cnnumpy` command (also `python -m cnnumpy`): train, evaluate, predict, summary, plot,
+explore.
 
     cnnumpy train --dataset fashion-mnist --epochs 15 --out runs/fmnist
     cnnumpy train --resume runs/fmnist
@@ -6,6 +7,7 @@
     cnnumpy predict runs/fmnist/best.npz shoe.png image.npy --top-k 3
     cnnumpy summary --model simplecnn --input-shape 3,32,32     (or: cnnumpy summary CHECKPOINT)
     cnnumpy plot saliency runs/fmnist/best.npz test:0 --out saliency.png
+    cnnumpy explore runs/fmnist/best.npz        (a web page at http://127.0.0.1:PORT/)
 
 Each subcommand is a pair of functions registered in `COMMANDS` by `register_command`:
 `configure(parser)` adds its arguments, `run(args) -> exit status` does the work. Errors print
@@ -653,6 +655,48 @@ def run_plot(args) -> int:
 
 register_command("plot", "PNG figures: curves, filters, features, confusion, mistakes, "
                          "saliency, receptive-field", configure_plot, run_plot)
+
+
+# --------------------------------------------------------------------------- explore
+
+
+def _port(text: str) -> int:
+    try:
+        return check_integer("the value", int(text), 0, 65535)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number in [0, 65535], "
+                                         f"got {text}") from None
+
+
+def configure_explore(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train")
+    parser.add_argument("--port", type=_port, default=0,
+                        help="TCP port (default 0: a free one; the URL is printed)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; "
+                             "another address lets other machines in, with a warning)")
+    _add_test_set_options(parser, limit=True)
+
+
+def explorer_for(args):
+    """The `cnnumpy.explore.Explorer` of the checkpoint and test set that `args` name."""
+    from . import explore  # Flask, only when exploring
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    return explore.Explorer(
+        checkpoint.build_model, _normalization(checkpoint), _test_set(checkpoint, args),
+        checkpoint.metadata.get("class_names"), run_dir=args.checkpoint.parent,
+        input_shape=checkpoint.metadata["model"]["input_shape"])
+
+
+def run_explore(args) -> int:
+    from .explore import serve
+
+    return serve(explorer_for(args), args.host, args.port)
+
+
+register_command("explore", "a local web page of what a checkpoint's network sees (needs "
+                            "the extra `web`)", configure_explore, run_explore)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import trace
 from .layers import Conv2D
-from .shapes import traced_fields
+from .shapes import field_box, traced_fields
 from .train import METRICS_FILE
 
 DEFAULT_DPI = 100
@@ -86,7 +86,7 @@ def _check_image(image, what: str = "image") -> np.ndarray:
     return image
 
 
-def _rescale(array: np.ndarray) -> np.ndarray:
+def rescale(array: np.ndarray) -> np.ndarray:
     """Map the values of `array` linearly onto [0, 1] (a constant array becomes 0.5)."""
     array = np.asarray(array, dtype=np.float64)
     low, high = array.min(), array.max()
@@ -101,7 +101,7 @@ def _displayable(image: np.ndarray) -> np.ndarray:
     uint8 pixels are divided by 255 (true intensities); floating images are rescaled.
     """
     image = _check_image(image)
-    shown = image / 255.0 if image.dtype == np.uint8 else _rescale(image)
+    shown = image / 255.0 if image.dtype == np.uint8 else rescale(image)
     return shown[0] if shown.shape[0] == 1 else shown.transpose(1, 2, 0)
 
 
@@ -114,21 +114,26 @@ def _show(ax, image: np.ndarray, title: str | None = None) -> None:
         ax.set_title(title, fontsize=8)
 
 
-def _mosaic(tiles: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
-    """Tiles (N, h, w[, 3]) in a grid of `columns`, each rescaled to [0, 1], NaN in the gaps."""
+def mosaic(tiles: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
+    """Tiles (N, h, w[, 3]) in a grid of `columns`, each rescaled to [0, 1] as `rescale` does,
+    NaN in the gaps."""
     count, h, w = tiles.shape[:3]
     rows = math.ceil(count / columns)
-    grid = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, *tiles.shape[3:]), np.nan)
-    for index, tile in enumerate(tiles):
-        top, left = divmod(index, columns)
-        grid[top * (h + gap): top * (h + gap) + h, left * (w + gap): left * (w + gap) + w] = \
-            _rescale(tile)
-    return grid
+    tiles = np.asarray(tiles, dtype=np.float64)
+    each = tuple(range(1, tiles.ndim))
+    low, high = tiles.min(axis=each, keepdims=True), tiles.max(axis=each, keepdims=True)
+    span = high - low
+    scaled = np.where(span > 0, (tiles - low) / np.where(span > 0, span, 1.0), 0.5)
+    cells = np.full((rows * columns, h + gap, w + gap, *tiles.shape[3:]), np.nan)
+    cells[:count, :h, :w] = scaled
+    grid = cells.reshape(rows, columns, h + gap, w + gap, *tiles.shape[3:]).swapaxes(1, 2)
+    grid = grid.reshape(rows * (h + gap), columns * (w + gap), *tiles.shape[3:])
+    return grid[:rows * (h + gap) - gap, :columns * (w + gap) - gap]
 
 
 def _show_mosaic(ax, tiles: np.ndarray, columns: int, cmap: str = "gray",
                  gap_color: str = "white") -> None:
-    grid = _mosaic(tiles, columns)
+    grid = mosaic(tiles, columns)
     if grid.ndim == 3:  # RGB
         from matplotlib.colors import to_rgb
 
@@ -205,10 +210,7 @@ def receptive_field_box(model, layer: str, unit: tuple[int, int],
     if input_shape is None:
         raise ValueError("pass input_shape=(C, H, W): the model has no input_shape")
     recorded = trace.record(model, np.zeros((1, *input_shape), model.dtype or np.float32))
-    height, width = traced_fields(recorded)[id(_image_call(recorded, layer).output)]
-    row, column = unit
-    return (height.start + row * height.jump, width.start + column * width.jump,
-            height.size, width.size)
+    return field_box(traced_fields(recorded)[id(_image_call(recorded, layer).output)], unit)
 
 
 def saliency(model, image: np.ndarray, target: int | None = None) -> tuple[np.ndarray, int]:

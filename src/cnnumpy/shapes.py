@@ -84,6 +84,16 @@ def _union(fields: list[Field]) -> Field:
     return Field(end - start, max(f.jump for f in fields), start)
 
 
+def field_box(field: tuple[Field, Field], unit: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) in input pixels of the field of unit (row, column), for a
+    layer whose (height, width) fields are `field`: top = start + row · jump along the height,
+    left likewise along the width. Negative or too large coordinates lie in the padding."""
+    height, width = field
+    row, column = unit
+    return (height.start + row * height.jump, width.start + column * width.jump,
+            height.size, width.size)
+
+
 def traced_fields(trace) -> dict[int, tuple[Field, Field] | None]:
     """(height, width) receptive field of every array of a trace, keyed by id(array); None
     for arrays that are no longer images (after Flatten: a unit then sees the whole input).

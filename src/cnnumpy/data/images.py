@@ -154,26 +154,34 @@ def npy_images(path: Path) -> list[tuple[str, np.ndarray]]:
 
 
 def picture_pixels(path: Path, channels: int) -> np.ndarray:
-    """A picture as uint8 (C, H, W), C = 1 (luminance) when `channels` is 1, else 3 (RGB)."""
+    """A picture file as uint8 (C, H, W), C = 1 (luminance) when `channels` is 1, else 3 (RGB)."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file")
+    with open(path, "rb") as file:
+        return decode_picture(file, channels, str(path))
+
+
+def decode_picture(file, channels: int, source: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The picture in a binary file object (a file, `io.BytesIO`) as uint8 (C, H, W), C as
+    in `picture_pixels`; `source` names it in errors. Pillow's decompression-bomb limit stays
+    on, and pictures of more than `max_pixels` values are refused before they are decoded."""
     try:
         from PIL import Image, ImageOps
     except ImportError:
-        raise ValueError(f"reading {path.suffix} images needs Pillow "
+        raise ValueError(f"reading {source}: pictures need Pillow "
                          f"(pip install 'cnnumpy[image]'); .npy arrays need nothing") from None
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file")
     try:
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             width, height = image.size
-            if width * height * len(image.getbands()) > MAX_PIXELS:
+            if width * height * len(image.getbands()) > max_pixels:
                 raise ValueError(f"declares {width}x{height} pixels, more than the "
-                                 f"{MAX_PIXELS} values an image file may hold")
+                                 f"{max_pixels} values an image file may hold")
             image = ImageOps.exif_transpose(image)
             array = _flatten(image, channels, Image)
-    except _PICTURE_ERRORS as err:
-        raise ValueError(f"{path}: not a picture cnnumpy can read ({err})") from None
+    except (*_PICTURE_ERRORS, Image.DecompressionBombError) as err:
+        raise ValueError(f"{source}: not a picture cnnumpy can read ({err})") from None
     if array.size == 0:
-        raise ValueError(f"{path}: holds no pixels")
+        raise ValueError(f"{source}: holds no pixels")
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 

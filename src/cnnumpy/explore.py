@@ -1,0 +1,558 @@
+"""The explorer: a local web page that shows what a trained network sees (`cnnumpy explore`).
+
+    explorer = Explorer(checkpoint.build_model, normalization, test_set, class_names, run_dir)
+    serve(explorer, host="127.0.0.1", port=0)     # prints the URL, serves until Ctrl-C
+
+The page (`explore_static/`: HTML, CSS and JavaScript modules, no build step, nothing from the
+internet) asks the endpoints below; the model runs in this process with cnnumpy's own forward
+and backward, through `cnnumpy.plots` (unit gradients, receptive-field boxes, saliency),
+`cnnumpy.summary` and `cnnumpy.shapes`. Images travel as PNG, numbers as JSON. The server is
+Flask (the `web` extra), imported only here, so the rest of cnnumpy stays NumPy-only.
+
+An image is named by an id: `test-N` (image N of the test set) or `upload-HEX` (a picture
+sent to /api/upload, or drawn on the page). A layer is named as in `model.named_modules()`.
+
+    GET  /                                      the page; /static/<file> its files
+    GET  /api/info                              model, classes, the layers shown, their fields
+    GET  /api/progress                          test-set predictions done so far
+    GET  /api/test-images?label=&predicted=&mistakes=1&sort=&offset=&limit=
+    GET  /api/test-images/<n>.png               test image n, its pixels
+    POST /api/upload                            form field "image": a PNG or JPEG -> {"id"}
+    GET  /api/images/<id>                       top-k probabilities
+    GET  /api/images/<id>/input.png             the image as the model sees it
+    GET  /api/images/<id>/maps.png?layer=       a layer's feature maps, one tile per map
+    GET  /api/images/<id>/unit?layer=&channel=&row=&column=      its receptive field
+    GET  /api/images/<id>/unit.png?layer=&channel=&row=&column=  |d unit / d input|
+    GET  /api/images/<id>/saliency.png?class=   |d class score / d input|
+    GET  /api/summary   /api/metrics   /api/confusion
+
+Every bad request gets a 4xx answer {"error": message}. Nothing from a request names a file:
+the only files served are the page's own; the run folder is read for `metrics.jsonl` only.
+The test set's predictions (for the grid and the confusion matrix) are computed once, in a
+background thread with its own copy of the model, while the page shows the progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import sys
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import plots, trace
+from .data.images import decode_picture, to_model_input
+from .distributed import blas_threads
+from .losses import softmax
+from .models.containers import Residual
+from .shapes import Field, field_box, traced_fields
+from .summary import format_summary, summarize
+from .train import predict_proba, prepare_batch
+
+STATIC_FOLDER = Path(__file__).parent / "explore_static"
+MAX_UPLOAD_BYTES = 4 * 2**20          # bytes of one uploaded picture
+MAX_UPLOAD_PIXELS = 2**24             # its declared width x height x channels (16 M values)
+MAX_MAPS = 64                         # feature maps shown per layer
+MAP_COLUMNS = 16                      # tiles per row of a layer's mosaic
+MAP_GAP = 1                           # pixels between tiles
+TOP_K = 5
+KEPT_IMAGES = 16                      # the forward passes (and uploads) kept in memory
+PREDICTION_BATCH = 250                # test images per step of the background predictions
+PICTURE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")   # how PNG and JPEG files start
+GAP_COLOR = (70, 110, 160)            # the mosaic's gaps: not a value of the grey maps
+UPLOAD_TOO_LARGE = f"the upload is larger than the limit of {MAX_UPLOAD_BYTES // 2**20} MiB"
+
+
+class RequestError(Exception):
+    """A bad request: answered with `status` and {"error": message}."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# --------------------------------------------------------------------------- the model's side
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer the page shows: a convolution, a pool or a block, with its receptive field."""
+
+    name: str
+    type: str
+    depth: int                     # 1 for the model's children, 2 for theirs, ...
+    shape: tuple[int, int, int]    # output (C, H, W) of one image
+    field: tuple[Field, Field]     # (height, width): size, jump, start in input pixels
+
+    def json(self) -> dict:
+        height, width = self.field
+        shown = min(self.shape[0], MAX_MAPS)
+        return {"name": self.name, "type": self.type, "depth": self.depth,
+                "shape": list(self.shape), "field": [height.size, width.size],
+                "jump": [height.jump, width.jump], "start": [height.start, width.start],
+                "maps": shown, "columns": min(shown, MAP_COLUMNS), "gap": MAP_GAP}
+
+
+def shown_layers(recorded: trace.Trace) -> list[Layer]:
+    """The convolutions, pools and residual blocks of a trace whose output is an image, in
+    the order they start (a block before its layers)."""
+    fields = traced_fields(recorded)
+    chosen: dict[int, trace.Call] = {}  # by output: a layer called twice is shown once
+    for call in recorded.calls:
+        if not call.name or call.output.ndim != 4 or fields.get(id(call.output)) is None:
+            continue
+        windowed = call.is_leaf and \
+            call.module.receptive_window(call.inputs[0].shape[1:]) is not None
+        if windowed or isinstance(call.module, Residual):
+            chosen[id(call.output)] = call
+    calls = sorted(chosen.values(), key=recorded.calls.index)
+    return [Layer(call.name, type(call.module).__name__, call.depth,
+                  tuple(call.output.shape[1:]), fields[id(call.output)]) for call in calls]
+
+
+@dataclass
+class View:
+    """One image run through the model: what the model saw, what it made."""
+
+    image: np.ndarray                  # (C, H, W) normalised, the model's dtype
+    maps: dict[str, np.ndarray]        # shown layer -> its output (C, h, w)
+    probabilities: np.ndarray          # (K,)
+
+
+class Explorer:
+    """One session of the explorer: the model, the test set, what was computed for them.
+
+    build_model: makes the model (a checkpoint's `build_model`); called twice, once for the
+    pages' requests and once for the background predictions of the test set, so the two
+    never share a layer's cache. normalization: (mean, std) per channel, as training used.
+    test: an ImageDataset. class_names: one per output (default "0", "1", ...).
+    run_dir: the folder of `metrics.jsonl` (None: no learning curves). input_shape: (C, H, W)
+    of one image (default the model's `input_shape`).
+    """
+
+    def __init__(self, build_model: Callable, normalization, test, class_names=None,
+                 run_dir=None, input_shape=None):
+        self.build_model = build_model
+        self.model = build_model()
+        self.normalization = normalization
+        self.test = test
+        self.input_shape = tuple(input_shape or self.model.input_shape)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.dtype = self.model.dtype or np.float32
+        recorded = trace.record(self.model, np.zeros((1, *self.input_shape), self.dtype))
+        outputs = recorded.calls[0].output.shape[1]
+        self.class_names = list(class_names or [str(k) for k in range(outputs)])[:outputs]
+        self.layers = {layer.name: layer for layer in shown_layers(recorded)}
+        self.lock = threading.Lock()          # one request at a time runs self.model
+        self.views: OrderedDict[str, View] = OrderedDict()
+        self.uploads: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.done = 0                         # test images predicted so far
+        self.probabilities: np.ndarray | None = None
+        self.prediction_error: str | None = None
+        self._predictions = threading.Thread(target=self._predict_test_set, daemon=True,
+                                             name="cnnumpy-explore-predictions")
+
+    @contextmanager
+    def running(self):
+        """One request at a time runs self.model, with BLAS on one thread: for one image,
+        more threads mostly wait for each other (ResNet-20's pass of one image took 3 to 10
+        times as long with two threads on two busy cores)."""
+        with self.lock, blas_threads(1):
+            yield self.model
+
+    # ----------------------------------------------------------------- the test set
+
+    def start(self) -> "Explorer":
+        """Start the background predictions of the test set (once)."""
+        if not self._predictions.is_alive() and self.probabilities is None:
+            self._predictions.start()
+        return self
+
+    def _predict_test_set(self) -> None:
+        try:
+            model, images = self.build_model(), self.test.images
+            parts = []
+            for start in range(0, len(images), PREDICTION_BATCH):
+                parts.append(predict_proba(model, images[start: start + PREDICTION_BATCH],
+                                           self.normalization))
+                self.done = min(start + PREDICTION_BATCH, len(images))
+            self.probabilities = np.concatenate(parts)
+        except Exception as err:  # shown on the page; the server goes on
+            self.prediction_error = f"{type(err).__name__}: {err}"
+
+    def progress(self) -> dict:
+        return {"done": self.done, "total": len(self.test),
+                "ready": self.probabilities is not None, "error": self.prediction_error}
+
+    def test_probabilities(self) -> np.ndarray:
+        """(N, K) probabilities of the test set; 503 while they are being computed."""
+        if self.probabilities is None:
+            raise RequestError(503, self.prediction_error or
+                               f"the test set's predictions are being computed "
+                               f"({self.done} of {len(self.test)})")
+        return self.probabilities
+
+    def test_images(self, label=None, predicted=None, mistakes=False, sort="index",
+                    offset=0, limit=60) -> dict:
+        """The test images that match the filters: index, true and predicted class and the
+        predicted class's probability, sorted by `sort` ("index", "confidence" or
+        "-confidence": least or most confident first)."""
+        probabilities = self.test_probabilities()
+        guesses = probabilities.argmax(axis=1)
+        confidence = probabilities[np.arange(len(guesses)), guesses]
+        keep = np.ones(len(guesses), dtype=bool)
+        if label is not None:
+            keep &= self.test.labels == label
+        if predicted is not None:
+            keep &= guesses == predicted
+        if mistakes:
+            keep &= guesses != self.test.labels
+        matched = np.flatnonzero(keep)
+        if sort != "index":
+            order = confidence[matched] if sort == "confidence" else -confidence[matched]
+            matched = matched[np.argsort(order, kind="stable")]
+        page = matched[offset: offset + limit]
+        return {"total": len(matched), "offset": offset, "images": [
+            {"index": int(i), "label": int(self.test.labels[i]), "predicted": int(guesses[i]),
+             "confidence": float(confidence[i])} for i in page]}
+
+    def confusion(self) -> dict:
+        predicted = self.test_probabilities().argmax(axis=1)
+        counts = plots.confusion_matrix(self.test.labels, predicted, len(self.class_names))
+        return {"classes": self.class_names, "counts": counts.tolist(),
+                "accuracy": float(np.trace(counts) / max(counts.sum(), 1))}
+
+    # ----------------------------------------------------------------- one image
+
+    def upload(self, data: bytes, name: str) -> str:
+        """Decode an uploaded PNG or JPEG into the model's input shape; its id."""
+        if not data:
+            raise RequestError(400, f"{name}: the file is empty")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise RequestError(413, UPLOAD_TOO_LARGE)
+        if not any(data.startswith(magic) for magic in PICTURE_MAGIC):
+            raise RequestError(415, f"{name}: not a PNG or JPEG picture")
+        try:
+            pixels = decode_picture(io.BytesIO(data), self.input_shape[0], name,
+                                    max_pixels=MAX_UPLOAD_PIXELS)
+            pixels = to_model_input(pixels, self.input_shape, name)
+        except ValueError as err:
+            raise RequestError(400, str(err)) from None
+        image_id = "upload-" + hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
+        with self.lock:
+            _keep(self.uploads, image_id, pixels)
+        return image_id
+
+    def pixels(self, image_id: str) -> np.ndarray:
+        """(C, H, W) uint8 of an image id; 404 for an id that names no image."""
+        test = re.fullmatch(r"test-(\d{1,9})", image_id)
+        if test:
+            index = int(test.group(1))
+            if index >= len(self.test):
+                raise RequestError(404, f"{image_id}: the test set has {len(self.test)} images")
+            return self.test.images[index]
+        if image_id in self.uploads:
+            return self.uploads[image_id]
+        raise RequestError(404, f"no image {image_id!r}: ids are test-N or those /api/upload "
+                                f"gave (the last {KEPT_IMAGES} are kept)")
+
+    def view(self, image_id: str) -> View:
+        """The image's forward pass, recorded once and kept for the next requests."""
+        with self.running():
+            if image_id in self.views:
+                self.views.move_to_end(image_id)
+                return self.views[image_id]
+            image = prepare_batch(self.pixels(image_id)[None], self.normalization, self.dtype)
+            recorded = trace.record(self.model, image)
+            maps = {call.name: call.output[0] for call in recorded.calls
+                    if call.name in self.layers}
+            logits = recorded.calls[0].output
+            view = View(image[0], maps, softmax(logits.astype(np.float64))[0])
+            _keep(self.views, image_id, view)
+            return view
+
+    def prediction(self, image_id: str) -> dict:
+        probabilities = self.view(image_id).probabilities
+        best = np.argsort(-probabilities, kind="stable")[:TOP_K]
+        return {"id": image_id, "predicted": self.class_names[best[0]], "top": [
+            {"class": self.class_names[k], "index": int(k),
+             "probability": float(probabilities[k])} for k in best]}
+
+    def layer(self, name) -> Layer:
+        if name not in self.layers:
+            raise RequestError(404, f"unknown layer {name!r}; the layers shown are "
+                                    f"{', '.join(self.layers)}")
+        return self.layers[name]
+
+    def unit(self, name, channel: int, row: int, column: int) -> tuple[Layer, tuple[int, int]]:
+        """The layer and (row, column) of a unit; 400 when it lies outside the output."""
+        layer = self.layer(name)
+        maps, height, width = layer.shape
+        if not (0 <= channel < maps and 0 <= row < height and 0 <= column < width):
+            raise RequestError(400, f"unit (map {channel}, row {row}, column {column}) is "
+                                    f"outside the output of {name!r}, of shape "
+                                    f"({maps}, {height}, {width}) (maps, rows, columns)")
+        return layer, (row, column)
+
+    def field(self, name, channel: int, row: int, column: int) -> dict:
+        """The unit's receptive field in input pixels, and the part of it inside the image."""
+        layer, unit = self.unit(name, channel, row, column)
+        # the traced fields of the model (`plots.receptive_field_box` without its pass)
+        top, left, height, width = field_box(layer.field, unit)
+        _, rows, columns = self.input_shape
+        inside_top, inside_left = max(top, 0), max(left, 0)
+        box = {"top": inside_top, "left": inside_left,
+               "height": min(top + height, rows) - inside_top,
+               "width": min(left + width, columns) - inside_left}
+        return {"layer": name, "channel": channel, "unit": list(unit),
+                "field": {"top": top, "left": left, "height": height, "width": width},
+                "box": box, "clipped": box["height"] != height or box["width"] != width}
+
+    def unit_gradient(self, image_id: str, name, channel: int, row: int, column: int):
+        """|d unit / d input|, the largest over the input's channels: (H, W)."""
+        _, unit = self.unit(name, channel, row, column)
+        image = self.view(image_id).image
+        with self.running():
+            gradient = plots.unit_gradient(self.model, image, name, unit, channel)
+        return np.abs(gradient).max(axis=0)
+
+    def saliency(self, image_id: str, target: int) -> np.ndarray:
+        if not 0 <= target < len(self.class_names):
+            raise RequestError(400, f"class must be in [0, {len(self.class_names)}), "
+                                    f"got {target}")
+        image = self.view(image_id).image
+        with self.running():
+            return plots.saliency(self.model, image, target)[0]
+
+    # ----------------------------------------------------------------- the run
+
+    def summary(self) -> dict:
+        with self.running():
+            summary = summarize(self.model, self.input_shape)
+        rows = [{"name": row.name, "type": row.type, "shape": list(row.output_shape),
+                 "parameters": row.parameters, "macs": row.macs, "leaf": row.leaf,
+                 "field": None if row.field is None else [f.size for f in row.field],
+                 "jump": None if row.field is None else [f.jump for f in row.field]}
+                for row in summary.rows]
+        return {"model": summary.model, "input_shape": list(summary.input_shape),
+                "rows": rows, "parameters": summary.parameters, "macs": summary.macs,
+                "activation_bytes": summary.activation_bytes, "text": format_summary(summary)}
+
+    def metrics(self) -> list[dict]:
+        if self.run_dir is None:
+            raise RequestError(404, "no run folder: the learning curves need metrics.jsonl")
+        try:
+            return plots.read_metrics(self.run_dir)
+        except FileNotFoundError as err:
+            raise RequestError(404, str(err)) from None
+        except ValueError as err:
+            raise RequestError(422, str(err)) from None
+
+    def info(self) -> dict:
+        return {"model": type(self.model).__name__, "input_shape": list(self.input_shape),
+                "classes": self.class_names, "dataset": self.test.name,
+                "test_images": len(self.test), "drawable": self.input_shape[0] == 1,
+                "layers": [layer.json() for layer in self.layers.values()]}
+
+
+def _keep(kept: OrderedDict, key: str, value) -> None:
+    """Put `value` last in `kept`, dropping the oldest entries beyond KEPT_IMAGES."""
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > KEPT_IMAGES:
+        kept.popitem(last=False)
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def png(rgb: np.ndarray) -> bytes:
+    """(H, W, 3) or (H, W) uint8 as PNG bytes (fast compression: the images are small)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def picture(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W) or (H, W, 3) uint8: pixels as they are, floats rescaled."""
+    shown = image if image.dtype == np.uint8 else np.rint(plots.rescale(image) * 255).astype(
+        np.uint8)
+    return shown[0] if shown.shape[0] == 1 else shown.transpose(1, 2, 0)
+
+
+def heat(values: np.ndarray) -> np.ndarray:
+    """(H, W) >= 0 -> (H, W, 3) uint8, black through red and yellow to white (as "hot")."""
+    v = plots.rescale(values) if values.max() > 0 else np.zeros(values.shape)
+    return np.rint(np.clip(np.stack([3 * v, 3 * v - 1, 3 * v - 2], axis=-1), 0, 1) * 255) \
+        .astype(np.uint8)
+
+
+def maps_mosaic(maps: np.ndarray) -> np.ndarray:
+    """A layer's output (C, h, w) as one grey image of its first MAX_MAPS maps, MAP_COLUMNS
+    a row, each rescaled on its own (`plots.mosaic`), the gaps in GAP_COLOR."""
+    shown = maps[:MAX_MAPS]
+    grid = plots.mosaic(shown, min(len(shown), MAP_COLUMNS), gap=MAP_GAP)  # NaN in the gaps
+    grey = np.rint(np.nan_to_num(grid) * 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgb[np.isnan(grid)] = GAP_COLOR
+    return rgb
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def _integer(args, name: str, default=None, low: int = 0, high: int = 2**31) -> int | None:
+    """Query argument `name` as an integer in [low, high]; 400 otherwise."""
+    text = args.get(name)
+    if text is None or text == "":
+        if default is None:
+            raise RequestError(400, f"missing the argument {name}")
+        return default
+    if not re.fullmatch(r"-?\d{1,10}", text) or not low <= int(text) <= high:
+        raise RequestError(400, f"{name} must be an integer in [{low}, {high}], got {text!r}")
+    return int(text)
+
+
+def _optional(args, name: str, high: int) -> int | None:
+    return None if args.get(name) in (None, "") else _integer(args, name, high=high)
+
+
+def create_app(explorer: Explorer):
+    """The Flask app of an explorer (see the module docstring for its endpoints)."""
+    try:
+        from flask import Flask, Response, jsonify, request
+        from werkzeug.exceptions import HTTPException
+    except ImportError:
+        raise ImportError('the explorer needs Flask: pip install -e ".[web]" (or pip install '
+                          '"cnnumpy[web]")') from None
+
+    app = Flask(__name__, static_folder=str(STATIC_FOLDER), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES + 64 * 1024  # the form's own bytes
+    app.json.sort_keys = False
+
+    def png_response(rgb: np.ndarray):
+        return Response(png(rgb), mimetype="image/png", headers={"Cache-Control": "no-store"})
+
+    def unit_arguments():
+        args = request.args
+        return (args.get("layer", ""), _integer(args, "channel"), _integer(args, "row"),
+                _integer(args, "column"))
+
+    @app.errorhandler(RequestError)
+    def request_error(err: RequestError):
+        return jsonify(error=str(err)), err.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        return jsonify(error=UPLOAD_TOO_LARGE if err.code == 413 else err.description), \
+            err.code
+
+    @app.after_request
+    def headers(response):
+        # the page runs only its own scripts and loads nothing from elsewhere
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.get("/")
+    def index():
+        return app.send_static_file("index.html")
+
+    # the endpoints without arguments: one method's answer as JSON
+    for name in ("info", "progress", "summary", "metrics", "confusion"):
+        method = getattr(explorer, name)
+        app.add_url_rule(f"/api/{name}", name, lambda method=method: jsonify(method()))
+
+    @app.get("/api/test-images")
+    def test_images():
+        args, classes = request.args, len(explorer.class_names) - 1
+        sort = args.get("sort", "index")
+        if sort not in ("index", "confidence", "-confidence"):
+            raise RequestError(400, f"sort must be index, confidence or -confidence, "
+                                    f"got {sort!r}")
+        return jsonify(explorer.test_images(
+            _optional(args, "label", classes), _optional(args, "predicted", classes),
+            args.get("mistakes") in ("1", "true"), sort, _integer(args, "offset", 0),
+            _integer(args, "limit", 60, low=1, high=500)))
+
+    @app.get("/api/test-images/<int:index>.png")
+    def test_image(index: int):
+        return png_response(picture(explorer.pixels(f"test-{index}")))
+
+    @app.post("/api/upload")
+    def upload():
+        file = request.files.get("image")
+        if file is None:
+            raise RequestError(400, "send the picture as the form field 'image' "
+                                    "(a PNG or JPEG file)")
+        name = Path(file.filename or "the upload").name[:100]
+        return jsonify(id=explorer.upload(file.read(MAX_UPLOAD_BYTES + 1), name))
+
+    @app.get("/api/images/<image_id>")
+    def prediction(image_id: str):
+        return jsonify(explorer.prediction(image_id))
+
+    @app.get("/api/images/<image_id>/input.png")
+    def model_view(image_id: str):
+        return png_response(picture(explorer.view(image_id).image))
+
+    @app.get("/api/images/<image_id>/maps.png")
+    def feature_maps(image_id: str):
+        layer = explorer.layer(request.args.get("layer", ""))
+        return png_response(maps_mosaic(explorer.view(image_id).maps[layer.name]))
+
+    @app.get("/api/images/<image_id>/unit")
+    def unit_field(image_id: str):
+        explorer.pixels(image_id)
+        return jsonify(explorer.field(*unit_arguments()))
+
+    @app.get("/api/images/<image_id>/unit.png")
+    def unit_gradient(image_id: str):
+        return png_response(heat(explorer.unit_gradient(image_id, *unit_arguments())))
+
+    @app.get("/api/images/<image_id>/saliency.png")
+    def saliency(image_id: str):
+        target = _optional(request.args, "class", 2**31)
+        if target is None:
+            target = int(explorer.view(image_id).probabilities.argmax())
+        return png_response(heat(explorer.saliency(image_id, target)))
+
+    return app
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 0) -> int:
+    """Serve the explorer at http://host:port/ until Ctrl-C (port 0: a free one); prints
+    the URL, and a warning when `host` lets other machines in."""
+    from werkzeug.serving import make_server
+
+    server = make_server(host, port, create_app(explorer), threaded=True)
+    shown = f"[{host}]" if ":" in host else host
+    if host not in LOOPBACK:
+        print(f"warning: --host {host}: the explorer is reachable from other machines, "
+              f"without a password; anyone who can reach {shown}:{server.server_port} sees "
+              f"the model and the test images", file=sys.stderr, flush=True)
+    explorer.start()
+    print(f"cnnumpy explore: http://{shown}:{server.server_port}/  (Ctrl-C stops it)",
+          flush=True)
+    try:
+        server.serve_forever()  # werkzeug's returns on Ctrl-C
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    print("cnnumpy explore: stopped", flush=True)
+    return 0
