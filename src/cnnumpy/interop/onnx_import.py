@@ -24,10 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import Checkpoint
+from ..init import ZeroDraws
 from ..layers import (AdaptiveAvgPool2D, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D,
                       Flatten, GlobalAvgPool2D, Linear, MaxPool2D, Module, ReLU, ZeroPad2D)
 from ..models import Residual, Sequential
 from .extras import require
+from ..validate import check_class_names, check_text
 from .onnx_export import METADATA_PREFIX
 
 SUPPORTED = ("Add (two paths: a residual join; a constant after MatMul: the bias)",
@@ -79,8 +82,9 @@ def read_onnx(path) -> OnnxFile:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        proto = onnx.load_model_from_string(path.read_bytes())
-        onnx.checker.check_model(proto)
+        content = path.read_bytes()
+        onnx.checker.check_model(content)  # the bytes: the proto is not serialised again
+        proto = onnx.load_model_from_string(content)
     except Exception as err:  # protobuf's DecodeError, onnx's ValidationError, ...
         problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise OnnxImportError(f"{path}: not a readable ONNX model (truncated or corrupt?): "
@@ -394,7 +398,7 @@ def _conv(importer, node, shape) -> Conv2D:
         raise importer.error(node, f"weight of shape {weight.shape} is not a 2-d convolution")
     layer = Conv2D(weight.shape[1], weight.shape[0], weight.shape[2:],
                    tuple(a.get("strides", (1, 1))), _symmetric(importer, node, a.get("pads")),
-                   rng=np.random.default_rng(0), dtype=weight.dtype, init="normal",
+                   rng=ZeroDraws(), dtype=weight.dtype, init="normal",
                    bias=bias is not None)
     layer.W = weight.copy()
     if bias is not None:
@@ -447,7 +451,7 @@ def _flatten(importer, node, shape):
 
 def _linear(weight: np.ndarray, bias: np.ndarray) -> Linear:
     """A Linear holding W (out, in) and b (out,)."""
-    layer = Linear(weight.shape[1], weight.shape[0], rng=np.random.default_rng(0),
+    layer = Linear(weight.shape[1], weight.shape[0], rng=ZeroDraws(),
                    dtype=weight.dtype, init="normal")
     layer.W, layer.b = np.ascontiguousarray(weight), bias.reshape(-1).astype(weight.dtype)
     return layer
@@ -556,3 +560,47 @@ _LAYERS = {"Conv": _conv, "BatchNormalization": _batchnorm, "MaxPool": _pool,
            "AveragePool": _pool, "GlobalAveragePool": _global_pool, "Relu": _relu,
            "Flatten": _flatten, "Gemm": _gemm, "Pad": _pad, "Resize": _resize,
            "Reshape": _reshape}
+
+
+# --------------------------------------------------------------------------- as a checkpoint
+
+
+@dataclass
+class OnnxCheckpoint(Checkpoint):
+    """An ONNX file where cnnumpy's commands take a checkpoint (`summary`, `evaluate`,
+    `predict`, `plot`): the imported model, its input shape and number of classes, and the
+    class names, data set and normalisation of cnnumpy's metadata. A file without a
+    normalisation (one cnnumpy did not write) is fed pixels / 255, the input of
+    torchvision's models before theirs."""
+
+    model: Module | None = None
+
+    def build_model(self):
+        return self.model
+
+
+def onnx_checkpoint(path) -> OnnxCheckpoint:
+    """`read_onnx(path)` as a checkpoint (see OnnxCheckpoint); its metadata is checked."""
+    read = read_onnx(path)
+    num_classes = read.model.output_shape(read.input_shape)
+    config = read.metadata.get("model") if isinstance(read.metadata.get("model"), dict) \
+        else {"name": "onnx"}
+    metadata = {"model": {**config, "input_shape": list(read.input_shape),
+                          "num_classes": int(num_classes[0])}}
+    try:
+        if read.metadata.get("class_names") is not None:
+            metadata["class_names"] = check_class_names(
+                "cnnumpy.class_names", read.metadata["class_names"], int(num_classes[0]))
+        if read.metadata.get("dataset") is not None:
+            metadata["dataset"] = check_text("cnnumpy.dataset", read.metadata["dataset"])
+    except ValueError as err:
+        raise OnnxImportError(f"{read.path}: metadata {err}") from None
+    channels = read.input_shape[0]
+    mean, std = read.normalization or (np.zeros(channels, np.float32),
+                                       np.ones(channels, np.float32))
+    if mean.shape != (channels,) or std.shape != (channels,) or not np.all(std > 0):
+        raise OnnxImportError(f"{read.path}: the normalisation is not {channels} means and "
+                              f"positive stds")
+    return OnnxCheckpoint(read.path, metadata, {}, arrays={"normalization/mean": mean,
+                                                           "normalization/std": std},
+                          model=read.model)

@@ -130,7 +130,7 @@ def load_state_file(path) -> dict[str, np.ndarray]:
 def save_state_file(path, state: dict) -> Path:
     """Write {name: array} as `.safetensors` or `.npz` (by the suffix), atomically."""
     path = Path(path)
-    arrays = {name: np.ascontiguousarray(_array(value)) for name, value in state.items()}
+    arrays = {name: np.array(_array(value), order="C") for name, value in state.items()}
     if path.suffix == ".safetensors":
         return atomic_write_bytes(path, require("safetensors.numpy").save(arrays))
     if path.suffix == ".npz":
