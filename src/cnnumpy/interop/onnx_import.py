@@ -121,6 +121,7 @@ class _Op:
 class _Importer:
     def __init__(self, onnx, graph, path: Path, metadata: dict):
         self.onnx, self.graph, self.path, self.metadata = onnx, graph, path, metadata
+        # (read-only views of the file's bytes: layers take copies)
         self.constants = {init.name: onnx.numpy_helper.to_array(init)
                           for init in graph.initializer}
         self.aliases: dict[str, str] = {}
@@ -156,8 +157,9 @@ class _Importer:
         return self.constants.get(self.name(tensor)) if tensor else None
 
     def computed(self, node) -> list[str]:
-        """The node's inputs that are computed from the image (not constants)."""
-        return [self.name(t) for t in node.input if t and self.constant(t) is None]
+        """The node's inputs that are computed from the image (not constants, not shapes)."""
+        return [self.name(t) for t in node.input if t and self.constant(t) is None
+                and getattr(self.producers.get(self.name(t)), "op_type", "") not in SHAPE_OPS]
 
     # ------------------------------------------------------------------ the passes
 
@@ -247,7 +249,7 @@ class _Importer:
                                               if hasattr(value, "dims") else np.asarray(value))
             return
         if op in SHAPE_OPS:
-            return  # evaluated when a Reshape needs its shape (see flatten_shape)
+            return  # evaluated when a Reshape needs its shape (see _reshape)
         inputs = self.computed(node)
         if op == "Add" and len(inputs) == 2:
             return self.add(index, node, None, inputs)
@@ -453,7 +455,7 @@ def _linear(weight: np.ndarray, bias: np.ndarray) -> Linear:
     """A Linear holding W (out, in) and b (out,)."""
     layer = Linear(weight.shape[1], weight.shape[0], rng=ZeroDraws(),
                    dtype=weight.dtype, init="normal")
-    layer.W, layer.b = np.ascontiguousarray(weight), bias.reshape(-1).astype(weight.dtype)
+    layer.W, layer.b = np.array(weight, order="C"), bias.reshape(-1).astype(weight.dtype)
     return layer
 
 

@@ -28,6 +28,8 @@ from .extras import require
 TO_TORCH = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}
 FROM_TORCH = {"weight": "W", "bias": "b"}
 FROM_TORCH_BATCHNORM = {"weight": "gamma", "bias": "beta"}
+# cnnumpy's buffers PyTorch has no counterpart of: Dropout's random stream
+CNNUMPY_ONLY = ("rng_state",)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -49,11 +51,13 @@ def _array(value) -> np.ndarray:
 
 def to_torch(model_or_state) -> dict[str, np.ndarray]:
     """PyTorch's names for a cnnumpy model's state dict (or a state dict by cnnumpy names):
-    {"conv1.weight": array, "bn1.weight": array, "bn1.running_mean": array, ...}, copies.
+    {"conv1.weight": array, "bn1.weight": array, "bn1.running_mean": array, ...}, copies;
+    without cnnumpy's own buffers (Dropout's `rng_state`).
     `torch.nn.Module.load_state_dict({k: torch.from_numpy(v) ...})` takes it as it is."""
     state = model_or_state.state_dict() if isinstance(model_or_state, Module) \
         else dict(model_or_state)
-    return {torch_name(name): np.array(_array(value)) for name, value in state.items()}
+    return {torch_name(name): np.array(_array(value)) for name, value in state.items()
+            if _split(name)[1] not in CNNUMPY_ONLY}
 
 
 def torch_name(name: str) -> str:
@@ -67,8 +71,9 @@ def from_torch(state: dict, model: Module | None = None) -> dict[str, np.ndarray
     `conv1.W`, `bn1.weight` -> `bn1.gamma`, buffers unchanged.
 
     A `weight` is BatchNorm's gamma when the module is a BatchNorm: known from `model` when
-    given, else from a `running_mean` beside it. With `model`, every name and shape is
-    checked against it, and one ValueError lists, in PyTorch's names, every entry missing,
+    given, else from a `running_mean` beside it. With `model`, cnnumpy's own buffers
+    (Dropout's `rng_state`) are added from the model, and every name and shape is checked
+    against it, and one ValueError lists, in PyTorch's names, every entry missing,
     unexpected or of the wrong shape.
     """
     if not isinstance(state, dict):
@@ -83,6 +88,9 @@ def from_torch(state: dict, model: Module | None = None) -> dict[str, np.ndarray
         table = FROM_TORCH_BATCHNORM if batchnorm else FROM_TORCH
         mapped[_join(prefix, table.get(last, last))] = _array(value)
     if model is not None:
+        own = {name: np.array(value) for name, value in model.state_dict().items()
+               if _split(name)[1] in CNNUMPY_ONLY and name not in mapped}
+        mapped.update(own)  # kept as they are: the model's own Dropout streams
         check_state(mapped, model.state_dict())
     return mapped
 
