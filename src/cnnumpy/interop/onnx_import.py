@@ -396,8 +396,11 @@ def _conv(importer, node, shape) -> Conv2D:
                                "dilations": [1, 1], "group": 1, "auto_pad": b"NOTSET"})
     weight = _weights(importer, node, 1)
     bias = _weights(importer, node, 2, required=False)
-    if weight.ndim != 4:
-        raise importer.error(node, f"weight of shape {weight.shape} is not a 2-d convolution")
+    if weight.ndim != 4 or weight.shape[1] != shape[0]:
+        raise importer.error(node, f"weight of shape {weight.shape} is not a 2-d convolution "
+                                   f"of {shape[0]} channels")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise importer.error(node, f"bias of shape {bias.shape} is not one per output channel")
     layer = Conv2D(weight.shape[1], weight.shape[0], weight.shape[2:],
                    tuple(a.get("strides", (1, 1))), _symmetric(importer, node, a.get("pads")),
                    rng=ZeroDraws(), dtype=weight.dtype, init="normal",
@@ -413,12 +416,21 @@ def _batchnorm(importer, node, shape):
     _check(importer, node, a, {"epsilon": None, "momentum": None, "training_mode": 0,
                                "spatial": 1})
     gamma, beta, mean, var = (_weights(importer, node, i) for i in (1, 2, 3, 4))
+    if len({gamma.shape, beta.shape, mean.shape, var.shape, (shape[0],)}) != 1:
+        raise importer.error(node, f"scale, bias, mean and var must hold one value per "
+                                   f"channel ({shape[0]}), got shapes {gamma.shape}, "
+                                   f"{beta.shape}, {mean.shape}, {var.shape}")
     layer = (BatchNorm2D if len(shape) == 3 else BatchNorm1D)(
-        gamma.size, eps=float(a.get("epsilon", 1e-5)),
-        momentum=round(1 - float(a.get("momentum", 0.9)), 6), dtype=gamma.dtype)
+        gamma.size, eps=_float32_attribute(a.get("epsilon", 1e-5)),
+        momentum=_float32_attribute(1 - a.get("momentum", 0.9)), dtype=gamma.dtype)
     layer.gamma, layer.beta = gamma.copy(), beta.astype(gamma.dtype)
     layer.running_mean, layer.running_var = mean.astype(gamma.dtype), var.astype(gamma.dtype)
     return layer
+
+
+def _float32_attribute(value: float) -> float:
+    """An attribute stored as float32 to its shortest decimal (1e-05, not 9.9999997e-06)."""
+    return float(f"{value:.7g}")
 
 
 def _pool(importer, node, shape):
