@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import cnnumpy as cn
-from cnnumpy.init import ZeroDraws  # noqa: F401 (the tests of the zoo import it from here)
 
 
 def conv64(c_in, c_out, k, stride=1, padding=0, *, seed=0, bias=True):

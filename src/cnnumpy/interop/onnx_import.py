@@ -119,11 +119,18 @@ class _Op:
 
 
 class _Importer:
+    """One graph's conversion: its constants, tensor names, shapes and layers (`_Op`)."""
+
     def __init__(self, onnx, graph, path: Path, metadata: dict):
         self.onnx, self.graph, self.path, self.metadata = onnx, graph, path, metadata
-        # (read-only views of the file's bytes: layers take copies)
+        # initialisers and Constant nodes (read-only views of the file: layers take copies)
         self.constants = {init.name: onnx.numpy_helper.to_array(init)
                           for init in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant":
+                (value,) = [onnx.helper.get_attribute_value(a) for a in node.attribute]
+                self.constants[node.output[0]] = (onnx.numpy_helper.to_array(value)
+                                                  if hasattr(value, "dims") else np.asarray(value))
         self.aliases: dict[str, str] = {}
         self.shapes: dict[str, tuple] = {}
         self.ops: dict[str, _Op] = {}
@@ -176,14 +183,13 @@ class _Importer:
                                   f"(batch, C, H, W) with fixed C, H, W, got {shape}")
         self.input = inputs[0].name
         self.shapes[self.input] = shape[1:]
-        scale, shift = self.normalization_prefix()
+        start, scale, shift = self.normalization_prefix()
         for index, node in enumerate(self.graph.node):
             if id(node) not in self.done:
                 self.convert(index, node)
-        out = self.name(self.graph.output[0].name)
-        root = self.start
         used: set[str] = set()
-        model = Sequential(_named(self.chain(root, out, used)))
+        model = Sequential(_named(self.chain(start, self.name(self.graph.output[0].name),
+                                             used)))
         left = [op.node for op in self.ops.values() if op.output not in used]
         if left:
             raise OnnxImportError(f"{self.path}: nodes {left} are on no path from the input "
@@ -196,7 +202,8 @@ class _Importer:
 
     def normalization_prefix(self):
         """Mul/Add/Sub/Div by constants right after the input: x·scale + shift per channel.
-        They are skipped (the layers start after them); (scale, shift) or (None, None)."""
+        They are skipped: (the tensor the layers start from, scale, shift), scale and shift
+        None when there are none."""
         c = self.shapes[self.input][0]
         scale, shift, tensor = np.ones(c), np.zeros(c), self.input
         while len(self.consumers.get(tensor, [])) == 1:
@@ -204,8 +211,11 @@ class _Importer:
             other = [t for t in node.input if t != tensor]
             value = self.constant(other[0]) if node.op_type in NORMALIZATION_OPS \
                 and len(other) == 1 else None
-            if value is None or value.size not in (1, c) or list(node.input).index(tensor) \
-                    != 0 and node.op_type in ("Sub", "Div"):
+            per_channel = value is not None and (value.size == 1 or (
+                value.ndim >= 3 and value.shape[-3:] == (c, 1, 1) and value.size == c))
+            if not per_channel or (node.op_type in ("Sub", "Div")
+                                   and list(node.input).index(tensor) != 0) \
+                    or (node.op_type in ("Mul", "Div") and np.any(value == 0)):
                 break
             value = np.broadcast_to(np.asarray(value, np.float64).reshape(-1), (c,))
             if node.op_type == "Mul":
@@ -216,11 +226,10 @@ class _Importer:
                 shift = shift + (value if node.op_type == "Add" else -value)
             self.done.add(id(node))
             tensor = node.output[0]
-        self.start = tensor
         self.shapes[tensor] = self.shapes[self.input]
         if tensor == self.input:
-            return None, None
-        return scale, shift
+            return tensor, None, None
+        return tensor, scale, shift
 
     def normalization(self, scale, shift):
         """(mean, std) of cnnumpy's normalize: cnnumpy's metadata when it wrote the file,
@@ -243,13 +252,8 @@ class _Importer:
                                        "graphs")
             self.aliases[node.output[0]] = self.name(node.input[0])
             return
-        if op == "Constant":
-            (value,) = [self.onnx.helper.get_attribute_value(a) for a in node.attribute]
-            self.constants[node.output[0]] = (self.onnx.numpy_helper.to_array(value)
-                                              if hasattr(value, "dims") else np.asarray(value))
-            return
-        if op in SHAPE_OPS:
-            return  # evaluated when a Reshape needs its shape (see _reshape)
+        if op == "Constant" or op in SHAPE_OPS:
+            return  # read in __init__; shapes evaluated when a Reshape needs one (_reshape)
         inputs = self.computed(node)
         if op == "Add" and len(inputs) == 2:
             return self.add(index, node, None, inputs)
