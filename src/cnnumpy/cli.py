@@ -39,8 +39,8 @@ from .optim import build_optimizer
 from .registry import MODELS, build_model
 from .schedules import SCHEDULES, make_schedule
 from .train import LAST_FILE, evaluate, fit, predict_proba
-from .validate import (MAX_CLASSES, check_class_names, check_input_shape, check_integer, check_number,
-                       check_num_classes, finite_json, range_text)
+from .validate import (MAX_CLASSES, check_class_names, check_input_shape, check_integer,
+                       check_number, check_num_classes, finite_json, range_text)
 
 
 @dataclass
@@ -392,7 +392,8 @@ def _test_set(checkpoint, args):
 
 
 def configure_evaluate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train, or an .onnx file")
+    parser.add_argument("checkpoint", type=Path,
+                        help="a .npz written by cnnumpy train, or an .onnx file")
     _add_test_set_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -414,7 +415,8 @@ def run_evaluate(args) -> int:
 
 
 def configure_predict(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train, or an .onnx file")
+    parser.add_argument("checkpoint", type=Path,
+                        help="a .npz written by cnnumpy train, or an .onnx file")
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
                         help="PNG/JPEG pictures (needs Pillow) or .npy arrays")
     parser.add_argument("--top-k", type=_positive_int, default=3,
@@ -478,7 +480,8 @@ def _class_count(text: str) -> int:
 
 def configure_summary(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", type=Path,
-                        help="a .npz written by cnnumpy train, or an .onnx file (or give --model)")
+                        help="a .npz written by cnnumpy train, or an .onnx file (or give "
+                             "--model)")
     parser.add_argument("--model", choices=sorted(MODELS),
                         help="a fresh model of this architecture instead of a checkpoint")
     parser.add_argument("--input-shape", type=_shape, metavar="C,H,W",
@@ -694,7 +697,8 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
                         help="a PyTorch state dict saved as .safetensors or .npz")
     parser.add_argument("--model", required=True, choices=sorted(MODELS),
                         help="the cnnumpy architecture of the weights (torchvision's names)")
-    parser.add_argument("--out", required=True, type=_path, help="the checkpoint to write (.npz)")
+    parser.add_argument("--out", required=True, type=_path,
+                        help="the checkpoint to write (.npz)")
     parser.add_argument("--num-classes", type=_class_count,
                         help="outputs of the model (default: the model's own, 1000 for the "
                              "ImageNet models)")

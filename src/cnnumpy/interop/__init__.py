@@ -18,7 +18,9 @@ optional extra `pip install "cnnumpy[onnx]"`, imported when a function here need
 
 from .state import from_torch, load_state_file, save_state_file, to_torch
 from .onnx_export import to_onnx
-from .onnx_import import OnnxCheckpoint, OnnxFile, OnnxImportError, from_onnx, onnx_checkpoint, read_onnx
+from .onnx_import import (OnnxCheckpoint, OnnxFile, OnnxImportError, from_onnx,
+                          onnx_checkpoint, read_onnx)
 
-__all__ = ["OnnxCheckpoint", "OnnxFile", "OnnxImportError", "from_onnx", "onnx_checkpoint", "from_torch", "load_state_file", "read_onnx",
-           "save_state_file", "to_onnx", "to_torch"]
+__all__ = ["OnnxCheckpoint", "OnnxFile", "OnnxImportError", "from_onnx", "from_torch",
+           "load_state_file", "onnx_checkpoint", "read_onnx", "save_state_file", "to_onnx",
+           "to_torch"]
