@@ -18,23 +18,6 @@ def conv64(c_in, c_out, k, stride=1, padding=0, *, seed=0, bias=True):
                      dtype=np.float64, bias=bias)
 
 
-class ZeroDraws(np.random.Generator):
-    """A Generator for where only shapes matter (parameter counts, MACs, names): every
-    initial weight is 0, so a VGG's 138 M weights cost no random draws."""
-
-    def __init__(self):
-        super().__init__(np.random.PCG64(0))
-
-    def standard_normal(self, size=None, dtype=np.float64, out=None):
-        return np.zeros(size, dtype)
-
-    def uniform(self, low=0.0, high=1.0, size=None):
-        return np.zeros(size)
-
-    def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
-        return 0
-
-
 def randomize(model, rng) -> None:
     """Fresh weights for a model built with ZeroDraws: N(0, 2/fan_in) weights, small random
     biases, BatchNorm γ around 1 and β around 0."""

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import cnnumpy as cn
-from architectures import ZeroDraws, import_torchvision_models, randomize, torch_name
+from cnnumpy.init import ZeroDraws
+from architectures import import_torchvision_models, randomize, torch_name
 from test_torch_reference import check_against_torch
 
 torch = pytest.importorskip("torch")

@@ -142,6 +142,28 @@ def test_an_image_its_prediction_view_and_feature_maps(session, explore_run):
     assert (mosaic[14, :, :] == explore.GAP_COLOR).all()    # the gap under the first row
 
 
+def test_an_onnx_file_is_explored_as_its_checkpoint(session, explore_run, tmp_path):
+    """`cnnumpy export` of the checkpoint, explored: the same layers and the same prediction
+    (the imported model's layers are named by kind and count, as SimpleCNN's are)."""
+    pytest.importorskip("onnx", reason="ONNX files need the extra onnx")
+    from cnnumpy.cli import main
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", str(explore_run / "run" / "best.npz"), "--onnx", str(onnx_file)]) == 0
+    args = build_parser().parse_args(["explore", str(onnx_file), "--data-dir",
+                                      str(explore_run / "data")])
+    client = explore.create_app(ready(explorer_for(args))).test_client()
+    _, npz_client, _ = session
+    ours, theirs = client.get("/api/info").json, npz_client.get("/api/info").json
+    assert [layer["shape"] for layer in ours["layers"]] == \
+        [layer["shape"] for layer in theirs["layers"]]
+    assert ours["classes"] == theirs["classes"]
+    answer = client.get("/api/images/test-5").json
+    expected = npz_client.get("/api/images/test-5").json
+    assert answer["predicted"] == expected["predicted"]
+    np.testing.assert_allclose([entry["probability"] for entry in answer["top"]],
+                               [entry["probability"] for entry in expected["top"]], rtol=1e-5)
+
+
 def test_a_unit_its_field_and_its_input_gradient(session):
     explorer, client, _ = session
     answer = client.get("/api/images/test-2/unit?layer=conv2&channel=3&row=2&column=4").json

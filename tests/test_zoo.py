@@ -4,11 +4,11 @@ trips and input-size errors."""
 
 import functools
 
-import numpy as np
 import pytest
 
 import cnnumpy as cn
-from architectures import ZeroDraws, import_torchvision_models, torch_name
+from cnnumpy.init import ZeroDraws
+from architectures import import_torchvision_models, torch_name
 from cnnumpy.summary import summarize
 
 # torchvision's weight metadata ("num_params", and "_ops": GMACs at 3x224x224, 3 decimals)

@@ -20,6 +20,7 @@ from .registry import build_model, register_model
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .train import History, evaluate, fit, predict_proba
 from .parallel import BatchParallel
+from . import interop
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,6 @@ __all__ = [
     "AdaptiveAvgPool2D", "Add", "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dropout",
     "Field", "Flatten", "GlobalAvgPool2D", "GradientCheckError", "Layer", "Linear",
     "MaxPool2D", "Module", "ReLU", "Residual", "Sequential", "SimpleCNN", "conv_output_size", "distributed",
-    "functional", "models", "summary", "trace", "workspace",
+    "functional", "interop", "models", "summary", "trace", "workspace",
     "gradient_check", "receptive_field", "receptive_fields", "__version__",
 ]

@@ -8,6 +8,9 @@ explore.
     cnnumpy summary --model simplecnn --input-shape 3,32,32     (or: cnnumpy summary CHECKPOINT)
     cnnumpy plot saliency runs/fmnist/best.npz test:0 --out saliency.png
     cnnumpy explore runs/fmnist/best.npz        (a web page at http://127.0.0.1:PORT/)
+    cnnumpy convert resnet18.safetensors --model resnet18 --out resnet18.npz
+    cnnumpy export runs/fmnist/best.npz --onnx fmnist.onnx    (summary/evaluate/predict/plot/
+                                                               explore read .onnx files too)
 
 Each subcommand is a pair of functions registered in `COMMANDS` by `register_command`:
 `configure(parser)` adds its arguments, `run(args) -> exit status` does the work. Errors print
@@ -27,18 +30,19 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from . import interop
 from . import plots
 from .data import DATASETS, load_dataset, normalize, num_batches, train_val_split
 from .data.images import load_images
 from .distributed import AllRanksError, Group, Solo
-from .init import INITS
+from .init import INITS, ZeroDraws
 from .optim import build_optimizer
 from .registry import MODELS, build_model
 from .schedules import SCHEDULES, make_schedule
 from .train import LAST_FILE, evaluate, fit, predict_proba
-from .validate import (MAX_CLASSES, check_input_shape, check_integer, check_number,
-                       check_num_classes, finite_json, range_text)
+from .validate import (MAX_CLASSES, check_class_names, check_input_shape, check_integer,
+                       check_number, check_num_classes, finite_json, range_text)
 
 
 @dataclass
@@ -337,6 +341,13 @@ def _text(value):
 # --------------------------------------------------------------------------- evaluate
 
 
+def _load_model_file(path: Path):
+    """A checkpoint (.npz) or an ONNX file read as one (see `cnnumpy.interop.OnnxCheckpoint`)."""
+    if Path(path).suffix.lower() == ".onnx":
+        return interop.onnx_checkpoint(path)
+    return load_checkpoint(path)
+
+
 def _print_json(value) -> None:
     """Print `value` as JSON, NaN and infinities as null: the output is always valid JSON."""
     print(json.dumps(finite_json(value), allow_nan=False))
@@ -383,13 +394,14 @@ def _test_set(checkpoint, args):
 
 
 def configure_evaluate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train")
+    parser.add_argument("checkpoint", type=Path,
+                        help="a .npz written by cnnumpy train, or an .onnx file")
     _add_test_set_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run_evaluate(args) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = _load_model_file(args.checkpoint)
     model = checkpoint.build_model()
     test = _test_set(checkpoint, args)
     metrics = evaluate(model, test, _normalization(checkpoint))
@@ -405,7 +417,8 @@ def run_evaluate(args) -> int:
 
 
 def configure_predict(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train")
+    parser.add_argument("checkpoint", type=Path,
+                        help="a .npz written by cnnumpy train, or an .onnx file")
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
                         help="PNG/JPEG pictures (needs Pillow) or .npy arrays")
     parser.add_argument("--top-k", type=_positive_int, default=3,
@@ -414,7 +427,7 @@ def configure_predict(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = _load_model_file(args.checkpoint)
     model = checkpoint.build_model()
     input_shape = checkpoint.metadata["model"]["input_shape"]
     labels, images = load_images(args.files, input_shape)
@@ -469,7 +482,8 @@ def _class_count(text: str) -> int:
 
 def configure_summary(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", type=Path,
-                        help="a .npz written by cnnumpy train (or give --model)")
+                        help="a .npz written by cnnumpy train, or an .onnx file (or give "
+                             "--model)")
     parser.add_argument("--model", choices=sorted(MODELS),
                         help="a fresh model of this architecture instead of a checkpoint")
     parser.add_argument("--input-shape", type=_shape, metavar="C,H,W",
@@ -488,7 +502,7 @@ def run_summary(args) -> int:
         raise ValueError("give either a CHECKPOINT or --model, e.g. cnnumpy summary --model "
                          "simplecnn --input-shape 3,32,32")
     if args.checkpoint is not None:
-        checkpoint = load_checkpoint(args.checkpoint)
+        checkpoint = _load_model_file(args.checkpoint)
         model = checkpoint.build_model()
         shape = args.input_shape or tuple(checkpoint.metadata["model"]["input_shape"])
     else:
@@ -541,16 +555,16 @@ def _plot_curves(args) -> Path:
 
 
 def _plot_filters(args) -> Path:
-    return plots.first_layer_filters(load_checkpoint(args.checkpoint).build_model(), args.out)
+    return plots.first_layer_filters(_load_model_file(args.checkpoint).build_model(), args.out)
 
 
 def _plot_features(args) -> Path:
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = _load_model_file(args.checkpoint)
     return plots.feature_maps(checkpoint.build_model(), _one_image(checkpoint, args), args.out)
 
 
 def _test_predictions(args):
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = _load_model_file(args.checkpoint)
     test = _test_set(checkpoint, args)
     probabilities = predict_proba(checkpoint.build_model(), test.images,
                                   _normalization(checkpoint))
@@ -570,7 +584,7 @@ def _plot_mistakes(args) -> Path:
 
 
 def _plot_saliency(args) -> Path:
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = _load_model_file(args.checkpoint)
     model = checkpoint.build_model()
     input_shape = checkpoint.metadata["model"]["input_shape"]
     names = _class_names(checkpoint, model.output_shape(input_shape)[0])
@@ -592,7 +606,7 @@ def _unit(text: str) -> tuple[int, int]:
 
 
 def _plot_receptive_field(args) -> Path:
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = _load_model_file(args.checkpoint)
     return plots.receptive_field_plot(checkpoint.build_model(), _one_image(checkpoint, args),
                                       args.out, layer=args.layer, unit=args.unit,
                                       channel=args.channel)
@@ -614,7 +628,7 @@ PLOTS = {
 }
 _POSITIONAL_HELP = {
     "run_dir": ("RUN_DIR", "a run folder of cnnumpy train (holds metrics.jsonl)"),
-    "checkpoint": ("CHECKPOINT", "a .npz written by cnnumpy train"),
+    "checkpoint": ("CHECKPOINT", "a .npz written by cnnumpy train, or an .onnx file"),
     "image": ("IMAGE", "a PNG/JPEG picture, a .npy array, or test:N for test image N"),
 }
 
@@ -669,7 +683,8 @@ def _port(text: str) -> int:
 
 
 def configure_explore(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train")
+    parser.add_argument("checkpoint", type=Path,
+                        help="a .npz written by cnnumpy train or convert, or an .onnx file")
     parser.add_argument("--port", type=_port, default=0,
                         help="TCP port (default 0: a free one; the URL is printed)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -682,7 +697,7 @@ def explorer_for(args):
     """The `cnnumpy.explore.Explorer` of the checkpoint and test set that `args` name."""
     from . import explore  # Flask, only when exploring
 
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = _load_model_file(args.checkpoint)
     return explore.Explorer(
         checkpoint.build_model, _normalization(checkpoint), _test_set(checkpoint, args),
         checkpoint.metadata.get("class_names"), run_dir=args.checkpoint.parent,
@@ -697,6 +712,121 @@ def run_explore(args) -> int:
 
 register_command("explore", "a local web page of what a checkpoint's network sees (needs "
                             "the extra `web`)", configure_explore, run_explore)
+
+
+# --------------------------------------------------------------------------- interop
+
+# torchvision's normalisation of ImageNet images: what its pretrained weights expect
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _channel_values(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be numbers separated by commas, got "
+                                         f"{text}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"must be finite numbers, got {text}")
+    return values
+
+
+def _new_file(path: Path, force: bool) -> None:
+    """Refuse to replace an existing file (something saved would be lost) without --force."""
+    if path.exists() and not force:
+        raise ValueError(f"{path} exists; pass --force to replace it")
+
+
+def configure_convert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, metavar="FILE",
+                        help="a PyTorch state dict saved as .safetensors or .npz")
+    parser.add_argument("--model", required=True, choices=sorted(MODELS),
+                        help="the cnnumpy architecture of the weights (torchvision's names)")
+    parser.add_argument("--out", required=True, type=_path,
+                        help="the checkpoint to write (.npz)")
+    parser.add_argument("--num-classes", type=_class_count,
+                        help="outputs of the model (default: the model's own, 1000 for the "
+                             "ImageNet models)")
+    parser.add_argument("--input-shape", type=_shape, metavar="C,H,W",
+                        help="one input image (default: the model's own)")
+    parser.add_argument("--mean", type=_channel_values, metavar="M1,M2,...",
+                        help="normalisation mean per channel of pixels / 255 (default: "
+                             "ImageNet's for 3 channels, else 0)")
+    parser.add_argument("--std", type=_channel_values, metavar="S1,S2,...",
+                        help="normalisation std per channel (default: ImageNet's for 3 "
+                             "channels, else 1)")
+    parser.add_argument("--class-names", type=Path, metavar="TEXT_FILE",
+                        help="class names, one a line")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+
+
+def run_convert(args) -> int:
+    if args.out.suffix != ".npz":
+        raise ValueError(f"--out must be a .npz checkpoint, got {args.out}")
+    _new_file(args.out, args.force)
+    config = {"name": args.model}
+    if args.num_classes is not None:
+        config["num_classes"] = args.num_classes
+    if args.input_shape is not None:
+        config["input_shape"] = list(args.input_shape)
+    state = interop.load_state_file(args.source)
+    model = build_model(config, rng=ZeroDraws())  # every weight is set from the file next
+    model.load_state_dict(interop.from_torch(state, model))
+    channels = model.input_shape[0]
+    imagenet = channels == 3
+    mean = np.array(args.mean or (IMAGENET_MEAN if imagenet else (0.0,) * channels))
+    std = np.array(args.std or (IMAGENET_STD if imagenet else (1.0,) * channels))
+    if mean.shape != (channels,) or std.shape != (channels,) or not np.all(std > 0):
+        raise ValueError(f"--mean and --std need {channels} values each (stds positive), got "
+                         f"{mean.size} and {std.size}")
+    metadata = {}
+    if args.class_names is not None:
+        names = [line.strip() for line in args.class_names.read_text().splitlines()
+                 if line.strip()]
+        metadata["class_names"] = check_class_names("--class-names", names,
+                                                    model.output_shape(model.input_shape)[0])
+    save_checkpoint(args.out, model, metadata=metadata,
+                    arrays={"normalization/mean": mean.astype(np.float32),
+                            "normalization/std": std.astype(np.float32)})
+    print(f"{args.out}: {args.model} with the {len(state)} arrays of {args.source}")
+    return 0
+
+
+def configure_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a .npz written by cnnumpy train or "
+                                                      "convert")
+    parser.add_argument("--onnx", required=True, type=_path, metavar="OUT.onnx",
+                        help="the ONNX file to write")
+    parser.add_argument("--fold-batchnorm", action="store_true",
+                        help="fold BatchNorm into the convolution before it")
+    parser.add_argument("--raw-pixels", action="store_true",
+                        help="put the normalisation in the graph: the file takes pixel values "
+                             "0..255 (floats)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --onnx")
+
+
+def run_export(args) -> int:
+    if args.onnx.suffix.lower() != ".onnx":
+        raise ValueError(f"--onnx must name a .onnx file, got {args.onnx}")
+    _new_file(args.onnx, args.force)
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = checkpoint.build_model()
+    normalization = _normalization(checkpoint) if "normalization/mean" in checkpoint.arrays \
+        else None
+    interop.to_onnx(model, args.onnx, checkpoint.metadata["model"]["input_shape"],
+                    fold_batchnorm=args.fold_batchnorm, normalization=normalization,
+                    raw_pixels=args.raw_pixels,
+                    class_names=checkpoint.metadata.get("class_names") or None,
+                    dataset=checkpoint.metadata.get("dataset"))
+    print(f"{args.onnx}: {checkpoint.metadata['model']['name']} as ONNX (opset "
+          f"{interop.onnx_export.OPSET}{', raw pixels' if args.raw_pixels else ''})")
+    return 0
+
+
+register_command("convert", "a PyTorch state dict (.safetensors/.npz) as a cnnumpy checkpoint",
+                 configure_convert, run_convert)
+register_command("export", "a checkpoint as an ONNX file (for ONNX Runtime)",
+                 configure_export, run_export)
 
 
 # --------------------------------------------------------------------------- entry point

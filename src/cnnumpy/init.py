@@ -53,3 +53,21 @@ def initial_parameters(init: str, rng: np.random.Generator, weight_shape: tuple[
         weight = rng.uniform(-bound, bound, weight_shape)
         bias = rng.uniform(-bound, bound, weight_shape[0])
     return weight.astype(dtype, copy=False), bias.astype(dtype)
+
+
+class ZeroDraws(np.random.Generator):
+    """A Generator whose draws are all 0: layers built with it cost no random draws, for
+    where the weights are set right after (`cnnumpy.interop` reading a file) or only shapes
+    matter (parameter counts, names). A VGG has 138 M weights."""
+
+    def __init__(self):
+        super().__init__(np.random.PCG64(0))
+
+    def standard_normal(self, size=None, dtype=np.float64, out=None):
+        return np.zeros(size, dtype)
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return np.zeros(size)
+
+    def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+        return 0
