@@ -5,12 +5,15 @@ against PyTorch's convolution, one thread each.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/conv_shapes.py
 
 For every distinct convolution of the model (traced on one batch), the forward pass as
-`cnnumpy.functional.conv2d_forward` computes it: the column matrix (`im2col`, rows = N·H_out·W_out,
-K = C_in·kH·kW + 1) and its product with the (K, C_out) weight matrix, each timed alone (median
-of `--repeats`), the product's GFLOP/s against NumPy's square 1024 GEMM rate, the whole
-`conv2d_forward` (chunked over the batch, as the layers run it), and `torch.nn.functional.conv2d`
-on the same input (channels-last memory, as cnnumpy's). One thread for both libraries: the
-question is what the arithmetic costs, not how it is spread over cores.
+`cnnumpy.functional.conv2d_forward` computes it: the column matrix (`im2col`, rows =
+N·H_out·W_out, K = C_in·kH·kW + 1) and its product with the (K, C_out) weight matrix, each
+timed alone (median of `--repeats`), the product's GFLOP/s against NumPy's square 1024 GEMM
+rate, the whole `conv2d_forward` (chunked over the batch, as the layers run it), and
+`torch.nn.functional.conv2d` on the same input (channels-last memory, as cnnumpy's); the last
+column, "vs torch", is PyTorch's time over cnnumpy's (1: as fast). One thread for both
+libraries: the question is what the arithmetic costs, not how it is spread over cores. The
+second command runs NumPy's own OpenBLAS kernel choice on machines that set
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for old OpenBLAS builds.
 
 The product's width is C_out: with 16-64 output channels OpenBLAS's float32 GEMM runs at a
 fraction of its square-matrix rate, which bounds what an im2col convolution can reach.
@@ -84,7 +87,7 @@ def main() -> None:
     print(f"{args.model} {args.input_shape} batch {args.batch}, forward of each distinct "
           f"convolution (ms)")
     print(f"{'input':>16} {'C_out':>5} {'k/s':>4} {'GEMM MxKxN':>18} {'im2col':>7} {'GEMM':>7} "
-          f"{'GFLOP/s':>8} {'of 1024^3':>9} {'conv2d':>7} {'torch':>7} {'ratio':>6}")
+          f"{'GFLOP/s':>8} {'of 1024^3':>9} {'conv2d':>7} {'torch':>7} {'vs torch':>8}")
     rng = np.random.default_rng(0)
     for layer, shape in distinct_convolutions(model, input_shape, args.batch):
         n, c, h, w = shape
@@ -112,7 +115,7 @@ def main() -> None:
             tw = torch.from_numpy(layer.W)
             t_torch = median_ms(lambda: torch.nn.functional.conv2d(
                 tx, tw, None, layer.stride, layer.padding), args.repeats)
-            line += f" {t_torch:7.1f} {t_torch / t_conv:6.2f}"
+            line += f" {t_torch:7.1f} {t_torch / t_conv:8.2f}"
         print(line)
 
 

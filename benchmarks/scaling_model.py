@@ -14,11 +14,12 @@ T_ring is the reduce-scatter and the allgather of S gradient bytes, as in a ring
 copies the gradients into the flat buffer and the new parameters out of it; U is the SGD
 update of all the parameters, part of a in one process. a, b and U are measured here: a
 training step of SimpleCNN (1x28x28) on n images (gather, crop, flip, normalise, forward,
-backward, SGD) in one process with one BLAS thread, fitted by least squares. ResNet-20 (0.27 M parameters) is not in
-cnnumpy yet: its b is SimpleCNN's times the ratio of training multiply-accumulates per image
-at 1x28x28 (5.7; PyTorch's seconds per epoch in ANCHORS.md give 3.1, printed as the lighter
-case), its a SimpleCNN's times the ratio of layer calls (20 convolutions, 19 BatchNorms,
-19 ReLUs, 9 additions, pooling and the classifier: about 70 against 9).
+backward, SGD) in one process with one BLAS thread, fitted by least squares. ResNet-20
+(0.27 M parameters) is estimated from them: its b is SimpleCNN's times the ratio of training
+multiply-accumulates per image at 1x28x28 (5.7; PyTorch's seconds per epoch in ANCHORS.md
+give 3.1, printed as the lighter case), its a SimpleCNN's times the ratio of layer calls (20
+convolutions, 19 BatchNorms, 19 ReLUs, 9 additions, pooling and the classifier: about 70
+against 9).
 
 Two ways to use P ranks:
     strong: a global batch of 128 (the recipe) split over P <= 128 ranks: n = 128 / P

@@ -58,11 +58,12 @@ def toy_model(name: str, seed: int):
 
 
 def toy_fit(run_dir, communicator=None, *, epochs=3, seed=0, batch_size=16, callbacks=(),
-            resume=None, count=34, model="simplecnn", workers=1):
+            resume=None, count=34, model="simplecnn", workers=1, optimizer="sgd"):
     data_rng = np.random.default_rng(123)
     train, val = toy_data(data_rng, count), toy_data(data_rng, 11)
     model = toy_model(model, seed + 1)
-    opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4) \
+        if optimizer == "sgd" else cn.Adam(model, lr=0.01, weight_decay=5e-4)
     steps = epochs * -(-count // batch_size)
     return model, cn.fit(model, train, val, optimizer=opt, epochs=epochs, batch_size=batch_size,
                          schedule=cn.OneCycle(0.05, total_steps=steps),
@@ -86,6 +87,9 @@ def main():
     parser.add_argument("--model", choices=("simplecnn", "normdrop"), default="simplecnn")
     parser.add_argument("--workers", type=int, default=1, help="BatchParallel's parts per rank")
     parser.add_argument("--check-every", type=int, default=1)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    parser.add_argument("--run-dir-on-rank-0-only", action="store_true",
+                        help="the other ranks get run_dir=None")
     parser.add_argument("--signal-at", type=int, metavar="STEP",
                         help="rank 0 prints 'step N' and waits a moment after each step from STEP "
                              "on, for the test to signal mpirun")
@@ -111,11 +115,13 @@ def main():
 
     run_dir = Path(args.run_dir)
     resume = run_dir / "last.npz" if args.resume else None
+    if args.run_dir_on_rank_0_only and rank != 0:
+        run_dir = None
     try:
         _, history = toy_fit(run_dir, group, epochs=args.epochs, seed=seed,
                              batch_size=batch_size, callbacks=[callback], resume=resume,
                              model=args.model, count=35 if args.model == "normdrop" else 34,
-                             workers=args.workers)
+                             workers=args.workers, optimizer=args.optimizer)
     except cn.distributed.AllRanksError as err:
         print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return 1

@@ -197,6 +197,40 @@ def test_ranks_end_with_the_weights_of_one_process(one_process, straight, ranks)
 
 
 @needs_mpi
+def test_adam_over_three_ranks_with_a_run_folder_on_rank_0_only_equals_one_process(tmp_path):
+    """Adam (two state arrays, the step count in its bias correction) shared out over 3
+    ranks, with only rank 0 given a run folder (the others None, as scripts often write it):
+    the run completes, and its weights and Adam state are one process's."""
+    model, history = toy_fit(tmp_path / "one", optimizer="adam")
+    result = mpirun(3, "many", "--optimizer", "adam", "--run-dir-on-rank-0-only",
+                    "--timeout", "30", cwd=tmp_path)
+    assert result.stdout.count(" completed ") == 3, result.stdout
+    stored = cn.load_checkpoint(tmp_path / "many" / "last.npz")
+    assert max_difference(stored, model) < 1e-10
+    one = cn.load_checkpoint(history.checkpoint)
+    assert one.optimizer_arrays.keys() == stored.optimizer_arrays.keys()
+    assert len(one.optimizer_arrays) == 16 and one.metadata["optimizer"]["steps"] == 9
+    for key, value in one.optimizer_arrays.items():
+        np.testing.assert_allclose(stored.optimizer_arrays[key], value, rtol=1e-10,
+                                   atol=1e-14, err_msg=key)
+
+
+def test_parameters_not_contiguous_are_refused_on_every_rank_at_the_start(rng):
+    """Each rank updates a range of every parameter's elements through a flat view: a
+    parameter stored transposed is refused before training, on every rank alike."""
+    class Two(cn.distributed.Solo):  # two ranks that agree, as far as start() can tell
+        size = 2
+
+        def gather(self, value, what=""):
+            return [value, value]
+
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=rng)
+    model["fc1"].W = np.asfortranarray(model["fc1"].W)
+    with pytest.raises(ValueError, match=r"the parameters fc1\.W are not contiguous in memory"):
+        Replicas(model, Two()).start(lambda: {})
+
+
+@needs_mpi
 @pytest.mark.parametrize("ranks, workers", [(2, 1), (3, 1), (2, 2)])
 def test_batchnorm_and_dropout_over_ranks_equal_one_process(tmp_path, ranks, workers):
     """Global-batch statistics (SyncBatchNorm) and each rank's slice of the whole batch's

@@ -89,13 +89,43 @@ def test_an_epoch_callback_stops_the_run_resumably_after_that_epoch(tmp_path):
 
     straight, _ = toy_run(tmp_path, "straight")
     _, history = toy_run(tmp_path, "stopped", epoch_callbacks=[enough])
-    assert history.status == "interrupted" and "an epoch callback asked to stop" in history.message
+    assert history.status == "interrupted" and history.message.startswith(
+        "an epoch callback asked to stop: stopped after epoch 1; saved ")
     assert seen == list(history) and len(history) == 1 and "val_acc" in seen[0]
     assert cn.load_checkpoint(tmp_path / "stopped" / LAST_FILE).metadata["progress"]["step"] == 6
     resumed, history = toy_run(tmp_path, "stopped", resume=tmp_path / "stopped" / LAST_FILE)
     assert history.status == "completed" and len(history) == 3
     for name, value in straight.parameters().items():
         assert np.array_equal(resumed.parameters()[name], value), name
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # the poisoned weights
+def test_a_validation_loss_that_is_not_finite_stops_the_run(tmp_path):
+    """Weights poisoned after the epoch's last step: training ended, validation diverges."""
+    def poison(info):
+        if info.step == 6:
+            model.parameters()["fc2.W"][...] = np.inf
+
+    data_rng = np.random.default_rng(123)
+    train, val = toy_data(data_rng), toy_data(data_rng, count=30)
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(1))
+    history = cn.fit(model, train, val, optimizer=cn.SGD(model, lr=0.01), epochs=3,
+                     batch_size=16, rng=data_rng, run_dir=tmp_path, callbacks=[poison],
+                     progress=False, verbose=False)
+    assert history.status == "diverged" and len(history) == 0
+    assert history.message == ("the validation loss became nan after epoch 1: stopped; try a "
+                               "lower learning rate")
+    assert not (tmp_path / LAST_FILE).exists()  # nothing saved from the poisoned weights
+
+
+def test_a_run_without_a_folder_stops_on_request_and_says_where(tmp_path):
+    data_rng = np.random.default_rng(123)
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(1))
+    history = cn.fit(model, toy_data(data_rng), optimizer=cn.SGD(model, lr=0.01), epochs=3,
+                     batch_size=16, rng=data_rng, callbacks=[stop_after(8)], progress=False,
+                     verbose=False)
+    assert history.status == "interrupted" and history.checkpoint is None
+    assert history.message == "a callback asked to stop: stopped at epoch 2, batch 2/6"
 
 
 def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(tmp_path):

@@ -15,10 +15,9 @@ to end are cut into P ranges, rank r receives the sum of range r only (one Reduc
 a flat buffer of every gradient), updates those elements (`optimizer.step(part)`: the update
 rules are elementwise), and one Allgatherv gives every rank every range's new values. The
 same bytes travel as in one Allreduce of the gradients, and each rank makes 1/P of the
-update instead of all of it. Augmentation draws
-for the whole batch on every rank (the same generator state everywhere) and each rank keeps
-its own images' draws, so P ranks train exactly as one process with batch B, up to the order
-of float sums.
+update instead of all of it. Augmentation draws for the whole batch on every rank (the same
+generator state everywhere) and each rank keeps its own images' draws, so P ranks train
+exactly as one process with batch B, up to the order of float sums.
 
 The pieces:
     BatchSplit   (from cnnumpy.parallel) a part of a global batch: where it starts, the batch's size,
@@ -43,6 +42,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .optim import element_pieces
 from .parallel import BatchSplit, available_cpus
 
 ABORT_STATUS = 3  # the exit status of every rank when a collective timed out
@@ -115,9 +115,6 @@ class Solo:
 
     def sum(self, array: np.ndarray, what: str = "") -> np.ndarray:
         return np.array(array, copy=True)
-
-    def sum_in_place(self, buffer: np.ndarray, what: str = "") -> np.ndarray:
-        return buffer
 
     def any(self, flag: bool, what: str = "") -> bool:
         return bool(flag)
@@ -210,12 +207,6 @@ class Group:
             self.comm.Allreduce(array, out, op=self._MPI.SUM)
         return out
 
-    def sum_in_place(self, buffer: np.ndarray, what: str = "a sum over the ranks") -> np.ndarray:
-        """Replace the contiguous `buffer` by its elementwise sum over the ranks."""
-        with self._limited(what):
-            self.comm.Allreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.SUM)
-        return buffer
-
     def sum_parts(self, buffer: np.ndarray, counts: list[int],
                   what: str = "a sum over the ranks, in parts") -> np.ndarray:
         """This rank's part of the elementwise sum of `buffer` over the ranks: the parts are
@@ -290,19 +281,6 @@ def cpus_per_rank(group) -> int:
     return max(1, available_cpus() // group.local_size)
 
 
-@contextmanager
-def blas_threads(count: int):
-    """BLAS held to `count` threads inside the block (threadpoolctl, the extra `threads`;
-    without it nothing changes: set OPENBLAS_NUM_THREADS for each rank instead)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=count, user_api="blas"):
-        yield
-
-
 # --------------------------------------------------------------------------- replicas
 
 
@@ -343,18 +321,6 @@ def check_agreement(group, description: dict) -> None:
                                  f"every rank the same arguments, data and seed")
 
 
-def _pieces(arrays: list[np.ndarray], part: slice):
-    """(array, where, place) for each array with elements in `part`, a range of the arrays'
-    elements end to end: `where`, those elements' range in the array's own elements (in C
-    order), `place`, where they lie in the part."""
-    start = 0
-    for array in arrays:
-        low, high = max(part.start - start, 0), min(part.stop - start, array.size)
-        if low < high:
-            yield array, slice(low, high), slice(start + low - part.start, start + high - part.start)
-        start += array.size
-
-
 def _put(array: np.ndarray, where: slice, values: np.ndarray) -> None:
     """Set the elements `where` (in C order) of `array`, in place, whatever its memory layout."""
     if array.flags.c_contiguous:
@@ -386,6 +352,11 @@ class Replicas:
             return
         check_agreement(self.group, describe())
         params = self.model.parameters()
+        scattered = [name for name, param in params.items() if not param.flags.c_contiguous]
+        if scattered:  # the same model on every rank: every rank stops here
+            raise ValueError(f"the parameters {', '.join(scattered)} are not contiguous in "
+                             f"memory: each rank updates a range of every parameter's elements "
+                             f"in place, which needs them contiguous (np.ascontiguousarray)")
         buffer = self._flat_buffer()
         offset = 0
         for param in params.values():
@@ -406,9 +377,10 @@ class Replicas:
         return part_bounds(self.model.num_parameters(), self.group.rank, self.group.size)
 
     def _counts(self) -> list[int]:
+        """The number of elements in each rank's part, rank by rank."""
         total = self.model.num_parameters()
-        return [len(range(total)[part_bounds(total, rank, self.group.size)])
-                for rank in range(self.group.size)]
+        return [part.stop - part.start for part in
+                (part_bounds(total, rank, self.group.size) for rank in range(self.group.size))]
 
     def reduce(self, loss: float, correct: int, count: int, total: int,
                what: str = "the sum of the gradients") -> tuple[float, int]:
@@ -435,8 +407,8 @@ class Replicas:
             buffer[offset:offset + grad.size] = grad.reshape(-1) if count else 0
             offset += grad.size
         summed = self.group.sum_parts(buffer, self._counts(), what)
-        for grad, where, place in _pieces(grads, self.part):
-            _put(grad, where, summed[place])
+        for index, where, place in element_pieces(grads, self.part):
+            _put(grads[index], where, summed[place])
         sums = self.group.sum(np.array([loss * count, correct] if count else [0.0, 0.0]),
                               "the sum of the losses")
         return float(sums[0]) / total, int(round(float(sums[1])))
@@ -465,9 +437,9 @@ class Replicas:
     def _exchange(self, arrays: list[np.ndarray], what: str) -> None:
         """Every rank's `part` of the arrays' elements end to end to every rank, in place."""
         buffer = self._flat_buffer()
-        mine = self.part
-        for array, where, place in _pieces(arrays, mine):
-            buffer[mine][place] = array.reshape(-1)[where]
+        own = buffer[self.part]  # a view: this rank's part of the buffer
+        for index, where, place in element_pieces(arrays, self.part):
+            own[place] = arrays[index].reshape(-1)[where]
         self.group.share_parts(buffer, self._counts(), what)
         offset = 0
         for array in arrays:

@@ -49,7 +49,7 @@ import numpy as np
 
 from . import plots, trace
 from .data.images import decode_picture, to_model_input
-from .distributed import blas_threads
+from .parallel import blas_threads
 from .losses import softmax
 from .models.containers import Residual
 from .shapes import Field, field_box, traced_fields

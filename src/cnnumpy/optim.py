@@ -76,22 +76,21 @@ class Optimizer:
         params = self.model.parameters()
         grads = self.model.gradients()
         self.steps += 1
-        start = 0  # of the parameter in the elements end to end
         for name, param in params.items():
-            grad = grads[name]
-            if grad.shape != param.shape:
-                raise ValueError(f"gradient of {name} has shape {grad.shape}, "
+            if grads[name].shape != param.shape:
+                raise ValueError(f"gradient of {name} has shape {grads[name].shape}, "
                                  f"the parameter {param.shape}")
-            grad = grad.astype(param.dtype, copy=False)
-            if part is None:
+        if part is None:
+            for name, param in params.items():
+                grad = grads[name].astype(param.dtype, copy=False)
                 self._update(param, grad, partial(self._slot, name, param, ...))
-            else:
-                low, high = max(part.start - start, 0), min(part.stop - start, param.size)
-                if low < high:
-                    where = slice(low, high)
-                    self._update(_flat(param, name)[where], grad.reshape(-1)[where],
-                                 partial(self._slot, name, param, where))
-            start += param.size
+            return
+        named = list(params.items())
+        for index, where, _ in element_pieces([param for _, param in named], part):
+            name, param = named[index]
+            grad = grads[name].astype(param.dtype, copy=False)
+            self._update(_flat(param, name)[where], grad.reshape(-1)[where],
+                         partial(self._slot, name, param, where))
 
     def _slot(self, name: str, param: np.ndarray, where, slot: str) -> tuple[np.ndarray, bool]:
         """The piece at `where` (`...`: all; a slice: of the flattened array) of parameter
@@ -326,6 +325,20 @@ class AdamW(Adam):
     def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2):
         super().__init__(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def element_pieces(arrays: list[np.ndarray], part: slice):
+    """The arrays' elements in `part`, a range of all their elements end to end (each array
+    flattened in C order, one after the other): (index, where, place) for each array with
+    elements in it: its index in `arrays`, the range of those elements in the array, and
+    their range in the part."""
+    start = 0  # of the array's elements in the elements end to end
+    for index, array in enumerate(arrays):
+        low, high = max(part.start - start, 0), min(part.stop - start, array.size)
+        if low < high:
+            offset = start - part.start  # of the array in the part
+            yield index, slice(low, high), slice(offset + low, offset + high)
+        start += array.size
 
 
 def _flat(param: np.ndarray, name: str) -> np.ndarray:

@@ -35,6 +35,7 @@ import copy
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -69,6 +70,19 @@ def _blas_controller():
         blas = ThreadpoolController().select(user_api="blas")
         _controller = blas if blas.info() else False
     return _controller or None
+
+
+@contextmanager
+def blas_threads(count: int):
+    """BLAS held to `count` threads inside the block (threadpoolctl, the extra `threads`;
+    without it nothing changes: set OPENBLAS_NUM_THREADS for each process instead)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=count, user_api="blas"):
+        yield
 
 
 def _threads(workers: int) -> ThreadPoolExecutor:

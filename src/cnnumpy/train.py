@@ -46,9 +46,9 @@ from .data import channel_stats, normalize, num_batches, random_crop, random_hfl
 from .data.transforms import check_normalization
 from . import workspace
 from .layers.activation import seed_dropout
-from .distributed import BatchSplit, Replicas, Solo, as_group, blas_threads, cpus_per_rank
+from .distributed import BatchSplit, Replicas, Solo, as_group, cpus_per_rank
 from .distributed import fingerprint
-from .parallel import BatchParallel
+from .parallel import BatchParallel, blas_threads
 from .losses import CrossEntropyLoss, softmax
 from .schedules import Schedule
 from .validate import check_bool, check_integer, check_rng
@@ -303,8 +303,8 @@ class Trainer:
         self.val_data = val_data
         if val_data is not None:
             _check_data(val_data, "val_data")
+        self.loop = loop
         self.epochs, self.batch_size = loop.epochs, loop.batch_size
-        self.augment, self.crop_padding, self.flip = loop.augment, loop.crop_padding, loop.flip
         self.criterion = CrossEntropyLoss(loop.label_smoothing)
         self.rng = rng
         self.run_dir = None if run_dir is None else Path(run_dir)
@@ -316,13 +316,14 @@ class Trainer:
         self.progress = Progress()
         self.history = History()
         self.order: np.ndarray | None = None  # this epoch's permutation
+        # the step whose state the ranks last compared and made whole, and saved in last.npz
+        # with a run folder: at the end of every epoch
+        self.settled_step: int | None = None
 
     @property
     def settings(self) -> dict:
         """The loop settings a resumed run must share with the original."""
-        return {"batch_size": self.batch_size, "augment": self.augment,
-                "crop_padding": self.crop_padding, "flip": self.flip,
-                "label_smoothing": self.criterion.label_smoothing,
+        return {**{key: value for key, value in asdict(self.loop).items() if key != "epochs"},
                 "train_size": len(self.train_images)}
 
     def description(self) -> dict:
@@ -388,8 +389,8 @@ class Trainer:
 
     def saved(self, name: str) -> Path:
         """The path of checkpoint `name` of the run folder, written by rank 0 (the only rank
-        when not distributed); a rank that times out later says it stays loadable."""
-        self.replicas.whole_optimizer(self.optimizer)
+        when not distributed); a rank that times out later says it stays loadable. Every
+        rank's optimizer state must be whole (`Replicas.whole_optimizer`) before."""
         path = self.save(name) if self.writes else self.run_dir / name
         if name == LAST_FILE:
             self.group.note = f"The last checkpoint, {path}, is whole: resume from it."
@@ -399,6 +400,8 @@ class Trainer:
 
     def run(self, stop: StopRequest, callbacks, epoch_callbacks, show_progress: bool,
             verbose: bool) -> History:
+        """Train epoch after epoch until the last, or until a stop (a signal or callback: the
+        History says "interrupted"; a loss that is not finite: "diverged")."""
         self.replicas.start(self.description)  # distributed: called, compared, broadcast
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -407,10 +410,10 @@ class Trainer:
         try:
             while self.progress.epoch < self.epochs:
                 if self.stopping(stop):  # asked for in the last batch of the previous epoch,
-                    self.interrupt(stop.reason or OTHER_RANK_STOPPED)  # or after it
+                    raise self.interrupted(stop.reason or OTHER_RANK_STOPPED)  # or after it
                 self.run_epoch(stop, callbacks, show_progress)
                 entry = self.end_epoch(verbose)
-                if any([callback(entry) for callback in epoch_callbacks]):
+                if any([callback(dict(entry)) for callback in epoch_callbacks]):
                     stop.request("an epoch callback asked to stop")
         except RunStopped as stopped:
             self.history.status, self.history.message = stopped.status, stopped.message
@@ -445,7 +448,7 @@ class Trainer:
                     if callback(info):
                         stop.request("a callback asked to stop")
                 if self.stopping(stop) and p.batch < len(slices):
-                    self.interrupt(stop.reason or OTHER_RANK_STOPPED)
+                    raise self.interrupted(stop.reason or OTHER_RANK_STOPPED)
         finally:
             if bar is not None:
                 bar.close()
@@ -461,9 +464,10 @@ class Trainer:
         p = self.progress
         total, split = len(indices), self.group.split(len(indices))
         indices = indices[self.group.part(total)]
-        rng = self.rng if self.augment else None
+        rng = self.rng if self.loop.augment else None
         x = prepare_batch(self.train_images[indices], self.normalization, self.model.dtype,
-                          rng=rng, crop_padding=self.crop_padding, flip=self.flip, split=split)
+                          rng=rng, crop_padding=self.loop.crop_padding, flip=self.loop.flip,
+                          split=split)
         y = self.train_labels[indices]
         lr = self.schedule.apply(self.optimizer, p.step) if self.schedule else self.optimizer.lr
         loss, correct = math.nan, 0
@@ -487,16 +491,22 @@ class Trainer:
         self.replicas.step_done(p.step)
         return BatchInfo(p.epoch, p.batch - 1, p.step, loss, correct / total, lr)
 
-    def interrupt(self, reason: str):
-        """Save the last checkpoint (with a run folder) and stop: RunStopped ("interrupted")."""
-        where = (f"epoch {self.progress.epoch + 1}, batch {self.progress.batch}/"
+    def interrupted(self, reason: str) -> RunStopped:
+        """Save the last checkpoint (with a run folder; not again when the epoch that just
+        ended wrote it) and return the RunStopped ("interrupted") to raise."""
+        p = self.progress
+        where = (f"after epoch {p.epoch}" if p.batch == 0 else
+                 f"at epoch {p.epoch + 1}, batch {p.batch}/"
                  f"{num_batches(len(self.train_images), self.batch_size)}")
+        if self.settled_step != p.step:  # every rank, with a run folder or not: collectives
+            self.replicas.check(p.step)
+            self.replicas.whole_optimizer(self.optimizer)
+            if self.run_dir is not None:
+                self.history.checkpoint = self.saved(LAST_FILE)
         if self.run_dir is None:
-            raise RunStopped("interrupted", f"{reason}: stopped at {where}")
-        self.replicas.check(self.progress.step)
-        self.history.checkpoint = self.saved(LAST_FILE)
-        raise RunStopped("interrupted", f"{reason}: stopped at {where}; saved "
-                                        f"{self.history.checkpoint} to resume from")
+            return RunStopped("interrupted", f"{reason}: stopped {where}")
+        return RunStopped("interrupted", f"{reason}: stopped {where}; saved "
+                                         f"{self.history.checkpoint} to resume from")
 
     def end_epoch(self, verbose: bool) -> dict:
         """Validate, log, checkpoint and move to the next epoch; the epoch's metrics entry.
@@ -519,7 +529,9 @@ class Trainer:
         if improved:
             p.best_score = score
         p.epoch, p.batch, p.loss_sum, p.correct, p.seen, p.seconds = p.epoch + 1, 0, 0.0, 0, 0, 0.0
-        self.replicas.check(p.step)
+        self.replicas.check(p.step)  # every rank, with a run folder or not: collectives
+        self.replicas.whole_optimizer(self.optimizer)
+        self.settled_step = p.step
         if self.writes:
             _write_metrics(self.run_dir, self.history, append=True)
         if self.run_dir is not None:
@@ -585,7 +597,9 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
             are summed, and the run follows a single process with the same batch size up to
             the order of float sums. Rank 0 writes the files and prints; validation is shared
             out. A signal to any rank (SIGINT, SIGTERM or SIGUSR1) stops every rank after the
-            same batch.
+            same batch. Each rank updates its part of the parameters (the ranks then exchange
+            them): after a step, a rank's gradients are the global batch's only in that part
+            (`Replicas.part`), elsewhere its own images' share.
 
     Returns:
         A History: a list of {"epoch", "lr", "train_loss", "train_acc", ["val_loss",
