@@ -99,19 +99,26 @@ def test_an_epoch_callback_stops_the_run_resumably_after_that_epoch(tmp_path):
         assert np.array_equal(resumed.parameters()[name], value), name
 
 
+def poisoned_run(run_dir, step: int, validation: bool):
+    """A toy fit whose fc2.W becomes infinite after optimizer step `step` (6 steps an epoch)."""
+    data_rng = np.random.default_rng(0)
+    train = toy_data(data_rng)
+    val = toy_data(data_rng, count=30) if validation else None
+    model = cn.SimpleCNN((1, 8, 8), 3, rng=data_rng)
+
+    def poison(info):
+        if info.step == step:
+            model.parameters()["fc2.W"][...] = np.inf
+
+    return cn.fit(model, train, val, optimizer=cn.SGD(model, lr=0.01), epochs=3, batch_size=16,
+                  rng=data_rng, run_dir=run_dir, callbacks=[poison], progress=False,
+                  verbose=False)
+
+
 @pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # the poisoned weights
 def test_a_validation_loss_that_is_not_finite_stops_the_run(tmp_path):
     """Weights poisoned after the epoch's last step: training ended, validation diverges."""
-    def poison(info):
-        if info.step == 6:
-            model.parameters()["fc2.W"][...] = np.inf
-
-    data_rng = np.random.default_rng(123)
-    train, val = toy_data(data_rng), toy_data(data_rng, count=30)
-    model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(1))
-    history = cn.fit(model, train, val, optimizer=cn.SGD(model, lr=0.01), epochs=3,
-                     batch_size=16, rng=data_rng, run_dir=tmp_path, callbacks=[poison],
-                     progress=False, verbose=False)
+    history = poisoned_run(tmp_path, 6, validation=True)
     assert history.status == "diverged" and len(history) == 0
     assert history.message == ("the validation loss became nan after epoch 1: stopped; try a "
                                "lower learning rate")
@@ -143,17 +150,7 @@ def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # the poisoned weights
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    def poison(info):
-        if info.step == 8:
-            cn_model.parameters()["fc2.W"][...] = np.inf
-
-    data_rng = np.random.default_rng(0)
-    train = toy_data(data_rng)
-    cn_model = cn.SimpleCNN((1, 8, 8), 3, rng=data_rng)
-    opt = cn.SGD(cn_model, lr=0.01)
-    history = cn.fit(cn_model, train, None, optimizer=opt, epochs=3, batch_size=16,
-                     rng=data_rng, run_dir=tmp_path, callbacks=[poison], progress=False,
-                     verbose=False)
+    history = poisoned_run(tmp_path, 8, validation=False)
     assert history.status == "diverged"
     assert "became nan at epoch 2, batch 3" in history.message
     assert "checkpoints are untouched" in history.message
