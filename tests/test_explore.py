@@ -2,11 +2,14 @@
 (the `explore_run` fixture) and on a ResNet-20 with its branches; every answer is checked
 against cnnumpy's own functions (predict_proba, trace, shapes, plots, summary)."""
 
+import http.client
 import io
 import json
 import subprocess
 import sys
+import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -279,9 +282,52 @@ def test_the_resnet_blocks_of_a_branched_model(explore_run):
     assert mosaic.shape == (4 * 8 - 1, 16 * 8 - 1, 3) and mosaic.std() > 0
 
 
+def test_a_view_keeps_only_the_maps_shown(explore_run):
+    """A layer of 100 maps: the kept view holds its first MAX_MAPS (64) as copies, not the
+    whole output; a unit of map 80 still has its gradient, from a pass of its own."""
+    test = load_dataset("fashion-mnist", "test", data_dir=explore_run / "data")
+
+    def wide():
+        rng = np.random.default_rng(0)
+        model = cn.Sequential({"conv": cn.layers.Conv2D(1, 100, 3, padding=1, rng=rng),
+                               "relu": cn.layers.ReLU(), "pool": cn.layers.MaxPool2D(2),
+                               "flatten": cn.layers.Flatten(),
+                               "fc": cn.layers.Linear(100 * 14 * 14, 10, rng=rng)})
+        model.input_shape = (1, 28, 28)
+        return model
+
+    explorer = explore.Explorer(wide, (np.float32([0.3]), np.float32([0.3])), test)
+    client = explore.create_app(explorer).test_client()
+    assert client.get("/api/images/test-4").status_code == 200
+    maps = explorer.views["test-4"].maps
+    assert {name: array.shape for name, array in maps.items()} == {
+        "conv": (64, 28, 28), "pool": (64, 14, 14)}
+    assert all(array.base is None for array in maps.values())   # nothing holds all 100 maps
+    assert sum(array.nbytes for array in maps.values()) == 64 * (28 * 28 + 14 * 14) * 4
+    out = trace.record(wide(), normalize(test.images[4:5], [0.3], [0.3]).astype(np.float32))
+    np.testing.assert_array_equal(maps["pool"], out.call("pool").output[0, :64])
+    heat = png_pixels(client.get("/api/images/test-4/unit.png?layer=conv&channel=80&row=9"
+                                 "&column=9"))
+    gradient = plots.unit_gradient(wide(), explorer.view("test-4").image, "conv", (9, 9), 80)
+    np.testing.assert_array_equal(heat, explore.heat(np.abs(gradient).max(axis=0)))
+    assert heat.std() > 0 and not heat[~_inside(8, 8, 3, 3)].any()
+
+
 def big_png(width: int, height: int) -> bytes:
     """A PNG that declares width x height grey pixels in few bytes (all zeros compress)."""
     return picture_bytes(np.zeros((height, width), dtype=np.uint8))
+
+
+def declared_png(width: int, height: int) -> bytes:
+    """A PNG of 67 bytes whose header declares width x height grey pixels: Pillow's
+    decompression-bomb check refuses it when it opens it, before decoding anything."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + \
+            zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + \
+        chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
 BAD_REQUESTS = [
@@ -329,6 +375,8 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_goes_on(session, path, stat
     (b"", "empty.png", 400, "empty.png: the file is empty"),
     (big_png(1, 1)[:30], "cut.png", 400, "cut.png: not a picture cnnumpy can read"),
     (big_png(5000, 4000), "huge.png", 400, "declares 5000x4000 pixels, more than the 16777216"),
+    (declared_png(20000, 20000), "bomb.png", 400,   # Pillow's limit, before the explorer's
+     "bomb.png: not a picture cnnumpy can read (Image size (400000000 pixels) exceeds limit"),
     (b"\x89PNG\r\n\x1a\n" + b"\0" * (explore.MAX_UPLOAD_BYTES + 10), "big.png", 413,
      "larger than the limit of 4 MiB"),
     (b"\x89PNG\r\n\x1a\n" + b"\0" * (2 * explore.MAX_UPLOAD_BYTES), "bigger.png", 413,
@@ -349,20 +397,69 @@ def test_upload_needs_its_form_field_and_post(session):
     assert client.get("/api/upload").status_code == 405
 
 
-def test_the_test_set_is_predicted_once_in_the_background(explore_run):
+def test_the_test_set_is_predicted_once_in_the_background(explore_run, monkeypatch):
+    """While the predictions run (held here), the grid has the true labels, the filters on
+    predictions answer 503; then everything, once."""
+    release, batches = threading.Event(), []
+
+    def held(model, images, normalization):
+        release.wait(60)
+        batches.append(len(images))
+        return predict_proba(model, images, normalization)
+
+    monkeypatch.setattr(explore, "predict_proba", held)
     args = build_parser().parse_args(["explore", str(explore_run / "run" / "best.npz"),
-                                      "--data-dir", str(explore_run / "data"), "--limit", "12"])
-    explorer = explorer_for(args)
+                                      "--data-dir", str(explore_run / "data"), "--limit", "20"])
+    explorer = explorer_for(args).start()
     client = explore.create_app(explorer).test_client()
-    waiting = client.get("/api/test-images")
-    assert waiting.status_code == 503
-    assert "being computed (0 of 12)" in waiting.json["error"]
-    assert client.get("/api/progress").json["ready"] is False
+    assert client.get("/api/progress").json == {"done": 0, "total": 20, "ready": False,
+                                                "error": None}
+    labels = load_dataset("fashion-mnist", "test", data_dir=explore_run / "data").labels[:20]
+    grid = client.get("/api/test-images?limit=15").json
+    assert grid["total"] == 20 and [image["label"] for image in grid["images"]] == \
+        labels[:15].tolist()
+    assert {(image["predicted"], image["confidence"]) for image in grid["images"]} == \
+        {(None, None)}
+    label = int(labels[0])
+    assert client.get(f"/api/test-images?label={label}").json["total"] == \
+        np.count_nonzero(labels == label)
+    for query in ("mistakes=1", "sort=confidence", "predicted=3"):
+        waiting = client.get(f"/api/test-images?{query}")
+        assert waiting.status_code == 503
+        assert "being computed (0 of 20)" in waiting.json["error"]
+    assert client.get("/api/confusion").status_code == 503
+    assert client.get("/api/images/test-3").status_code == 200   # one image needs no wait
+    release.set()
     ready(explorer)
+    assert batches == [explore.PREDICTION_BATCH, 20 - explore.PREDICTION_BATCH]
     predicted = explorer.probabilities
-    assert client.get("/api/test-images").json["total"] == 12
+    assert [image["predicted"] for image in client.get("/api/test-images").json["images"]] == \
+        predicted.argmax(axis=1).tolist()
     explorer.start()                       # a second start computes nothing again
     assert explorer.probabilities is predicted
+
+
+def test_the_predictions_wait_while_a_request_runs_the_model(explore_run, monkeypatch):
+    """No batch starts while a request runs the model, nor QUIET_SECONDS after it ended."""
+    starts = []
+
+    def watched(model, images, normalization):
+        starts.append((explorer.serving, time.monotonic() - explorer.last_request))
+        return predict_proba(model, images, normalization)
+
+    monkeypatch.setattr(explore, "predict_proba", watched)
+    args = build_parser().parse_args(["explore", str(explore_run / "run" / "best.npz"),
+                                      "--data-dir", str(explore_run / "data")])
+    explorer = explorer_for(args)
+    with explorer.running():               # as a request does
+        explorer.start()
+        time.sleep(0.3)
+        assert starts == [] and explorer.done == 0
+    ended = time.monotonic()
+    ready(explorer)
+    assert len(starts) == 3                # 40 images, 16 a batch
+    assert all(serving == 0 and since >= explore.QUIET_SECONDS for serving, since in starts)
+    assert time.monotonic() - ended >= explore.QUIET_SECONDS
 
 
 def test_without_flask_the_error_says_what_to_install(session, monkeypatch):
@@ -372,17 +469,96 @@ def test_without_flask_the_error_says_what_to_install(session, monkeypatch):
 
 
 def test_another_host_only_with_a_warning(explore_run):
+    """127.0.0.2 is not in the list of loopback names: warned about as any other host (and
+    still reachable from this machine only)."""
     server = subprocess.Popen(
         [sys.executable, "-m", "cnnumpy", "explore", "run/best.npz", "--data-dir", "data",
-         "--host", "0.0.0.0"], cwd=explore_run, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+         "--host", "127.0.0.2"], cwd=explore_run, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline()
-        assert url.startswith("cnnumpy explore: http://0.0.0.0:"), server.stderr.read()
+        assert url.startswith("cnnumpy explore: http://127.0.0.2:"), server.stderr.read()
+        port = int(url.split("127.0.0.2:")[1].split("/")[0])
+        # the user chose this host: a Host header of any name is answered
+        assert http_get("127.0.0.2", port, "/api/info", "explorer.lan")[0] == 200
     finally:
         server.terminate()
         _, error = server.communicate(timeout=30)
-    assert "warning: --host 0.0.0.0: the explorer is reachable from other machines" in error
+    assert "warning: --host 127.0.0.2: the explorer is reachable from other machines" in error
+
+
+def http_get(address: str, port: int, path: str, host: str) -> tuple[int, dict]:
+    """(status, JSON answer) of a GET with the Host header `host`."""
+    connection = http.client.HTTPConnection(address, port, timeout=60)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:5000", "127.0.0.1.evil.example",
+                                  "localhost.", "10.0.0.7:8000", ""])
+def test_a_foreign_host_header_is_refused(session, host):
+    """DNS rebinding: a page of evil.example, whose name now points at 127.0.0.1, sends
+    requests with its own name as the Host; they get a 400 and the server goes on."""
+    _, client, _ = session
+    for path in ("/", "/api/info", "/api/images/test-1", "/static/main.js"):
+        answer = client.get(path, headers={"Host": host})
+        assert answer.status_code == 400
+        assert answer.json["error"].startswith(f"Host {host!r} is not this explorer's")
+    for name in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "LOCALHOST", "localhost"):
+        assert client.get("/api/info", headers={"Host": name}).status_code == 200, name
+
+
+def served(app):
+    """(port, stop) of `app` served on 127.0.0.1 in a thread, as `serve` does."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        thread.join(30)
+    return server.server_port, stop
+
+
+def chunked_upload(port: int, data: bytes) -> tuple[int, dict]:
+    """(status, JSON answer) of an upload in chunks of 64 KiB, without Content-Length."""
+    boundary = "cnnumpyboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"big.png\"\r\nContent-Type: image/png\r\n\r\n").encode()
+    body = head + data + f"\r\n--{boundary}--\r\n".encode()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", "/api/upload", body=(body[i: i + 65536]
+                                                        for i in range(0, len(body), 65536)),
+                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+                           encode_chunked=True)
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read())
+    except (BrokenPipeError, ConnectionResetError) as err:
+        pytest.fail(f"the server dropped the connection instead of answering: {err}")
+    finally:
+        connection.close()
+
+
+def test_chunked_uploads_without_a_length_are_limited_too(session):
+    explorer, _, _ = session
+    port, stop = served(explore.create_app(explorer))
+    try:
+        small = picture_bytes(np.full((28, 28), 90, dtype=np.uint8))
+        status, answer = chunked_upload(port, small)
+        assert status == 200 and answer["id"].startswith("upload-")
+        status, answer = chunked_upload(port, b"\x89PNG\r\n\x1a\n" +
+                                        b"\0" * (explore.MAX_UPLOAD_BYTES + 100_000))
+        assert status == 413 and "larger than the limit of 4 MiB" in answer["error"]
+        assert http_get("127.0.0.1", port, "/api/info", f"127.0.0.1:{port}")[0] == 200
+    finally:
+        stop()
 
 
 def test_the_default_host_is_this_machine_only():

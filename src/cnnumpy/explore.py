@@ -16,6 +16,8 @@ sent to /api/upload, or drawn on the page). A layer is named as in `model.named_
     GET  /api/info                              model, classes, the layers shown, their fields
     GET  /api/progress                          test-set predictions done so far
     GET  /api/test-images?label=&predicted=&mistakes=1&sort=&offset=&limit=
+                                                (true labels at once; predicted, mistakes
+                                                and sort by confidence once predicted)
     GET  /api/test-images/<n>.png               test image n, its pixels
     POST /api/upload                            form field "image": a PNG or JPEG -> {"id"}
     GET  /api/images/<id>                       top-k probabilities
@@ -29,7 +31,14 @@ sent to /api/upload, or drawn on the page). A layer is named as in `model.named_
 Every bad request gets a 4xx answer {"error": message}. Nothing from a request names a file:
 the only files served are the page's own; the run folder is read for `metrics.jsonl` only.
 The test set's predictions (for the grid and the confusion matrix) are computed once, in a
-background thread with its own copy of the model, while the page shows the progress.
+background thread with its own copy of the model, while the page shows the progress. They
+give way to the page: a small batch at a time, none while a request runs the model nor until
+QUIET_SECONDS after the last one, so choosing an image or a unit answers about as fast as idle.
+
+Served on a loopback address (the default 127.0.0.1), the app answers only requests whose
+Host is a loopback name (127.0.0.1, localhost or [::1], any port): a page of another site
+whose name was made to point at 127.0.0.1 (DNS rebinding) gets a 400, not the model. With an
+explicit other `--host`, any Host is answered: the user chose to let other machines in.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import io
 import re
 import sys
 import threading
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,10 +74,13 @@ MAP_COLUMNS = 16                      # tiles per row of a layer's mosaic
 MAP_GAP = 1                           # pixels between tiles
 TOP_K = 5
 KEPT_IMAGES = 16                      # the forward passes (and uploads) kept in memory
-PREDICTION_BATCH = 250                # test images per step of the background predictions
+PREDICTION_BATCH = 16                 # test images per step of the background predictions
+QUIET_SECONDS = 0.5                   # they wait this long after the last request's model run
 PICTURE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")   # how PNG and JPEG files start
 GAP_COLOR = (70, 110, 160)            # the mosaic's gaps: not a value of the grey maps
 UPLOAD_TOO_LARGE = f"the upload is larger than the limit of {MAX_UPLOAD_BYTES // 2**20} MiB"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")           # the addresses served without a warning
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")   # as a Host header names them
 
 
 class RequestError(Exception):
@@ -122,7 +135,7 @@ class View:
     """One image run through the model: what the model saw, what it made."""
 
     image: np.ndarray                  # (C, H, W) normalised, the model's dtype
-    maps: dict[str, np.ndarray]        # shown layer -> its output (C, h, w)
+    maps: dict[str, np.ndarray]        # shown layer -> its first MAX_MAPS maps (<= MAX_MAPS, h, w)
     probabilities: np.ndarray          # (K,)
 
 
@@ -151,6 +164,9 @@ class Explorer:
         self.class_names = list(class_names or [str(k) for k in range(outputs)])[:outputs]
         self.layers = {layer.name: layer for layer in shown_layers(recorded)}
         self.lock = threading.Lock()          # one request at a time runs self.model
+        self.requests = threading.Condition()  # guards the two below, wakes the predictions
+        self.serving = 0                      # requests running (or waiting to run) the model
+        self.last_request = 0.0               # time.monotonic() when the last one finished
         self.views: OrderedDict[str, View] = OrderedDict()
         self.uploads: OrderedDict[str, np.ndarray] = OrderedDict()
         self.done = 0                         # test images predicted so far
@@ -163,9 +179,30 @@ class Explorer:
     def running(self):
         """One request at a time runs self.model, with BLAS on one thread: for one image,
         more threads mostly wait for each other (ResNet-20's pass of one image took 3 to 10
-        times as long with two threads on two busy cores)."""
-        with self.lock, blas_threads(1):
-            yield self.model
+        times as long with two threads on two busy cores). The background predictions wait
+        meanwhile (`_wait_until_quiet`)."""
+        with self.requests:
+            self.serving += 1
+        try:
+            with self.lock, blas_threads(1):
+                yield self.model
+        finally:
+            with self.requests:
+                self.serving -= 1
+                self.last_request = time.monotonic()
+                self.requests.notify_all()
+
+    def _wait_until_quiet(self) -> None:
+        """Block until no request runs the model and the last one ended QUIET_SECONDS ago."""
+        with self.requests:
+            while True:
+                if self.serving:
+                    self.requests.wait()
+                    continue
+                remaining = self.last_request + QUIET_SECONDS - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.requests.wait(remaining)
 
     # ----------------------------------------------------------------- the test set
 
@@ -180,6 +217,7 @@ class Explorer:
             model, images = self.build_model(), self.test.images
             parts = []
             for start in range(0, len(images), PREDICTION_BATCH):
+                self._wait_until_quiet()
                 parts.append(predict_proba(model, images[start: start + PREDICTION_BATCH],
                                            self.normalization))
                 self.done = min(start + PREDICTION_BATCH, len(images))
@@ -188,6 +226,7 @@ class Explorer:
             self.prediction_error = f"{type(err).__name__}: {err}"
 
     def progress(self) -> dict:
+        """How far the background predictions of the test set are."""
         return {"done": self.done, "total": len(self.test),
                 "ready": self.probabilities is not None, "error": self.prediction_error}
 
@@ -203,13 +242,20 @@ class Explorer:
                     offset=0, limit=60) -> dict:
         """The test images that match the filters: index, true and predicted class and the
         predicted class's probability, sorted by `sort` ("index", "confidence" or
-        "-confidence": least or most confident first)."""
+        "-confidence": least or most confident first). Before the test set is predicted:
+        the true classes, predicted and confidence None (the filters on predictions: 503)."""
+        keep = np.ones(len(self.test), dtype=bool)
+        if label is not None:
+            keep &= self.test.labels == label
+        if self.probabilities is None and predicted is None and not mistakes and \
+                sort == "index":
+            page = np.flatnonzero(keep)[offset: offset + limit]
+            return {"total": int(keep.sum()), "offset": offset, "images": [
+                {"index": int(i), "label": int(self.test.labels[i]), "predicted": None,
+                 "confidence": None} for i in page]}
         probabilities = self.test_probabilities()
         guesses = probabilities.argmax(axis=1)
         confidence = probabilities[np.arange(len(guesses)), guesses]
-        keep = np.ones(len(guesses), dtype=bool)
-        if label is not None:
-            keep &= self.test.labels == label
         if predicted is not None:
             keep &= guesses == predicted
         if mistakes:
@@ -224,6 +270,7 @@ class Explorer:
              "confidence": float(confidence[i])} for i in page]}
 
     def confusion(self) -> dict:
+        """The confusion matrix of the test set (rows: true classes) and the accuracy."""
         predicted = self.test_probabilities().argmax(axis=1)
         counts = plots.confusion_matrix(self.test.labels, predicted, len(self.class_names))
         return {"classes": self.class_names, "counts": counts.tolist(),
@@ -271,7 +318,9 @@ class Explorer:
                 return self.views[image_id]
             image = prepare_batch(self.pixels(image_id)[None], self.normalization, self.dtype)
             recorded = trace.record(self.model, image)
-            maps = {call.name: call.output[0] for call in recorded.calls
+            # only the maps shown: a copy, so the rest of the output is freed (a unit's
+            # gradient is a pass of its own; ResNet-50's outputs at 224x224 are ~64 MB)
+            maps = {call.name: call.output[0, :MAX_MAPS].copy() for call in recorded.calls
                     if call.name in self.layers}
             logits = recorded.calls[0].output
             view = View(image[0], maps, softmax(logits.astype(np.float64))[0])
@@ -279,6 +328,7 @@ class Explorer:
             return view
 
     def prediction(self, image_id: str) -> dict:
+        """The image's predicted class and its TOP_K classes with their probabilities."""
         probabilities = self.view(image_id).probabilities
         best = np.argsort(-probabilities, kind="stable")[:TOP_K]
         return {"id": image_id, "predicted": self.class_names[best[0]], "top": [
@@ -286,6 +336,7 @@ class Explorer:
              "probability": float(probabilities[k])} for k in best]}
 
     def layer(self, name) -> Layer:
+        """The shown layer of that name; 404 for any other name."""
         if name not in self.layers:
             raise RequestError(404, f"unknown layer {name!r}; the layers shown are "
                                     f"{', '.join(self.layers)}")
@@ -324,6 +375,7 @@ class Explorer:
         return np.abs(gradient).max(axis=0)
 
     def saliency(self, image_id: str, target: int) -> np.ndarray:
+        """|d score of class `target` / d input|, the largest over the channels: (H, W)."""
         if not 0 <= target < len(self.class_names):
             raise RequestError(400, f"class must be in [0, {len(self.class_names)}), "
                                     f"got {target}")
@@ -346,6 +398,7 @@ class Explorer:
                 "activation_bytes": summary.activation_bytes, "text": format_summary(summary)}
 
     def metrics(self) -> list[dict]:
+        """The run's metrics.jsonl, one dict per epoch; 404 without it, 422 when damaged."""
         if self.run_dir is None:
             raise RequestError(404, "no run folder: the learning curves need metrics.jsonl")
         try:
@@ -356,6 +409,7 @@ class Explorer:
             raise RequestError(422, str(err)) from None
 
     def info(self) -> dict:
+        """The model, its input shape, the classes, the test set and the layers shown."""
         return {"model": type(self.model).__name__, "input_shape": list(self.input_shape),
                 "classes": self.class_names, "dataset": self.test.name,
                 "test_images": len(self.test), "drawable": self.input_shape[0] == 1,
@@ -410,7 +464,7 @@ def maps_mosaic(maps: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the app
 
 
-def _integer(args, name: str, default=None, low: int = 0, high: int = 2**31) -> int | None:
+def _integer(args, name: str, default=None, low: int = 0, high: int = 2**31) -> int:
     """Query argument `name` as an integer in [low, high]; 400 otherwise."""
     text = args.get(name)
     if text is None or text == "":
@@ -423,11 +477,13 @@ def _integer(args, name: str, default=None, low: int = 0, high: int = 2**31) -> 
 
 
 def _optional(args, name: str, high: int) -> int | None:
+    """Query argument `name` as an integer in [0, high], or None when it is not given."""
     return None if args.get(name) in (None, "") else _integer(args, name, high=high)
 
 
-def create_app(explorer: Explorer):
-    """The Flask app of an explorer (see the module docstring for its endpoints)."""
+def create_app(explorer: Explorer, hosts=LOOPBACK_NAMES):
+    """The Flask app of an explorer (see the module docstring for its endpoints). It answers
+    only requests whose Host header names one of `hosts` (any port; None: any Host)."""
     try:
         from flask import Flask, Response, jsonify, request
         from werkzeug.exceptions import HTTPException
@@ -455,6 +511,15 @@ def create_app(explorer: Explorer):
     def http_error(err: HTTPException):
         return jsonify(error=UPLOAD_TOO_LARGE if err.code == 413 else err.description), \
             err.code
+
+    @app.before_request
+    def check_host():
+        # DNS rebinding: another site's name resolved to this machine; its pages would send
+        # their own name as the Host
+        name = re.sub(r":\d*$", "", request.host.lower())
+        if hosts is not None and name not in hosts:
+            raise RequestError(400, f"Host {request.host!r} is not this explorer's: it "
+                                    f"answers {', '.join(hosts)} (with the port)")
 
     @app.after_request
     def headers(response):
@@ -531,15 +596,14 @@ def create_app(explorer: Explorer):
     return app
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 0) -> int:
     """Serve the explorer at http://host:port/ until Ctrl-C (port 0: a free one); prints
-    the URL, and a warning when `host` lets other machines in."""
+    the URL, and a warning when `host` lets other machines in. On a loopback address only
+    loopback names are answered as Host; on another, any (the user chose it)."""
     from werkzeug.serving import make_server
 
-    server = make_server(host, port, create_app(explorer), threaded=True)
+    app = create_app(explorer, LOOPBACK_NAMES if host in LOOPBACK else None)
+    server = make_server(host, port, app, threaded=True)
     shown = f"[{host}]" if ":" in host else host
     if host not in LOOPBACK:
         print(f"warning: --host {host}: the explorer is reachable from other machines, "

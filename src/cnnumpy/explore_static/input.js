@@ -1,8 +1,10 @@
 // The Input panel: the test-image grid with its filters, the upload and the drawing canvas.
+// Until the test set is predicted, the grid shows the true labels only and the filters on
+// predictions (mistakes only, the sort by confidence) are disabled.
 import { clearError, request, showError, url } from "./api.js";
 
 const PAGE = 60;
-let state = { info: null, choose: null, offset: 0, chosenTile: null, filter: {} };
+let state = { info: null, choose: null, chosenTile: null, filter: {} };
 
 function filters() {
   return {
@@ -13,18 +15,25 @@ function filters() {
   };
 }
 
+// One image of the grid; image.predicted is null before the test set is predicted.
 function tile(image) {
   const names = state.info.classes;
+  const known = image.predicted !== null;
   const div = document.createElement("div");
-  div.className = "tile" + (image.label !== image.predicted ? " mistake" : "");
+  div.className = "tile" + (known && image.label !== image.predicted ? " mistake" : "");
+  if (state.chosenTile && state.chosenTile.dataset.index === String(image.index)) {
+    div.classList.add("chosen");
+    state.chosenTile = div;
+  }
   div.dataset.index = image.index;
-  div.title = `test image ${image.index}: true ${names[image.label]}, predicted ` +
-    `${names[image.predicted]} (${(100 * image.confidence).toFixed(1)}%)`;
+  div.title = `test image ${image.index}: true ${names[image.label]}, ` + (known
+    ? `predicted ${names[image.predicted]} (${(100 * image.confidence).toFixed(1)}%)`
+    : "not predicted yet");
   const img = document.createElement("img");
   img.src = `/api/test-images/${image.index}.png`;
   img.alt = `test image ${image.index}`;
   div.append(img, `${names[image.label]}`, document.createElement("br"),
-    `→ ${names[image.predicted]}`);
+    `→ ${known ? names[image.predicted] : "…"}`);
   div.addEventListener("click", () => {
     if (state.chosenTile) state.chosenTile.classList.remove("chosen");
     div.classList.add("chosen");
@@ -35,21 +44,29 @@ function tile(image) {
   return div;
 }
 
-// Show the first page of test images matching the filters (more=true: the next page).
-export async function showGrid(more = false) {
+// Show the first `limit` test images matching the filters (more=true: the next PAGE).
+export async function showGrid(more = false, limit = PAGE) {
   const grid = document.getElementById("grid");
-  state.offset = more ? state.offset + PAGE : 0;
+  const offset = more ? grid.children.length : 0;
   try {
-    const query = { ...filters(), offset: state.offset, limit: PAGE };
+    const query = { ...filters(), offset, limit: more ? PAGE : limit };
     const answer = await request(url("/api/test-images", query));
     if (!more) grid.replaceChildren();
     grid.append(...answer.images.map(tile));
-    const shown = Math.min(answer.total, state.offset + PAGE);
+    const shown = grid.children.length;
     document.getElementById("grid-count").textContent = `${shown} of ${answer.total} images`;
     document.getElementById("more").hidden = shown >= answer.total;
   } catch (error) {
     showError(error.message);
   }
+}
+
+// Once the test set is predicted: enable the filters on predictions, and show the images
+// already in the grid again, with their predicted labels.
+export async function predictionsReady() {
+  for (const id of ["filter-mistakes", "sort"]) document.getElementById(id).disabled = false;
+  const shown = document.querySelectorAll("#grid .tile").length;
+  await showGrid(false, Math.min(Math.max(shown, PAGE), 500));
 }
 
 // The grid of the images of one confusion-matrix cell (true class, predicted class).

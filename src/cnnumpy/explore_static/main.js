@@ -1,7 +1,8 @@
-// The explorer page: load the model's description, wait for the test set's predictions
-// (showing the progress), then fill every panel.
+// The explorer page: load the model's description, fill every panel; the test-image grid is
+// shown at once with the true labels, and completed (predicted labels, the filters that need
+// them, the confusion matrix) once the server has predicted the test set.
 import { request, showError } from "./api.js";
-import { setUpInput, showCell, showGrid } from "./input.js";
+import { predictionsReady, setUpInput, showCell, showGrid } from "./input.js";
 import { choose, setUpInside } from "./inside.js";
 import { showConfusion, showCurves, showSummary } from "./run.js";
 
@@ -27,8 +28,8 @@ async function start() {
   setUpInput(info, choose);
   showSummary().catch((error) => showError(error.message));
   showCurves();
-  await waitForPredictions();
-  await showGrid();
+  await Promise.all([showGrid(), waitForPredictions()]);
+  await predictionsReady();
   await showConfusion(showCell);
   document.body.dataset.ready = "true";
 }
