@@ -318,8 +318,7 @@ def test_the_grid_is_shown_before_the_test_set_is_predicted(chromium_browser, ex
     page = new_tab(chromium_browser, errors)
     try:
         page.goto(f"http://127.0.0.1:{server.server_port}/")
-        page.wait_for_function("document.querySelectorAll('#grid .tile').length === 40",
-                               timeout=WAIT_MS)
+        page.wait_for_selector('#grid .tile[data-index="39"]', timeout=WAIT_MS)
         names = explorer.class_names
         labels = explorer.test.labels
         tiles = page.locator("#grid .tile").all_inner_texts()
