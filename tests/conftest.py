@@ -1,10 +1,18 @@
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py
+
+try:  # Hypothesis keeps its examples and caches outside the source tree
+    from hypothesis.configuration import set_hypothesis_home_dir
+except ImportError:
+    pass
+else:
+    set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "cnnumpy-hypothesis")
 
 
 @pytest.fixture
