@@ -1,14 +1,20 @@
 """Latency of the explorer's two interactive steps, through Flask's test client (the same
 handlers as over HTTP, without the socket); prints medians. Never run by the test suite.
 
-    python benchmarks/bench_explore.py [--repeats 15]
+    python benchmarks/bench_explore.py [--repeats 15] [--test-images 20000]
 
 "choose an image": the prediction (one recorded forward pass) and every layer's feature-map
 PNG, one request after the other (a browser asks for the PNGs in parallel). "click a unit":
 the unit's receptive field (JSON) and its input-gradient PNG (a forward and a backward pass),
 for a unit of the middle layer shown. Each image is new to the session, as when a learner
-clicks through the grid. Models: SimpleCNN (target < 100 ms) and ResNet-20 for 28x28 images
-(target < 300 ms), untrained: the time does not depend on the weights.
+clicks through the grid. Models: SimpleCNN (target < 100 ms) and ResNet-20 (target < 300 ms)
+for 1x28x28 images, ResNet-20 for 3x32x32 (CIFAR-10), untrained: the time does not depend on
+the weights.
+
+Each model is measured twice: "idle", and "background" while the test set's predictions run
+(started, not finished: the table gives how many of the --test-images were predicted at the
+end). There each step starts QUIET_SECONDS + 0.2 s after the previous one, as a learner's
+clicks come, so the predictions have resumed and a batch is running when the step begins.
 """
 
 import argparse
@@ -18,12 +24,17 @@ import numpy as np
 
 import cnnumpy as cn
 from cnnumpy.data import ImageDataset
-from cnnumpy.explore import Explorer, create_app
+from cnnumpy.explore import QUIET_SECONDS, Explorer, create_app
 
 MODELS = {
-    "SimpleCNN": (lambda: cn.SimpleCNN((1, 28, 28), 10, rng=np.random.default_rng(0)), 0.100),
-    "ResNet-20": (lambda: cn.models.resnet20(input_shape=(1, 28, 28), num_classes=10,
-                                            rng=np.random.default_rng(0)), 0.300),
+    "SimpleCNN 1x28x28": (lambda: cn.SimpleCNN((1, 28, 28), 10, rng=np.random.default_rng(0)),
+                          (1, 28, 28), 0.100),
+    "ResNet-20 1x28x28": (lambda: cn.models.resnet20(input_shape=(1, 28, 28), num_classes=10,
+                                                     rng=np.random.default_rng(0)),
+                          (1, 28, 28), 0.300),
+    "ResNet-20 3x32x32": (lambda: cn.models.resnet20(input_shape=(3, 32, 32), num_classes=10,
+                                                     rng=np.random.default_rng(0)),
+                          (3, 32, 32), 0.300),
 }
 
 
@@ -34,12 +45,16 @@ def milliseconds(requests) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def measure(build_model, repeats: int) -> tuple[float, float, int]:
-    """Median milliseconds of choosing an image and of clicking a unit, and the layers shown."""
+def measure(build_model, input_shape, repeats: int, background: bool, test_images: int):
+    """Median milliseconds of choosing an image and of clicking a unit, the layers shown and
+    the test images predicted at the end (of how many)."""
     rng = np.random.default_rng(0)
-    test = ImageDataset(rng.integers(0, 256, (repeats + 1, 1, 28, 28), dtype=np.uint8),
-                        rng.integers(0, 10, repeats + 1), tuple("0123456789"), "random")
-    explorer = Explorer(build_model, (np.float32([0.3]), np.float32([0.3])), test)
+    count = test_images if background else repeats + 1
+    test = ImageDataset(rng.integers(0, 256, (count, *input_shape), dtype=np.uint8),
+                        rng.integers(0, 10, count), tuple("0123456789"), "random")
+    channels = input_shape[0]
+    explorer = Explorer(build_model, (np.float32([0.3] * channels),
+                                      np.float32([0.3] * channels)), test)
     client = create_app(explorer).test_client()
     layers = list(explorer.layers)
     middle = explorer.layers[layers[len(layers) // 2]]
@@ -54,22 +69,40 @@ def measure(build_model, repeats: int) -> tuple[float, float, int]:
                         client.get(f"/api/images/{image}/unit.png?{unit}")]
 
     milliseconds(choose("test-0")), milliseconds(click("test-0"))   # warm up
+    if background:
+        explorer.start()
+
+    def think():
+        if background:
+            time.sleep(QUIET_SECONDS + 0.2)
+
     chosen, clicked = [], []
     for index in range(1, repeats + 1):
+        think()
         chosen.append(milliseconds(choose(f"test-{index}")))
+        think()
         clicked.append(milliseconds(click(f"test-{index}")))
-    return float(np.median(chosen)), float(np.median(clicked)), len(layers)
+    return float(np.median(chosen)), float(np.median(clicked)), len(layers), explorer.done, count
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="images per model (default 15)")
+    parser.add_argument("--test-images", type=int, default=20000,
+                        help="the test set predicted in the background (default 20000)")
     args = parser.parse_args()
-    print(f"{'model':<10} {'layers':>6} {'choose an image':>16} {'click a unit':>13} {'target':>7}")
-    for name, (build_model, target) in MODELS.items():
-        chosen, clicked, layers = measure(build_model, args.repeats)
-        print(f"{name:<10} {layers:>6} {chosen:>13.1f} ms {clicked:>10.1f} ms "
-              f"{target * 1000:>4.0f} ms")
+    print(f"{'model':<18} {'layers':>6} {'predictions':>24} {'choose an image':>16} "
+          f"{'click a unit':>13} {'target':>7}")
+    for name, (build_model, input_shape, target) in MODELS.items():
+        for background in (False, True):
+            chosen, clicked, layers, done, total = measure(build_model, input_shape,
+                                                           args.repeats, background,
+                                                           args.test_images)
+            state = f"running, {done} of {total}" if background else "idle"
+            if background and done == total:
+                state = f"finished, {done}"          # not measured while they ran
+            print(f"{name:<18} {layers:>6} {state:>24} {chosen:>13.1f} ms "
+                  f"{clicked:>10.1f} ms {target * 1000:>4.0f} ms", flush=True)
 
 
 if __name__ == "__main__":
