@@ -74,7 +74,8 @@ MAP_COLUMNS = 16                      # tiles per row of a layer's mosaic
 MAP_GAP = 1                           # pixels between tiles
 TOP_K = 5
 KEPT_IMAGES = 16                      # the forward passes (and uploads) kept in memory
-PREDICTION_BATCH = 16                 # test images per step of the background predictions
+PREDICTION_BATCH = 4                  # test images per step of the background predictions
+                                      # (a request may overlap one step: ~0.1 s of ResNet-20)
 QUIET_SECONDS = 0.5                   # they wait this long after the last request's model run
 PICTURE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")   # how PNG and JPEG files start
 GAP_COLOR = (70, 110, 160)            # the mosaic's gaps: not a value of the grey maps
@@ -213,14 +214,18 @@ class Explorer:
         return self
 
     def _predict_test_set(self) -> None:
+        """The test set's probabilities, a batch at a time, each when no request runs the
+        model; BLAS on one thread as for the requests (OpenBLAS's extra threads, once woken,
+        spin on a core for a while after each call: SimpleCNN's steps took twice as long)."""
         try:
             model, images = self.build_model(), self.test.images
             parts = []
-            for start in range(0, len(images), PREDICTION_BATCH):
-                self._wait_until_quiet()
-                parts.append(predict_proba(model, images[start: start + PREDICTION_BATCH],
-                                           self.normalization))
-                self.done = min(start + PREDICTION_BATCH, len(images))
+            with blas_threads(1):
+                for start in range(0, len(images), PREDICTION_BATCH):
+                    self._wait_until_quiet()
+                    parts.append(predict_proba(model, images[start: start + PREDICTION_BATCH],
+                                               self.normalization))
+                    self.done = min(start + PREDICTION_BATCH, len(images))
             self.probabilities = np.concatenate(parts)
         except Exception as err:  # shown on the page; the server goes on
             self.prediction_error = f"{type(err).__name__}: {err}"
