@@ -11,10 +11,12 @@ clicks through the grid. Models: SimpleCNN (target < 100 ms) and ResNet-20 (targ
 for 1x28x28 images, ResNet-20 for 3x32x32 (CIFAR-10), untrained: the time does not depend on
 the weights.
 
-Each model is measured twice: "idle", and "background" while the test set's predictions run
-(started, not finished: the table gives how many of the --test-images were predicted at the
-end). There each step starts QUIET_SECONDS + 0.2 s after the previous one, as a learner's
-clicks come, so the predictions have resumed and a batch is running when the step begins.
+Each model is measured twice: "idle", and while the test set's predictions run (started, not
+finished: the table gives how many of the --test-images were predicted at the end). Each step
+starts QUIET_SECONDS + 0.2 s after the previous one, as a learner's clicks come, so the
+predictions have resumed and a batch is running when the step begins; idle, the same pause
+(a step after a pause takes longer than one right after another: caches and cores have gone
+to other work meanwhile).
 """
 
 import argparse
@@ -72,15 +74,11 @@ def measure(build_model, input_shape, repeats: int, background: bool, test_image
     if background:
         explorer.start()
 
-    def think():
-        if background:
-            time.sleep(QUIET_SECONDS + 0.2)
-
     chosen, clicked = [], []
     for index in range(1, repeats + 1):
-        think()
+        time.sleep(QUIET_SECONDS + 0.2)
         chosen.append(milliseconds(choose(f"test-{index}")))
-        think()
+        time.sleep(QUIET_SECONDS + 0.2)
         clicked.append(milliseconds(click(f"test-{index}")))
     return float(np.median(chosen)), float(np.median(clicked)), len(layers), explorer.done, count
 
