@@ -296,7 +296,9 @@ def test_imported_resnet_is_a_tree_that_trains_and_saves(tmp_path):
 def test_fold_batchnorm_and_raw_pixels(tmp_path):
     """--fold-batchnorm leaves no BatchNormalization node; --raw-pixels makes the file take
     pixels 0..255, as cnnumpy's model takes normalize(pixels); both within 1e-5. The
-    metadata carries the normalisation and class names back."""
+    metadata carries the normalisation and class names back, and from_onnx's model (the
+    graph after its Mul and Add) fed normalize(pixels) with read_onnx's normalisation gives
+    ONNX Runtime's output on the pixels."""
     rng = np.random.default_rng(5)
     model = cn.models.resnet20(num_classes=3, input_shape=(3, 16, 16), rng=rng)
     random_statistics(model, rng)
@@ -313,7 +315,8 @@ def test_fold_batchnorm_and_raw_pixels(tmp_path):
     np.testing.assert_allclose(read.normalization[0], mean, rtol=1e-6)
     np.testing.assert_allclose(read.normalization[1], std, rtol=1e-6)
     assert read.metadata["class_names"] == ["cat", "dog", "eel"]
-    check_close(infer(read.model, normalize(pixels, mean, std)), expected, 1e-5)
+    check_close(infer(from_onnx(tmp_path / "m.onnx"), normalize(pixels, *read.normalization)),
+                run_onnx_runtime(tmp_path / "m.onnx", pixels.astype(np.float32)), 1e-5)
 
 
 # --------------------------------------------------------------------------- other spellings

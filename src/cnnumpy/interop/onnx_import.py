@@ -3,9 +3,12 @@
 Supported: the operators `to_onnx` writes and the spellings `torch.onnx.export` uses for
 them (see SUPPORTED): Gemm with or without transB, MatMul followed by Add for a linear
 layer, Reshape (to batch x features, its target shape constant or computed by
-Shape/Gather/Unsqueeze/Concat) for Flatten, Identity and Dropout as nothing, Constant nodes
-as weights. Elementwise Mul/Add/Sub/Div by constants right at the input are the input's
-normalisation: they are taken out of the graph (`OnnxFile.normalization`), not made layers.
+Shape/Gather/Slice/Squeeze/Unsqueeze/Concat) for Flatten, ReduceMean over H and W for
+global pooling, nearest Resize by whole factors (in the modes of EXACT_RESIZE), Identity and
+evaluation-mode Dropout as nothing, Constant nodes as weights. An attribute the layers would
+compute differently is refused, naming the node. Elementwise Mul/Add/Sub/Div by constants
+right at the input are the input's normalisation: they are taken out of the graph
+(`OnnxFile.normalization`), not made layers, so the model starts after them.
 
 The graph becomes a tree in two passes. Forward, node by node, each operator becomes a
 layer (and the shape of every tensor is known). Backward from the output, a chain of layers
@@ -303,11 +306,11 @@ class _Importer:
             raise self.error(node, f"expected one input computed from the image, got "
                                    f"{len(inputs)}") if op in _LAYERS or op == "MatMul" \
                 else self.unsupported(node)
-        if op == "MatMul":
-            return self.matmul(index, node, inputs[0])
-        if op not in _LAYERS:
+        if op not in _LAYERS and op != "MatMul":
             raise self.unsupported(node)
         try:
+            if op == "MatMul":
+                return self.matmul(index, node, inputs[0])
             module = _LAYERS[op](self, node, self.shapes[inputs[0]])
         except OnnxImportError:
             raise
