@@ -565,6 +565,14 @@ def test_what_the_layers_cannot_compute_is_refused(case, tmp_path):
         from_onnx(path)
 
 
+def test_opset_6_dropout_in_training_is_refused(tmp_path):
+    path = write_graph(tmp_path / "d.onnx", [helper.make_node("Dropout", ["x"], ["y"],
+                                                              is_test=0, name="n")], {}, opset=6)
+    with pytest.raises(OnnxImportError, match=r"node 'n' \(Dropout\): its training_mode is "
+                                              r"not a constant false"):
+        from_onnx(path)
+
+
 def test_integer_input_is_refused(tmp_path):
     path = write_graph(tmp_path / "i.onnx", [helper.make_node("Relu", ["x"], ["y"])], {},
                        input_type=onnx.TensorProto.INT64)

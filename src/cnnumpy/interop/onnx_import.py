@@ -38,12 +38,13 @@ from .extras import require
 from .onnx_export import METADATA_PREFIX
 
 SUPPORTED = ("Add (two paths: a residual join; a constant after MatMul: the bias)",
-             "AveragePool", "BatchNormalization", "Constant", "Conv", "Dropout", "Flatten",
+             "AveragePool (counting its padding)", "BatchNormalization", "Constant", "Conv",
+             "Dropout (evaluation mode)", "Flatten",
              "Gemm", "GlobalAveragePool", "Identity", "MatMul", "MaxPool",
              "Mul/Add/Sub/Div by constants at the input (the normalisation)",
              "Pad (zeros)", "ReduceMean (over H and W, keepdims)", "Relu",
              "Reshape (to batch x features)",
-             "Resize (nearest, integer scales)",
+             "Resize (nearest, whole factors, the modes of EXACT_RESIZE)",
              "Shape/Gather/Unsqueeze/Concat/Squeeze/Slice/Cast (computing a Reshape's shape)")
 SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Squeeze", "Slice", "Cast")
 NORMALIZATION_OPS = ("Mul", "Add", "Sub", "Div")
@@ -291,7 +292,8 @@ class _Importer:
                                        "graphs")
             training = self.constant(node.input[2]) if op == "Dropout" \
                 and len(node.input) > 2 and node.input[2] else False
-            if training is None or np.any(training):
+            if training is None or np.any(training) \
+                    or self.attributes(node).get("is_test", 1) == 0:  # opsets 1 to 6
                 raise self.error(node, "its training_mode is not a constant false: it drops "
                                        "values; cnnumpy reads evaluation graphs (export in "
                                        "eval mode)")
