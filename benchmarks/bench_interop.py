@@ -105,15 +105,16 @@ def main() -> None:
     from safetensors.torch import save_file
 
     net = seeded_resnet18(torch)
-    folder = Path(tempfile.mkdtemp(prefix="bench_interop."))
-    save_file(net.state_dict(), folder / "resnet18.safetensors")
     model = cn.models.resnet18(rng=ZeroDraws())
-    state = cn.interop.load_state_file(folder / "resnet18.safetensors")
-    model.load_state_dict(cn.interop.from_torch(state, model))
-    model.eval()
-    cn.interop.to_onnx(model, folder / "resnet18.onnx")
-    session = ort.InferenceSession(str(folder / "resnet18.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="bench_interop.") as tmp:  # ~90 MB, removed
+        folder = Path(tmp)
+        save_file(net.state_dict(), folder / "resnet18.safetensors")
+        state = cn.interop.load_state_file(folder / "resnet18.safetensors")
+        model.load_state_dict(cn.interop.from_torch(state, model))
+        model.eval()
+        cn.interop.to_onnx(model, folder / "resnet18.onnx")
+        session = ort.InferenceSession(str(folder / "resnet18.onnx"),
+                                       providers=["CPUExecutionProvider"])
 
     x = np.random.default_rng(0).standard_normal((args.batch, 3, 224, 224)).astype(np.float32)
     x_torch = torch.from_numpy(x)

@@ -149,6 +149,19 @@ def test_torch_onnx_export_imports(name, torchvision_net, tmp_path):
                 1e-4)
 
 
+def test_torch_training_mode_export_is_refused(torchvision_net, tmp_path):
+    """AlexNet exported in training mode (its Dropout nodes' training_mode a constant true;
+    classifier narrowed) is refused: cnnumpy reads evaluation graphs."""
+    import torch
+
+    net = narrowed(torchvision_net("alexnet"), "alexnet")
+    torch.onnx.export(net, torch.zeros(1, 3, 224, 224), tmp_path / "net.onnx", dynamo=False,
+                      training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)
+    with pytest.raises(OnnxImportError, match=r"\(Dropout\): its training_mode is not a "
+                                              r"constant false"):
+        from_onnx(tmp_path / "net.onnx")
+
+
 def test_to_torch_loads_into_torchvision(torchvision_net):
     """The other way: a cnnumpy ResNet-18's state dict by PyTorch's names loads strictly
     into torchvision's, which then computes cnnumpy's logits."""
@@ -204,6 +217,57 @@ def test_zoo_model_to_onnx_runtime_and_back(name, tmp_path):
     check_close(infer(back, x), expected, 1e-6)
 
 
+def test_batch_axis_is_dynamic_and_metadata_round_trips(tmp_path):
+    """The exported input and output have a symbolic first axis: ONNX Runtime runs batches of
+    1 and 5 with cnnumpy's logits; the metadata comes back whole (model config, input
+    shape, normalisation, class names, data set)."""
+    rng = np.random.default_rng(10)
+    model = cn.models.resnet20(num_classes=4, input_shape=(1, 8, 8), rng=rng)
+    random_statistics(model, rng)
+    to_onnx(model, tmp_path / "m.onnx", normalization=([0.3], [0.7]),
+            class_names=list("abcd"), dataset="fashion-mnist")
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    for value in (graph.input[0], graph.output[0]):
+        first = value.type.tensor_type.shape.dim[0]
+        assert first.dim_param == "batch" and not first.HasField("dim_value")
+    for batch in (1, 5):
+        x = rng.standard_normal((batch, 1, 8, 8)).astype(np.float32)
+        check_close(run_onnx_runtime(tmp_path / "m.onnx", x), infer(model, x), 1e-5)
+    read = read_onnx(tmp_path / "m.onnx")
+    assert read.metadata == {"input_shape": [1, 8, 8], "model": model.config(),
+                             "normalization": {"mean": [0.3], "std": [0.7],
+                                               "in_graph": False},
+                             "class_names": ["a", "b", "c", "d"], "dataset": "fashion-mnist"}
+    assert read.model.input_shape == (1, 8, 8)
+
+
+def test_external_data_is_read_beside_the_model(tmp_path, monkeypatch):
+    """A model saved with its weights in a file of their own loads from another working
+    directory (a same-named file there is not read); a location outside the model's folder
+    is refused, saying so."""
+    rng = np.random.default_rng(11)
+    model = cn.models.resnet20(num_classes=3, input_shape=(1, 8, 8), rng=rng)
+    to_onnx(model, tmp_path / "m.onnx")
+    (tmp_path / "ext").mkdir()
+    onnx.save_model(onnx.load(str(tmp_path / "m.onnx")), str(tmp_path / "ext" / "m.onnx"),
+                    save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.data", size_threshold=0)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "weights.data").write_bytes(rng.bytes(300_000))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    check_close(infer(from_onnx(tmp_path / "ext" / "m.onnx"), x), infer(model, x), 0)
+
+    proto = onnx.load(str(tmp_path / "ext" / "m.onnx"), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        next(e for e in tensor.external_data if e.key == "location").value = "../weights.data"
+    onnx.save_model(proto, str(tmp_path / "ext" / "up.onnx"))
+    with pytest.raises(OnnxImportError, match=r"up.onnx: the weights it keeps in external "
+                                              r"data files \(beside it\) cannot be read: "
+                                              r".*outside the directory"):
+        from_onnx(tmp_path / "ext" / "up.onnx")
+
+
 def test_imported_resnet_is_a_tree_that_trains_and_saves(tmp_path):
     """ResNet-20 back from ONNX: Residual blocks with torchvision-like names, a summary, a
     training step that changes the weights, and its state dict loads into a fresh import."""
@@ -221,7 +285,7 @@ def test_imported_resnet_is_a_tree_that_trains_and_saves(tmp_path):
     back.train()
     logits = back(x)
     before = back.state_dict()["fc1.W"].copy()
-    back.backward(np.ones_like(logits) / logits.size)
+    back.backward(rng.standard_normal(logits.shape).astype(np.float32) / logits.size)
     cn.SGD(back, lr=0.1).step()
     assert not np.array_equal(before, back.state_dict()["fc1.W"])
     fresh = from_onnx(tmp_path / "r.onnx")
@@ -232,7 +296,9 @@ def test_imported_resnet_is_a_tree_that_trains_and_saves(tmp_path):
 def test_fold_batchnorm_and_raw_pixels(tmp_path):
     """--fold-batchnorm leaves no BatchNormalization node; --raw-pixels makes the file take
     pixels 0..255, as cnnumpy's model takes normalize(pixels); both within 1e-5. The
-    metadata carries the normalisation and class names back."""
+    metadata carries the normalisation and class names back, and from_onnx's model (the
+    graph after its Mul and Add) fed normalize(pixels) with read_onnx's normalisation gives
+    ONNX Runtime's output on the pixels."""
     rng = np.random.default_rng(5)
     model = cn.models.resnet20(num_classes=3, input_shape=(3, 16, 16), rng=rng)
     random_statistics(model, rng)
@@ -249,23 +315,25 @@ def test_fold_batchnorm_and_raw_pixels(tmp_path):
     np.testing.assert_allclose(read.normalization[0], mean, rtol=1e-6)
     np.testing.assert_allclose(read.normalization[1], std, rtol=1e-6)
     assert read.metadata["class_names"] == ["cat", "dog", "eel"]
-    check_close(infer(read.model, normalize(pixels, mean, std)), expected, 1e-5)
+    check_close(infer(from_onnx(tmp_path / "m.onnx"), normalize(pixels, *read.normalization)),
+                run_onnx_runtime(tmp_path / "m.onnx", pixels.astype(np.float32)), 1e-5)
 
 
 # --------------------------------------------------------------------------- other spellings
 
 
-def write_graph(path, nodes, initializers, output_rank=4):
-    """An ONNX file of `nodes` from input "x" (batch, 1, 6, 6) to output "y"."""
+def write_graph(path, nodes, initializers, output_rank=4, input_type=onnx.TensorProto.FLOAT,
+                opset=17):
+    """An ONNX file of `nodes` (opset `opset`) from input "x" (batch, 1, 6, 6) to output
+    "y"."""
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
-                                                   ["n", 1, 6, 6])],
+        nodes, "g", [helper.make_tensor_value_info("x", input_type, ["n", 1, 6, 6])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT,
                                        ["n", *"chw"[:output_rank - 1]])],
         [onnx.numpy_helper.from_array(value.astype(np.float32)
                                       if value.dtype.kind == "f" else value, key)
          for key, value in initializers.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               ir_version=8)
     onnx.save(model, str(path))
     return path
@@ -312,6 +380,86 @@ def test_other_tools_spellings_match_onnx_runtime(tmp_path):
     check_close(infer(model, x), run_onnx_runtime(path, x), 1e-5)
 
 
+def test_dynamo_exporter_spellings_match_onnx_runtime(tmp_path):
+    """What torch.onnx.export's dynamo exporter writes for ResNet's head (opset 18+'s
+    ReduceMean over H and W keeping them, Reshape with allowzero=1 to (-1, C)), a Reshape's
+    shape sliced with axes and steps and squeezed by axes, and nearest Resize in three exact
+    modes: cnnumpy's model gives ONNX Runtime's output."""
+    rng = np.random.default_rng(12)
+    w = {"k": rng.standard_normal((4, 1, 3, 3)), "axes": np.array([-1, -2]),
+         "target": np.array([-1, 4]), "g": rng.standard_normal((4, 3)),
+         "zero": np.array([0]), "four": np.array([4]), "minus": np.array([-1])}
+    resize = [helper.make_node("Resize", ["c", "", "scale2"], ["up1"], mode="nearest",
+                               coordinate_transformation_mode="asymmetric",
+                               nearest_mode="floor"),
+              helper.make_node("Resize", ["up1", "", "scale3"], ["up2"], mode="nearest"),
+              helper.make_node("Resize", ["up2", "", "scale2"], ["up3"], mode="nearest",
+                               coordinate_transformation_mode="tf_half_pixel_for_nn",
+                               nearest_mode="floor")]
+    w |= {"scale2": np.array([1.0, 1, 2, 2]), "scale3": np.array([1.0, 1, 3, 3])}
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1]), *resize,
+             helper.make_node("ReduceMean", ["up3", "axes"], ["mean"], keepdims=1),
+             helper.make_node("Reshape", ["mean", "target"], ["flat"], allowzero=1),
+             helper.make_node("Shape", ["flat"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "four", "zero", "four"], ["n"]),
+             helper.make_node("Squeeze", ["n", "zero"], ["scalar"]),
+             helper.make_node("Unsqueeze", ["scalar", "zero"], ["n1"]),
+             helper.make_node("Concat", ["n1", "minus"], ["target2"], axis=0),
+             helper.make_node("Reshape", ["flat", "target2"], ["flat2"]),
+             helper.make_node("Gemm", ["flat2", "g"], ["y"])]
+    path = write_graph(tmp_path / "g.onnx", nodes, w, output_rank=2, opset=18)
+    model = from_onnx(path)
+    assert [type(m).__name__ for m in model.layers.values()] == [
+        "Conv2D", "AdaptiveAvgPool2D", "AdaptiveAvgPool2D", "AdaptiveAvgPool2D",
+        "GlobalAvgPool2D", "Flatten", "Flatten", "Linear"]
+    x = rng.standard_normal((3, 1, 6, 6)).astype(np.float32)
+    check_close(infer(model, x), run_onnx_runtime(path, x), 1e-5)
+
+
+def test_resize_modes_are_read_when_exact(tmp_path):
+    """Nearest Resize by factors 2 and 3 in every coordinate transformation and rounding
+    mode: the pairs cnnumpy reads give ONNX Runtime's output, the others are refused."""
+    from cnnumpy.interop.onnx_import import EXACT_RESIZE
+
+    x = np.random.default_rng(14).standard_normal((2, 1, 6, 6)).astype(np.float32)
+    for mode in ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric", "align_corners",
+                 "asymmetric", "tf_half_pixel_for_nn"):
+        for rounding in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+            for factor in (2, 3):
+                path = write_graph(tmp_path / f"{mode}-{rounding}-{factor}.onnx", [
+                    helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
+                                     coordinate_transformation_mode=mode,
+                                     nearest_mode=rounding)],
+                    {"scales": np.array([1.0, 1, factor, factor])}, opset=19)
+                if (mode, rounding) in EXACT_RESIZE:
+                    check_close(infer(from_onnx(path), x), run_onnx_runtime(path, x), 0)
+                else:
+                    with pytest.raises(OnnxImportError, match=f"coordinate_transformation_"
+                                                              f"mode='{mode}' with nearest_"
+                                                              f"mode='{rounding}' is not "
+                                                              f"supported"):
+                        from_onnx(path)
+
+
+def test_normalization_prefix_is_returned_apart(tmp_path):
+    """Sub and Div by constants at the input (another tool's normalisation) are not in
+    from_onnx's model: read_onnx gives them as (mean, std) of normalize, and
+    model(normalize(pixels)) is ONNX Runtime's output on pixels / 255."""
+    rng = np.random.default_rng(13)
+    w = {"mu": np.array([0.4]).reshape(1, 1, 1, 1), "sd": np.array([0.25]).reshape(1, 1, 1, 1),
+         "k": rng.standard_normal((2, 1, 3, 3))}
+    path = write_graph(tmp_path / "p.onnx", [
+        helper.make_node("Sub", ["x", "mu"], ["a"]), helper.make_node("Div", ["a", "sd"], ["b"]),
+        helper.make_node("Conv", ["b", "k"], ["y"], pads=[1, 1, 1, 1])], w)
+    read = read_onnx(path)
+    assert list(read.model.layers) == ["conv1"]
+    np.testing.assert_allclose(read.normalization[0], [0.4], rtol=1e-6)
+    np.testing.assert_allclose(read.normalization[1], [0.25], rtol=1e-6)
+    pixels = rng.integers(0, 256, (2, 1, 6, 6), dtype=np.uint8)
+    check_close(infer(from_onnx(path), normalize(pixels, *read.normalization)),
+                run_onnx_runtime(path, pixels.astype(np.float32) / 255), 1e-5)
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -354,6 +502,85 @@ def test_unsupported_operator_and_attribute_name_the_node(tmp_path):
         from_onnx(path)
 
 
+KERNEL = {"k": np.ones((2, 1, 3, 3))}
+SHAPE_OF_X = [helper.make_node("Shape", ["x"], ["shape"])]
+
+# (nodes from "x" (batch, 1, 6, 6) to "y", initialisers, the error's end after "(Op): ")
+REFUSED = {
+    "average pool not counting its padding": (
+        [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1] * 4,
+                          name="n")], {},
+        r"pads \[1, 1, 1, 1\] with count_include_pad=0 \(ONNX's default"),
+    "ceil_mode": (
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], ceil_mode=1,
+                          name="n")], {},
+        r"attribute ceil_mode=1 is not supported \(cnnumpy reads ceil_mode=0\)"),
+    "group": ([helper.make_node("Conv", ["x", "k"], ["y"], group=2, name="n")], KERNEL,
+              r"attribute group=2 is not supported"),
+    "auto_pad": ([helper.make_node("Conv", ["x", "k"], ["y"], auto_pad="SAME_UPPER",
+                                   name="n")], KERNEL,
+                 r"attribute auto_pad=b'SAME_UPPER' is not supported"),
+    "padding a layer refuses": (
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[2] * 4,
+                          name="n")], {},
+        r"padding must be at most half the pool size"),
+    "dropout in training mode": (
+        [helper.make_node("Dropout", ["x", "ratio", "training"], ["y"], name="n")],
+        {"ratio": np.array(0.5), "training": np.array(True)},
+        r"its training_mode is not a constant false"),
+    "resize of the channels": (
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
+                          coordinate_transformation_mode="asymmetric", nearest_mode="floor",
+                          name="n")], {"scales": np.array([1.0, 2, 2, 2])},
+        r"scales \[1.0, 2.0, 2.0, 2.0\] are not 1 on the batch and channel axes"),
+    "resize by a fraction": (
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest",
+                          name="n")], {"scales": np.array([1.0, 1, 2.5, 2.5])},
+        r"scales \[1.0, 1.0, 2.5, 2.5\] are not 1 on .* and whole factors on H and W"),
+    "resize sizes of a dynamic batch": (
+        [helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest",
+                          name="n")], {"sizes": np.array([1, 1, 12, 12])},
+        r"sizes \[1, 1, 12, 12\] must keep the input's batch \(dynamic: give scales\)"),
+    "reshape allowzero with a zero": (
+        [helper.make_node("Reshape", ["x", "target"], ["y"], allowzero=1, name="n")],
+        {"target": np.array([0, 36])}, r"allowzero=1 with a 0 in the shape \[0, 36\]"),
+    "slice of another axis": (
+        SHAPE_OF_X + [
+            helper.make_node("Slice", ["shape", "zero", "one", "one"], ["batch"]),
+            helper.make_node("Concat", ["batch", "minus"], ["target"], axis=0),
+            helper.make_node("Reshape", ["x", "target"], ["y"], name="n")],
+        {"zero": np.array([0]), "one": np.array([1]), "minus": np.array([-1])},
+        r"its shape cannot be evaluated: cnnumpy slices 1-d shapes on axis 0"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_what_the_layers_cannot_compute_is_refused(case, tmp_path):
+    """Each attribute or input cnnumpy's layers would compute differently from ONNX is one
+    error naming the node, its operator and the value."""
+    nodes, initializers, problem = REFUSED[case]
+    path = write_graph(tmp_path / "r.onnx", nodes, initializers)
+    op = nodes[-1].op_type
+    with pytest.raises(OnnxImportError, match=rf"r.onnx: node 'n' \({op}\): {problem}"):
+        from_onnx(path)
+
+
+def test_opset_6_dropout_in_training_is_refused(tmp_path):
+    path = write_graph(tmp_path / "d.onnx", [helper.make_node("Dropout", ["x"], ["y"],
+                                                              is_test=0, name="n")], {}, opset=6)
+    with pytest.raises(OnnxImportError, match=r"node 'n' \(Dropout\): its training_mode is "
+                                              r"not a constant false"):
+        from_onnx(path)
+
+
+def test_integer_input_is_refused(tmp_path):
+    path = write_graph(tmp_path / "i.onnx", [helper.make_node("Relu", ["x"], ["y"])], {},
+                       input_type=onnx.TensorProto.INT64)
+    with pytest.raises(OnnxImportError, match=r"i.onnx: the input 'x' holds INT64; cnnumpy's "
+                                              r"models take FLOAT or DOUBLE images"):
+        from_onnx(path)
+
+
 def test_corrupt_and_truncated_files(tmp_path):
     model = cn.models.resnet20(num_classes=10, rng=ZeroDraws())
     content = to_onnx(model, tmp_path / "m.onnx").read_bytes()
@@ -372,6 +599,20 @@ def test_export_refuses_what_onnx_cannot_say(tmp_path):
                                          "operator"):
         to_onnx(model, tmp_path / "a.onnx", input_shape=(1, 5, 5))
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_lone_residual_exports_clean_names(tmp_path):
+    """A Residual exported as the model itself: its nodes are named conv, add, relu (no
+    leading dot), and it comes back as one block."""
+    rng = np.random.default_rng(15)
+    block = cn.Residual({"conv": cn.Conv2D(1, 1, 3, padding=1, rng=rng)})
+    to_onnx(block, tmp_path / "r.onnx", input_shape=(1, 4, 4))
+    names = [node.name for node in onnx.load(str(tmp_path / "r.onnx")).graph.node]
+    assert names == ["conv", "add", "relu", "output"]
+    x = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)
+    back = from_onnx(tmp_path / "r.onnx")
+    assert list(back.layers) == ["block1"]
+    check_close(infer(back, x), infer(block, x), 1e-6)
 
 
 def test_missing_extra_is_named(monkeypatch, tmp_path):
@@ -445,6 +686,11 @@ def test_command_errors_are_one_line_and_keep_files(run, tmp_path, monkeypatch):
     assert err.startswith("cnnumpy: error: the state dict does not fit the model: missing [")
     assert not (tmp_path / "c.npz").exists()
     assert run("convert", "w.npz", "--model", "resnet20", "--out", "c.npz")[0] == 0
+    status, _, err = run("convert", "c.npz", "--model", "resnet20", "--out", "d.npz")
+    assert status == 1 and "c.npz is a cnnumpy checkpoint already" in err
+    save_state_file("W.NPZ", to_torch(model))  # suffixes in any case, as .onnx
+    assert run("convert", "W.NPZ", "--model", "resnet20", "--out", "C2.NPZ")[0] == 0
+    assert run("summary", "C2.NPZ")[0] == 0
     (tmp_path / "old.onnx").write_bytes(b"keep me")
     status, _, err = run("export", "c.npz", "--onnx", "old.onnx")
     assert status == 1 and "old.onnx exists; pass --force" in err

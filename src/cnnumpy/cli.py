@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import METADATA_KEY, load_checkpoint, save_checkpoint
 from . import interop
 from . import plots
 from .data import DATASETS, load_dataset, normalize, num_batches, train_val_split
@@ -761,7 +761,7 @@ def configure_convert(parser: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args) -> int:
-    if args.out.suffix != ".npz":
+    if args.out.suffix.lower() != ".npz":
         raise ValueError(f"--out must be a .npz checkpoint, got {args.out}")
     _new_file(args.out, args.force)
     config = {"name": args.model}
@@ -770,6 +770,9 @@ def run_convert(args) -> int:
     if args.input_shape is not None:
         config["input_shape"] = list(args.input_shape)
     state = interop.load_state_file(args.source)
+    if METADATA_KEY in state:
+        raise ValueError(f"{args.source} is a cnnumpy checkpoint already (convert reads "
+                         f"PyTorch state dicts); give it to the other commands as it is")
     model = build_model(config, rng=ZeroDraws())  # every weight is set from the file next
     model.load_state_dict(interop.from_torch(state, model))
     channels = model.input_shape[0]

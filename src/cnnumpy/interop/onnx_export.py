@@ -86,24 +86,29 @@ def _adaptive(graph: _Graph, x: str, name: str, shape, layer: AdaptiveAvgPool2D)
                      f"where one does")
 
 
+def _child(name: str, child: str) -> str:
+    """The dotted name of a child module ("block1" + "conv1"; the model itself is "")."""
+    return f"{name}.{child}" if name else child
+
+
 def _emit(graph: _Graph, module: Module, x: str, name: str, shape: tuple) -> str:
     """Add the nodes of `module` (named `name`, input tensor `x` of sample shape `shape`);
     returns its output tensor."""
     if isinstance(module, Sequential):
         for child_name, child in module.layers.items():
-            x = _emit(graph, child, x, f"{name}.{child_name}" if name else child_name, shape)
+            x = _emit(graph, child, x, _child(name, child_name), shape)
             shape = child.output_shape(shape)
         return x
     if isinstance(module, Residual):
         out, main_shape = x, shape
         for child_name, child in module.main_path:
-            out = _emit(graph, child, out, f"{name}.{child_name}", main_shape)
+            out = _emit(graph, child, out, _child(name, child_name), main_shape)
             main_shape = child.output_shape(main_shape)
         short = x if module.downsample is None else \
-            _emit(graph, module.downsample, x, f"{name}.downsample", shape)
-        out = graph.node("Add", [out, short], f"{name}.add")
+            _emit(graph, module.downsample, x, _child(name, "downsample"), shape)
+        out = graph.node("Add", [out, short], _child(name, "add"))
         return out if module.relu is None else \
-            _emit(graph, module.relu, out, f"{name}.relu", main_shape)
+            _emit(graph, module.relu, out, _child(name, "relu"), main_shape)
     name = name or type(module).__name__.lower()  # a lone layer exported as the model
     if isinstance(module, (Dropout, Identity)):
         return x  # the identity in evaluation mode

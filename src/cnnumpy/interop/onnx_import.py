@@ -3,9 +3,12 @@
 Supported: the operators `to_onnx` writes and the spellings `torch.onnx.export` uses for
 them (see SUPPORTED): Gemm with or without transB, MatMul followed by Add for a linear
 layer, Reshape (to batch x features, its target shape constant or computed by
-Shape/Gather/Unsqueeze/Concat) for Flatten, Identity and Dropout as nothing, Constant nodes
-as weights. Elementwise Mul/Add/Sub/Div by constants right at the input are the input's
-normalisation: they are taken out of the graph (`OnnxFile.normalization`), not made layers.
+Shape/Gather/Slice/Squeeze/Unsqueeze/Concat) for Flatten, ReduceMean over H and W for
+global pooling, nearest Resize by whole factors (in the modes of EXACT_RESIZE), Identity and
+evaluation-mode Dropout as nothing, Constant nodes as weights. An attribute the layers would
+compute differently is refused, naming the node. Elementwise Mul/Add/Sub/Div by constants
+right at the input are the input's normalisation: they are taken out of the graph
+(`OnnxFile.normalization`), not made layers, so the model starts after them.
 
 The graph becomes a tree in two passes. Forward, node by node, each operator becomes a
 layer (and the shape of every tensor is known). Backward from the output, a chain of layers
@@ -19,7 +22,6 @@ join in an Add) is refused with an error naming the node.
 from __future__ import annotations
 
 import copy
-
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,20 +33,23 @@ from ..init import ZeroDraws
 from ..layers import (AdaptiveAvgPool2D, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D,
                       Flatten, GlobalAvgPool2D, Linear, MaxPool2D, Module, ReLU, ZeroPad2D)
 from ..models import Residual, Sequential
-from .extras import require
 from ..validate import check_class_names, check_text
+from .extras import require
 from .onnx_export import METADATA_PREFIX
 
 SUPPORTED = ("Add (two paths: a residual join; a constant after MatMul: the bias)",
-             "AveragePool", "BatchNormalization", "Constant", "Conv", "Dropout", "Flatten",
+             "AveragePool (counting its padding)", "BatchNormalization", "Constant", "Conv",
+             "Dropout (evaluation mode)", "Flatten",
              "Gemm", "GlobalAveragePool", "Identity", "MatMul", "MaxPool",
              "Mul/Add/Sub/Div by constants at the input (the normalisation)",
-             "Pad (zeros)", "Relu", "Reshape (to batch x features)",
-             "Resize (nearest, integer scales)",
+             "Pad (zeros)", "ReduceMean (over H and W, keepdims)", "Relu",
+             "Reshape (to batch x features)",
+             "Resize (nearest, whole factors, the modes of EXACT_RESIZE)",
              "Shape/Gather/Unsqueeze/Concat/Squeeze/Slice/Cast (computing a Reshape's shape)")
 SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Squeeze", "Slice", "Cast")
 NORMALIZATION_OPS = ("Mul", "Add", "Sub", "Div")
 ALIAS_OPS = ("Identity", "Dropout")
+FLOAT_TYPES = (1, 11)  # TensorProto.FLOAT, TensorProto.DOUBLE
 
 
 class OnnxImportError(ValueError):
@@ -55,20 +60,28 @@ class OnnxImportError(ValueError):
 class OnnxFile:
     """What `read_onnx` found: the model and what the file says about its inputs.
 
+    model: the graph after its normalisation prefix (its `input_shape` is the file's);
     normalization: (mean, std) per channel of `cnnumpy.data.normalize` (pixels / 255), from
     cnnumpy's metadata or the constants at the graph's input; None when there is neither.
     metadata: cnnumpy's metadata_props (model config, class names, data set), decoded."""
 
     path: Path
     model: Sequential
-    input_shape: tuple[int, int, int]
     normalization: tuple[np.ndarray, np.ndarray] | None = None
     metadata: dict = field(default_factory=dict)
 
 
 def from_onnx(path) -> Sequential:
     """The cnnumpy model of an ONNX file (see the module doc): trainable, in evaluation
-    mode, float32. Its input is normalised images (see `read_onnx` for the normalisation)."""
+    mode, of the file's weights' dtype.
+
+    The model is the graph *without* its normalisation prefix (Mul/Add/Sub/Div by constants
+    right at the input, as in cnnumpy's `raw_pixels` export): it takes normalised images, so
+    `from_onnx(f)(x)` differs from ONNX Runtime's output on `x` when the file has such a
+    prefix. `read_onnx(f)` gives the model and the prefix as `normalization`, (mean, std) of
+    `cnnumpy.data.normalize`: then `model(normalize(pixels, mean, std))` is ONNX Runtime's
+    output on `pixels` 0..255 for cnnumpy's `raw_pixels` exports (their metadata holds the
+    normalisation), and on `pixels / 255` for another tool's file (torchvision's inputs)."""
     return read_onnx(path).model
 
 
@@ -85,12 +98,20 @@ def read_onnx(path) -> OnnxFile:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         content = path.read_bytes()
-        onnx.checker.check_model(content)  # the bytes: the proto is not serialised again
         proto = onnx.load_model_from_string(content)
+        external = _has_external_data(onnx, proto)
+        if not external:
+            onnx.checker.check_model(content)  # the bytes: the proto is not serialised again
     except Exception as err:  # protobuf's DecodeError, onnx's ValidationError, ...
-        problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise OnnxImportError(f"{path}: not a readable ONNX model (truncated or corrupt?): "
-                              f"{problem}") from None
+                              f"{_first_line(err)}") from None
+    if external:  # weights in files beside the model, found from its folder (not the
+        try:      # working directory); the checker refuses locations outside that folder
+            onnx.checker.check_model(str(path))
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        except Exception as err:
+            raise OnnxImportError(f"{path}: the weights it keeps in external data files "
+                                  f"(beside it) cannot be read: {_first_line(err)}") from None
     metadata = {key[len(METADATA_PREFIX):]: _json(value) for key, value in
                 ((p.key, p.value) for p in proto.metadata_props)
                 if key.startswith(METADATA_PREFIX)}
@@ -100,6 +121,18 @@ def read_onnx(path) -> OnnxFile:
         raise
     except ValueError as err:  # a layer refused its hyperparameters
         raise OnnxImportError(f"{path}: {err}") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _has_external_data(onnx, proto) -> bool:
+    """Whether an initialiser or a Constant node keeps its values in another file."""
+    tensors = list(proto.graph.initializer) + [a.t for node in proto.graph.node
+                                               for a in node.attribute if a.HasField("t")]
+    return any(onnx.external_data_helper.uses_external_data(t) for t in tensors)
 
 
 def _json(text: str):
@@ -178,12 +211,18 @@ class _Importer:
             raise OnnxImportError(f"{self.path}: cnnumpy reads graphs of one input and one "
                                   f"output, this one has {len(inputs)} and "
                                   f"{len(self.graph.output)}")
-        dims = inputs[0].type.tensor_type.shape.dim
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        tensor_type = inputs[0].type.tensor_type
+        if tensor_type.elem_type not in FLOAT_TYPES:
+            found = self.onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+            raise OnnxImportError(f"{self.path}: the input {inputs[0].name!r} holds {found}; "
+                                  f"cnnumpy's models take FLOAT or DOUBLE images")
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None
+                      for d in tensor_type.shape.dim)
         if len(shape) != 4 or None in shape[1:]:
             raise OnnxImportError(f"{self.path}: the input {inputs[0].name!r} must be "
                                   f"(batch, C, H, W) with fixed C, H, W, got {shape}")
         self.input = inputs[0].name
+        self.batch = shape[0]  # None when the batch axis is dynamic
         self.shapes[self.input] = shape[1:]
         start, scale, shift = self.normalization_prefix()
         for index, node in enumerate(self.graph.node):
@@ -199,8 +238,7 @@ class _Importer:
                                   f"sequences and residual blocks (two paths joined by Add)")
         model.input_shape = tuple(int(v) for v in self.shapes[self.input])
         model.eval()
-        return OnnxFile(self.path, model, model.input_shape,
-                        self.normalization(scale, shift), self.metadata)
+        return OnnxFile(self.path, model, self.normalization(scale, shift), self.metadata)
 
     def normalization_prefix(self):
         """Mul/Add/Sub/Div by constants right after the input: x·scale + shift per channel.
@@ -252,6 +290,13 @@ class _Importer:
             if len(node.output) > 1 and node.output[1] and node.output[1] in self.consumers:
                 raise self.error(node, "its mask output is used; cnnumpy reads evaluation "
                                        "graphs")
+            training = self.constant(node.input[2]) if op == "Dropout" \
+                and len(node.input) > 2 and node.input[2] else False
+            if training is None or np.any(training) \
+                    or self.attributes(node).get("is_test", 1) == 0:  # opsets 1 to 6
+                raise self.error(node, "its training_mode is not a constant false: it drops "
+                                       "values; cnnumpy reads evaluation graphs (export in "
+                                       "eval mode)")
             self.aliases[node.output[0]] = self.name(node.input[0])
             return
         if op == "Constant" or op in SHAPE_OPS:
@@ -263,11 +308,16 @@ class _Importer:
             raise self.error(node, f"expected one input computed from the image, got "
                                    f"{len(inputs)}") if op in _LAYERS or op == "MatMul" \
                 else self.unsupported(node)
-        if op == "MatMul":
-            return self.matmul(index, node, inputs[0])
-        if op not in _LAYERS:
+        if op not in _LAYERS and op != "MatMul":
             raise self.unsupported(node)
-        module = _LAYERS[op](self, node, self.shapes[inputs[0]])
+        try:
+            if op == "MatMul":
+                return self.matmul(index, node, inputs[0])
+            module = _LAYERS[op](self, node, self.shapes[inputs[0]])
+        except OnnxImportError:
+            raise
+        except ValueError as err:  # a layer refused its hyperparameters
+            raise self.error(node, str(err)) from None
         self.add(index, node, module, inputs)
 
     def add(self, index, node, module, inputs, output=None) -> None:
@@ -446,7 +496,12 @@ def _pool(importer, node, shape):
     padding = _symmetric(importer, node, a.get("pads"))
     if node.op_type == "AveragePool":
         del allowed["dilations"], allowed["storage_order"]
-        allowed["count_include_pad"] = 1 if any(padding) else None
+        allowed["count_include_pad"] = None
+        if any(padding) and a.get("count_include_pad", 0) != 1:
+            raise importer.error(node, f"pads {list(a['pads'])} with count_include_pad=0 "
+                                       f"(ONNX's default: the padding is not counted) are not "
+                                       f"supported; cnnumpy's AvgPool2D counts the padding "
+                                       f"(count_include_pad=1)")
     _check(importer, node, a, allowed)
     if len(node.output) > 1 and node.output[1]:
         raise importer.error(node, "the Indices output is not supported")
@@ -456,6 +511,20 @@ def _pool(importer, node, shape):
 
 
 def _global_pool(importer, node, shape):
+    return GlobalAvgPool2D()
+
+
+def _reduce_mean(importer, node, shape):
+    """ReduceMean over H and W keeping the axes (the dynamo exporter's global pooling)."""
+    a = importer.attributes(node)
+    _check(importer, node, a, {"axes": None, "keepdims": 1, "noop_with_empty_axes": None})
+    axes = a.get("axes", _weights(importer, node, 1, required=False)
+                 if len(node.input) > 1 and node.input[1] else None)
+    if len(shape) != 3 or axes is None or sorted(int(v) % 4 for v in np.reshape(axes, -1)) \
+            != [2, 3]:
+        raise importer.error(node, f"only a mean over H and W of (batch, C, H, W) is "
+                                   f"supported, got axes {axes} of (batch, "
+                                   f"{', '.join(map(str, shape))})")
     return GlobalAvgPool2D()
 
 
@@ -508,20 +577,48 @@ def _pad(importer, node, shape):
     return ZeroPad2D(tuple(pads[2:4]))
 
 
+# Resize's (coordinate_transformation_mode, nearest_mode) pairs that map output pixel i to
+# input pixel floor(i / s) for a whole factor s (i = k·s + r, 0 <= r < s): asymmetric takes
+# i / s = k + r/s, floored; half_pixel (and pytorch_half_pixel, the same when upsampling)
+# takes (i + 0.5) / s - 0.5 = k + ((r + 0.5) / s - 0.5), rounded either way (never a half),
+# as half_pixel_symmetric (the same when the output is s times the input);
+# tf_half_pixel_for_nn takes (i + 0.5) / s, floored. Checked against ONNX Runtime in the tests.
+EXACT_RESIZE = (("asymmetric", "floor"), ("tf_half_pixel_for_nn", "floor"),
+                *((mode, f"round_prefer_{way}") for mode in
+                  ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric")
+                  for way in ("floor", "ceil")))
+
+
 def _resize(importer, node, shape):
-    """Nearest upsampling by whole factors: AdaptiveAvgPool2D to the larger size is the
-    same map (each of its windows is one pixel)."""
+    """Nearest upsampling of H and W by whole factors: AdaptiveAvgPool2D to the larger size
+    is the same map (each of its windows is one pixel) for the modes of EXACT_RESIZE."""
     a = importer.attributes(node)
+    # cubic_coeff_a, exclude_outside, extrapolation_value: for cubic and tf_crop_and_resize
     _check(importer, node, a, {"mode": b"nearest", "coordinate_transformation_mode": None,
-                               "nearest_mode": None})
+                               "nearest_mode": None, "cubic_coeff_a": None,
+                               "exclude_outside": None, "extrapolation_value": None})
+    modes = (a.get("coordinate_transformation_mode", b"half_pixel").decode(),
+             a.get("nearest_mode", b"round_prefer_floor").decode())
+    if modes not in EXACT_RESIZE:
+        raise importer.error(node, f"coordinate_transformation_mode={modes[0]!r} with "
+                                   f"nearest_mode={modes[1]!r} is not supported; cnnumpy "
+                                   f"reads " + ", ".join(f"{c} with {n}"
+                                                         for c, n in EXACT_RESIZE))
     scales = _weights(importer, node, 2, required=False) if len(node.input) > 2 else None
     sizes = _weights(importer, node, 3, required=False) if len(node.input) > 3 else None
     if sizes is not None and sizes.size == 4:
+        if importer.batch is None or sizes[0] != importer.batch or sizes[1] != shape[0]:
+            raise importer.error(node, f"sizes {sizes.tolist()} must keep the input's batch "
+                                       f"({importer.batch or 'dynamic: give scales'}) and "
+                                       f"channels ({shape[0]}); cnnumpy resizes H and W only")
         out = tuple(int(v) for v in sizes[2:])
     elif scales is not None and scales.size == 4:
-        out = tuple(int(round(s * n)) for s, n in zip(scales[2:], shape[1:]))
+        if scales[0] != 1 or scales[1] != 1 or np.any(scales[2:] != np.round(scales[2:])):
+            raise importer.error(node, f"scales {scales.tolist()} are not 1 on the batch and "
+                                       f"channel axes and whole factors on H and W")
+        out = tuple(int(s) * n for s, n in zip(scales[2:], shape[1:]))
     else:
-        raise importer.error(node, "needs constant scales or sizes")
+        raise importer.error(node, "needs constant scales or sizes (of the 4 axes)")
     if any(o % n for o, n in zip(out, shape[1:])):
         raise importer.error(node, f"only whole upsampling factors are supported, "
                                    f"{shape[1:]} -> {out}")
@@ -531,9 +628,19 @@ def _resize(importer, node, shape):
 def _reshape(importer, node, shape):
     """A Reshape to (batch, features): Flatten. Its target is evaluated for two batch sizes
     (a constant, or the usual Shape -> Gather -> Unsqueeze -> Concat of torch.onnx.export)."""
+    a = importer.attributes(node)
+    _check(importer, node, a, {"allowzero": None})
     features = int(np.prod(shape))
     for batch in (3, 5):
-        target = [int(v) for v in _evaluate(importer, node.input[1], batch)]
+        try:
+            target = [int(v) for v in _evaluate(importer, node.input[1], batch)]
+        except OnnxImportError:
+            raise
+        except (ValueError, IndexError, TypeError) as err:
+            raise importer.error(node, f"its shape cannot be evaluated: {err}") from None
+        if a.get("allowzero", 0) and 0 in target:
+            raise importer.error(node, f"allowzero=1 with a 0 in the shape {target} (an "
+                                       f"empty axis) is not supported")
         resolved = [batch if v == 0 and i == 0 else v for i, v in enumerate(target)]
         if -1 in resolved:
             known = int(np.prod([v for v in resolved if v != -1]))
@@ -567,19 +674,28 @@ def _evaluate(importer, tensor: str, batch: int) -> np.ndarray:
         axes = a.get("axes", inputs[1] if len(inputs) > 1 else None)
         return np.expand_dims(inputs[0], tuple(int(v) for v in np.asarray(axes).reshape(-1)))
     if node.op_type == "Squeeze":
-        return np.squeeze(inputs[0])
+        axes = a.get("axes", inputs[1] if len(inputs) > 1 else None)
+        return np.squeeze(inputs[0], None if axes is None else
+                          tuple(int(v) for v in np.asarray(axes).reshape(-1)))
     if node.op_type == "Concat":
         return np.concatenate([np.atleast_1d(v) for v in inputs], axis=a.get("axis", 0))
-    if node.op_type == "Slice":
-        starts, ends = inputs[1], inputs[2]
-        return inputs[0][int(starts[0]): int(min(ends[0], 2**62))]
+    if node.op_type == "Slice":  # of a 1-d shape: ONNX's clamping is Python's slicing
+        starts, ends, axes, steps = (a.get(key, inputs[i] if len(inputs) > i else None)
+                                     for i, key in enumerate(("starts", "ends", "axes",
+                                                              "steps"), 1))
+        if inputs[0].ndim != 1 or len(starts) != 1 or (
+                axes is not None and [int(v) for v in axes] not in ([0], [-1])):
+            raise ValueError(f"cnnumpy slices 1-d shapes on axis 0, not axes "
+                             f"{None if axes is None else list(axes)} of {inputs[0].shape}")
+        step = 1 if steps is None else int(steps[0])
+        return inputs[0][int(starts[0]): int(ends[0]): step]
     return inputs[0]  # Cast
 
 
 _LAYERS = {"Conv": _conv, "BatchNormalization": _batchnorm, "MaxPool": _pool,
            "AveragePool": _pool, "GlobalAveragePool": _global_pool, "Relu": _relu,
            "Flatten": _flatten, "Gemm": _gemm, "Pad": _pad, "Resize": _resize,
-           "Reshape": _reshape}
+           "Reshape": _reshape, "ReduceMean": _reduce_mean}
 
 
 # --------------------------------------------------------------------------- as a checkpoint
@@ -604,10 +720,10 @@ class OnnxCheckpoint(Checkpoint):
 def onnx_checkpoint(path) -> OnnxCheckpoint:
     """`read_onnx(path)` as a checkpoint (see OnnxCheckpoint); its metadata is checked."""
     read = read_onnx(path)
-    num_classes = read.model.output_shape(read.input_shape)
+    num_classes = read.model.output_shape(read.model.input_shape)
     config = read.metadata.get("model") if isinstance(read.metadata.get("model"), dict) \
         else {"name": "onnx"}
-    metadata = {"model": {**config, "input_shape": list(read.input_shape),
+    metadata = {"model": {**config, "input_shape": list(read.model.input_shape),
                           "num_classes": int(num_classes[0])}}
     try:
         if read.metadata.get("class_names") is not None:
@@ -617,7 +733,7 @@ def onnx_checkpoint(path) -> OnnxCheckpoint:
             metadata["dataset"] = check_text("cnnumpy.dataset", read.metadata["dataset"])
     except ValueError as err:
         raise OnnxImportError(f"{read.path}: metadata {err}") from None
-    channels = read.input_shape[0]
+    channels = read.model.input_shape[0]
     mean, std = read.normalization or (np.zeros(channels, np.float32),
                                        np.ones(channels, np.float32))
     if mean.shape != (channels,) or std.shape != (channels,) or not np.all(std > 0):

@@ -120,13 +120,13 @@ def load_state_file(path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         safetensors = require("safetensors.numpy")
         try:
             return dict(safetensors.load_file(str(path)))
         except Exception as err:  # the Rust reader raises its own SafetensorError
             raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         try:
             with np.load(path, allow_pickle=False) as archive:
                 return {name: archive[name] for name in archive.files}
@@ -139,8 +139,8 @@ def save_state_file(path, state: dict) -> Path:
     """Write {name: array} as `.safetensors` or `.npz` (by the suffix), atomically."""
     path = Path(path)
     arrays = {name: np.array(_array(value), order="C") for name, value in state.items()}
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         return atomic_write_bytes(path, require("safetensors.numpy").save(arrays))
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         return atomic_write(path, lambda file: np.savez(file, **arrays))
     raise ValueError(f"{path}: expected a .safetensors or .npz file name")
