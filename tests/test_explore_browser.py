@@ -58,7 +58,8 @@ WAIT_MS = 30_000
 
 @pytest.fixture(scope="module")
 def server(explore_run):
-    """The URL of `cnnumpy explore run/best.npz` on a free port, stopped by Ctrl-C after."""
+    """The URL of `cnnumpy explore run/best.npz` on a free port, stopped by SIGTERM after (as
+    by Ctrl-C; a job started in the background of a script ignores SIGINT, as CI's may)."""
     log = open(explore_run / "explore.log", "w")  # the request log; a pipe could fill up
     process = subprocess.Popen(
         [sys.executable, "-m", "cnnumpy", "explore", "run/best.npz", "--data-dir", "data"],
@@ -69,7 +70,7 @@ def server(explore_run):
         assert url, f"no URL printed: {line!r}; {(explore_run / 'explore.log').read_text()}"
         yield url.group(0)
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=30)
         log.close()
     assert process.returncode == 0 and "stopped" in out

@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import signal
 import sys
 import threading
 import time
@@ -59,9 +60,9 @@ import numpy as np
 
 from . import plots, trace
 from .data.images import decode_picture, to_model_input
-from .parallel import blas_threads
 from .losses import softmax
 from .models.containers import Residual
+from .parallel import blas_threads
 from .shapes import Field, field_box, traced_fields
 from .summary import format_summary, summarize
 from .train import predict_proba, prepare_batch
@@ -604,6 +605,10 @@ def create_app(explorer: Explorer, hosts=LOOPBACK_NAMES):
     return app
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 0) -> int:
     """Serve the explorer at http://host:port/ until Ctrl-C (port 0: a free one); prints
     the URL, and a warning when `host` lets other machines in. On a loopback address only
@@ -620,11 +625,13 @@ def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 0) -> int:
     explorer.start()
     print(f"cnnumpy explore: http://{shown}:{server.server_port}/  (Ctrl-C stops it)",
           flush=True)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill`: as Ctrl-C
     try:
         server.serve_forever()  # werkzeug's returns on Ctrl-C
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.server_close()
     print("cnnumpy explore: stopped", flush=True)
     return 0
