@@ -27,7 +27,6 @@ import importlib.util
 import statistics
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from cnnumpy.init import ZeroDraws
 from cnnumpy.parallel import BatchParallel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_vs_torch import blas_kernel, interleaved_medians  # noqa: E402
+from bench_vs_torch import blas_kernel, interleaved_medians, timed_leaves  # noqa: E402
 
 
 def torchvision_models():
@@ -67,27 +66,11 @@ def seeded_resnet18(torch):
 
 def time_per_layer_type(model, x, repeats: int = 3) -> dict[str, float]:
     """Median seconds of each leaf's forward (inference, whole batch), summed by type."""
-    times: dict[str, list[float]] = {}
-    leaves = dict(model.named_layers())
-
-    def timed(name, forward):
-        def run(*args, **kwargs):
-            start = time.perf_counter()
-            out = forward(*args, **kwargs)
-            times.setdefault(name, []).append(time.perf_counter() - start)
-            return out
-        return run
-
-    for name, leaf in leaves.items():
-        leaf.forward = timed(name, leaf.forward)
-    try:
+    with timed_leaves(model, ("forward",)) as (times, _, leaves):
         for _ in range(repeats):
             model(x, keep_cache=False)
-    finally:
-        for leaf in leaves.values():
-            del leaf.forward
     by_type: dict[str, float] = {}
-    for name, samples in times.items():
+    for name, samples in times["forward"].items():
         kind = type(leaves[name]).__name__
         by_type[kind] = by_type.get(kind, 0.0) + statistics.median(samples)
     return by_type

@@ -52,6 +52,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from contextlib import contextmanager
 
 WORKERS = None  # cnnumpy's parts per batch (cnnumpy.parallel): default, the available CPUs
 if "--threads" in sys.argv[:-1]:  # must precede the first import of NumPy
@@ -200,37 +201,48 @@ def layer_forward_flops(model, input_shape) -> dict:
     return {row.name: 2 * row.macs for row in rows if row.leaf and row.macs}
 
 
-def per_layer_times(runner: CnnumpyRunner, warmup: int, repeats: int):
-    """Median forward and backward seconds of every leaf layer in one whole-batch training
-    pass, [(name, type, forward, backward)] in the order forward runs them: each leaf's
-    forward and backward are wrapped in timers for the measurement, then restored."""
-    model = runner.model
-    fwd, bwd, order = {}, {}, []
+@contextmanager
+def timed_leaves(model, methods=("forward", "backward")):
+    """Inside the block, every leaf layer's `methods` record their seconds: yields
+    ({method: {leaf name: [seconds, ...]}}, [leaf names in the order forward first ran them],
+    {leaf name: leaf}); the methods are restored on exit."""
+    times = {method: {} for method in methods}
+    order: list[str] = []
+    leaves = dict(model.named_layers())
 
     def timed(name, method, into):
         def run(*args, **kwargs):
             start = time.perf_counter()
             out = method(*args, **kwargs)
             into.setdefault(name, []).append(time.perf_counter() - start)
-            if into is fwd and name not in order:
+            if name not in order:
                 order.append(name)
             return out
         return run
 
-    leaves = dict(model.named_layers())
     for name, leaf in leaves.items():
-        leaf.forward = timed(name, leaf.forward, fwd)
-        leaf.backward = timed(name, leaf.backward, bwd)
+        for method in methods:
+            setattr(leaf, method, timed(name, getattr(leaf, method), times[method]))
     try:
+        yield times, order, leaves
+    finally:
+        for leaf in leaves.values():
+            for method in methods:
+                delattr(leaf, method)
+
+
+def per_layer_times(runner: CnnumpyRunner, warmup: int, repeats: int):
+    """Median forward and backward seconds of every leaf layer in one whole-batch training
+    pass, [(name, type, forward, backward)] in the order forward runs them."""
+    model = runner.model
+    with timed_leaves(model) as (times, order, leaves):
+        fwd, bwd = times["forward"], times["backward"]
         for r in range(warmup + repeats):
             if r == warmup:
                 fwd.clear(), bwd.clear()
             logits = model.forward(runner.x)
             _, dlogits = runner.loss_and_grad(logits)
             model.backward(dlogits, input_grad=False)
-    finally:
-        for leaf in leaves.values():
-            del leaf.forward, leaf.backward
     return [(name, type(leaves[name]).__name__, statistics.median(fwd[name]),
              statistics.median(bwd.get(name, [0.0]))) for name in order]
 
