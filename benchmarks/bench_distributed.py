@@ -18,10 +18,10 @@ backward, the gradient exchange, the optimizer step, the stop agreement); the fi
 over `--steps` steps after `--warmup` (and, on a machine shared with other jobs, the fastest
 step of all rounds, the least disturbed). The configurations take turns, in an order that
 alternates round by round, so that the other load on a shared machine hits them alike.
-For 2 ranks it also reports per step, on rank 0: the exchange as fit sees it (copying the
-gradients into the flat buffer, the Reduce_scatter that sums this rank's half, the loss sum,
-copying the half back; after the update, the Allgatherv of the new parameters and copying
-them out), the two MPI calls alone (including the wait for the slower rank), the stop
+For 2 ranks it also reports per step, on rank 0: the exchange as fit sees it (the
+Reduce_scatter that sums this rank's half of the flat buffer of gradients, the loss sum,
+writing the half back; after the update, the Allgatherv of the new parameters into their
+flat buffer), the two MPI calls alone (including the wait for the slower rank), the stop
 agreement; the Reduce_scatter and Allgatherv of the same 6.5 MB buffer right after a Barrier
 (the transfer alone, no waiting); and the SGD update, which each rank makes for its half of
 the parameters.

@@ -6,12 +6,13 @@ One step on P ranks = compute on the rank's part of the batch, its share of the 
 the exchange (cnnumpy.distributed: a reduce-scatter of the gradients, each rank updates 1/P
 of the parameters, an allgather of the new values):
 
-    T(P) = T_c(n) - U (P - 1) / P + T_copy + T_ring(P),   T_c(n) = a + b n   (n images)
+    T(P) = T_c(n) - U (P - 1) / P + T_copy / P + T_ring(P),   T_c(n) = a + b n   (n images)
     T_ring(P) = 2 (P - 1) / P x S / bandwidth + 2 (P - 1) x latency
 
 T_ring is the reduce-scatter and the allgather of S gradient bytes, as in a ring allreduce
-(each rank sends and receives 2 (P - 1) / P of the buffer in 2 (P - 1) messages); T_copy
-copies the gradients into the flat buffer and the new parameters out of it; U is the SGD
+(each rank sends and receives 2 (P - 1) / P of the buffer in 2 (P - 1) messages); T_copy / P
+writes a rank's summed part of the gradients back into their flat buffer (the parameters and
+gradients live in flat buffers that the collectives read and write directly); U is the SGD
 update of all the parameters, part of a in one process. a, b and U are measured here: a
 training step of SimpleCNN (1x28x28) on n images (gather, crop, flip, normalise, forward,
 backward, SGD) in one process with one BLAS thread, fitted by least squares. ResNet-20
@@ -47,7 +48,7 @@ import numpy as np
 SIMPLECNN_PARAMS = 1_630_090
 RESNET20_PARAMS = 272_186
 NETWORKS = {"10 Gbit/s": (10e9 / 8, 25e-6), "100 Gbit/s": (100e9 / 8, 2e-6)}
-COPY_S_PER_BYTE = 2 * 2 / 10e9  # copy in and out, each a read and a write, at ~10 GB/s
+COPY_S_PER_BYTE = 2 / 10e9  # a copy of all the gradients, a read and a write, at ~10 GB/s
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -125,7 +126,7 @@ def step_time(model, ranks, network, *, strong=True, fp16=False, overlap=False) 
         return compute
     bytes_per = 2 if fp16 else 4
     communication = ring(parameters, ranks, bandwidth, latency, bytes_per) \
-        + COPY_S_PER_BYTE * parameters * bytes_per
+        + COPY_S_PER_BYTE * parameters * bytes_per / ranks
     if overlap:
         communication = max(0.0, communication - 2 / 3 * (compute - a))
     return compute + communication

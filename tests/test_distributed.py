@@ -21,7 +21,8 @@ import pytest
 
 import cnnumpy as cn
 from cnnumpy.cli import main
-from cnnumpy.distributed import RankAgreementError, Replicas, Solo, check_agreement, part_bounds
+from cnnumpy.distributed import (FlatParameters, RankAgreementError, Replicas, Solo,
+                                 check_agreement, part_bounds)
 from distributed_worker import NormDrop, toy_data, toy_fit
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -215,19 +216,50 @@ def test_adam_over_three_ranks_with_a_run_folder_on_rank_0_only_equals_one_proce
                                    atol=1e-14, err_msg=key)
 
 
-def test_parameters_not_contiguous_are_refused_on_every_rank_at_the_start(rng):
-    """Each rank updates a range of every parameter's elements through a flat view: a
-    parameter stored transposed is refused before training, on every rank alike."""
-    class Two(cn.distributed.Solo):  # two ranks that agree, as far as start() can tell
-        size = 2
+class AssignsGradients(cn.Linear):
+    """A layer written the other way: backward assigns new gradient arrays."""
 
-        def gather(self, value, what=""):
-            return [value, value]
+    def _backward(self, dout, cache, input_grad=True):
+        dx, self.dW, self.db = cn.functional.linear_backward(dout, cache, input_grad)
+        return dx
 
-    model = cn.SimpleCNN((1, 8, 8), 3, rng=rng)
-    model["fc1"].W = np.asfortranarray(model["fc1"].W)
-    with pytest.raises(ValueError, match=r"the parameters fc1\.W are not contiguous in memory"):
-        Replicas(model, Two()).start(lambda: {})
+
+def test_flat_parameters_hold_the_model_s_parameters_and_gradients_end_to_end(rng):
+    """The parameters and gradients become views of two flat buffers, in the order of
+    parameters(), values kept (a transposed parameter too, now contiguous); backward writes
+    into the views, and a layer that assigns new gradient arrays is copied in."""
+    model = cn.Sequential([cn.Flatten(), cn.Linear(12, 5, rng=rng), cn.ReLU(),
+                           AssignsGradients(5, 3, rng=rng)]).astype(np.float64)
+    model["1"].W = np.asfortranarray(model["1"].W)
+    before = {name: param.copy() for name, param in model.parameters().items()}
+    flat = FlatParameters(model)
+    assert flat.holds(model)
+    np.testing.assert_array_equal(flat.params, np.concatenate(
+        [value.reshape(-1) for value in before.values()]))
+    for name, param in model.parameters().items():
+        assert np.shares_memory(param, flat.params) and param.flags.c_contiguous, name
+        np.testing.assert_array_equal(param, before[name])
+
+    criterion = cn.CrossEntropyLoss()
+    x, labels = rng.standard_normal((4, 3, 2, 2)), np.array([0, 2, 1, 2])
+    criterion.forward(model.forward(x), labels)
+    model.backward(criterion.backward())
+    assigned = model["3"].dW
+    assert not np.shares_memory(assigned, flat.grads)  # the layer made its own array
+    expected = np.concatenate([grad.reshape(-1) for grad in model.gradients().values()])
+    assert np.count_nonzero(expected) > 10
+    np.testing.assert_array_equal(flat.gradients(), expected)
+    assert all(np.shares_memory(grad, flat.grads) for grad in model.gradients().values())
+
+    model.astype(np.float32)  # new arrays: the buffers no longer hold the model
+    assert not flat.holds(model)
+
+
+def test_flat_parameters_refuse_mixed_dtypes(rng):
+    model = cn.Sequential([cn.Flatten(), cn.Linear(4, 2, rng=rng), cn.Linear(2, 2, rng=rng)])
+    model["2"].W = model["2"].W.astype(np.float64)
+    with pytest.raises(ValueError, match=r"the parameters mix dtypes \(float32, float64\)"):
+        FlatParameters(model)
 
 
 @needs_mpi

@@ -321,52 +321,96 @@ def check_agreement(group, description: dict) -> None:
                                  f"every rank the same arguments, data and seed")
 
 
-def _put(array: np.ndarray, where: slice, values: np.ndarray) -> None:
-    """Set the elements `where` (in C order) of `array`, in place, whatever its memory layout."""
-    if array.flags.c_contiguous:
-        array.reshape(-1)[where] = values
-    else:
-        array.flat[where] = values
+class FlatParameters:
+    """A model's parameters and gradients moved into two flat buffers, `params` and `grads`:
+    every parameter array (and its gradient) becomes a view of its range of the buffer, end
+    to end in the order of `model.parameters()`. The collectives then send and receive the
+    buffers themselves, with no copies in or out.
+
+    The layers write their gradients into these views (in place, see `cnnumpy.layers.Layer`);
+    for a layer that assigns new gradient arrays instead, `gradients()` copies them in and
+    puts the views back. `holds(model)` says whether the model still has these arrays
+    (`astype` or replacing a layer makes new ones).
+    """
+
+    def __init__(self, model):
+        params = model.parameters()
+        dtypes = sorted({str(param.dtype) for param in params.values()})
+        if len(dtypes) > 1:  # the same model on every rank: every rank stops here
+            raise ValueError(f"the parameters mix dtypes ({', '.join(dtypes)}): a distributed "
+                             f"run sums them in one buffer; convert the model with astype")
+        self.places = [(module, key) for _, module, key in model.parameter_places()]
+        size = sum(param.size for param in params.values())
+        self.params = np.empty(size, dtype=dtypes[0])
+        self.grads = np.zeros(size, dtype=dtypes[0])
+        self.param_views, self.grad_views = [], []
+        offset = 0
+        for module, key in self.places:
+            param, grad = getattr(module, key), getattr(module, "d" + key)
+            where = slice(offset, offset + param.size)
+            views = self.params[where].reshape(param.shape), self.grads[where].reshape(param.shape)
+            views[0][...] = param
+            if grad.shape == param.shape:
+                views[1][...] = grad
+            setattr(module, key, views[0])
+            setattr(module, "d" + key, views[1])
+            self.param_views.append(views[0])
+            self.grad_views.append(views[1])
+            offset += param.size
+
+    def holds(self, model) -> bool:
+        """Whether the model's parameters are still this object's views (the same model, no
+        array replaced since)."""
+        places = list(model.parameter_places())
+        return len(places) == len(self.places) and all(
+            getattr(module, key) is view
+            for (_, module, key), view in zip(places, self.param_views))
+
+    def gradients(self) -> np.ndarray:
+        """The flat buffer of the gradients of the last backward."""
+        for (module, key), view in zip(self.places, self.grad_views):
+            grad = getattr(module, "d" + key)
+            if grad is not view:  # assigned by the layer: one copy, and the view goes back
+                view[...] = grad
+                setattr(module, "d" + key, view)
+        return self.grads
 
 
 class Replicas:
     """The copies of `model` on the ranks of `group`, kept identical: what `fit` does with a
-    group (with Solo every method costs nothing)."""
+    group (with Solo every method costs nothing).
+
+    With more than one rank, the model's parameters and gradients live in one flat buffer
+    each (`FlatParameters`, made by `start`): the sum of the gradients and the exchange of
+    the new values are collectives on those buffers themselves.
+    """
 
     def __init__(self, model, group):
         self.model, self.group = model, group
+        self.flat: FlatParameters | None = None
         self._buffer: np.ndarray | None = None
 
     def _flat_buffer(self) -> np.ndarray:
-        """A buffer of as many elements as the parameters, in the model's dtype (reused)."""
-        size = self.model.num_parameters()
-        dtype = self.model.dtype
-        if self._buffer is None or self._buffer.size != size or self._buffer.dtype != dtype:
-            self._buffer = np.empty(size, dtype=dtype)
+        """A scratch buffer of as many elements as the parameters, in their dtype (reused)."""
+        flat = self._flat()
+        if self._buffer is None or self._buffer.shape != flat.params.shape:
+            self._buffer = np.empty_like(flat.params)
         return self._buffer
+
+    def _flat(self) -> FlatParameters:
+        """The model's flat buffers, made again if the model's arrays were replaced."""
+        if self.flat is None or not self.flat.holds(self.model):
+            self.flat = FlatParameters(self.model)
+        return self.flat
 
     def start(self, describe) -> None:
         """Check that every rank's `describe()` (what the run depends on, JSON-ready) is the
-        same, then give every rank rank 0's parameters (one broadcast of a flat buffer)."""
+        same, move the parameters into a flat buffer, and give every rank rank 0's (one
+        broadcast of that buffer)."""
         if self.group.size == 1:
             return
         check_agreement(self.group, describe())
-        params = self.model.parameters()
-        scattered = [name for name, param in params.items() if not param.flags.c_contiguous]
-        if scattered:  # the same model on every rank: every rank stops here
-            raise ValueError(f"the parameters {', '.join(scattered)} are not contiguous in "
-                             f"memory: each rank updates a range of every parameter's elements "
-                             f"in place, which needs them contiguous (np.ascontiguousarray)")
-        buffer = self._flat_buffer()
-        offset = 0
-        for param in params.values():
-            buffer[offset:offset + param.size] = param.reshape(-1)
-            offset += param.size
-        self.group.broadcast(buffer, "the broadcast of rank 0's initial weights")
-        offset = 0
-        for param in params.values():
-            param[...] = buffer[offset:offset + param.size].reshape(param.shape)
-            offset += param.size
+        self.group.broadcast(self._flat().params, "the broadcast of rank 0's initial weights")
 
     @property
     def part(self) -> slice | None:
@@ -400,15 +444,10 @@ class Replicas:
         """
         if self.group.size == 1:
             return loss, correct
-        grads = list(self.model.gradients().values())
-        buffer = self._flat_buffer()
-        offset = 0
-        for grad in grads:
-            buffer[offset:offset + grad.size] = grad.reshape(-1) if count else 0
-            offset += grad.size
-        summed = self.group.sum_parts(buffer, self._counts(), what)
-        for index, where, place in element_pieces(grads, self.part):
-            _put(grads[index], where, summed[place])
+        grads = self._flat().gradients()
+        if not count:  # no images, no share of the gradient
+            grads[...] = 0
+        grads[self.part] = self.group.sum_parts(grads, self._counts(), what)
         sums = self.group.sum(np.array([loss * count, correct] if count else [0.0, 0.0]),
                               "the sum of the losses")
         return float(sums[0]) / total, int(round(float(sums[1])))
@@ -417,8 +456,8 @@ class Replicas:
         """After every rank updated its `part` of the parameters: give every rank all of
         the new values (one Allgatherv)."""
         if self.group.size > 1:
-            self._exchange(list(self.model.parameters().values()),
-                           "the exchange of the updated parameters")
+            self.group.share_parts(self._flat().params, self._counts(),
+                                   "the exchange of the updated parameters")
 
     def whole_optimizer(self, optimizer) -> None:
         """Make the optimizer's state (momentum buffers, moments) whole on every rank: each

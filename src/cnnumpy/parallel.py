@@ -305,10 +305,14 @@ class BatchParallel:
         replicas = self._replicas[: len(parts)]
         for modules in zip(self.model.modules(), *(replica.modules() for replica in replicas)):
             layer, first, *others = modules
-            for key in layer.param_names:
-                total = getattr(first, "d" + key)  # summed in place: no new arrays
-                for other in others:
-                    total += getattr(other, "d" + key)
-                setattr(layer, "d" + key, total)
+            for key in layer.param_names:  # summed into the model's own arrays, in place
+                total = getattr(layer, "d" + key)
+                grads = [getattr(replica, "d" + key) for replica in (first, *others)]
+                if len(grads) == 1:
+                    np.copyto(total, grads[0])
+                else:
+                    np.add(grads[0], grads[1], out=total)
+                for grad in grads[2:]:
+                    total += grad
         loss = sum(loss * (part.stop - part.start) for (loss, _), part in zip(results, parts))
         return loss / len(x), np.concatenate([logits for _, logits in results])

@@ -51,14 +51,16 @@ def linear_forward(x, w, b):
     return out, (x, w)
 
 
-def linear_backward(dout, cache, input_grad=True):
+def linear_backward(dout, cache, input_grad=True, out=None):
     """dx = dout · w, dw = doutᵀ · x, db = Σ_n dout: dout (N, out) -> (dx, dw, db).
 
-    With input_grad=False, dx is None and not computed.
+    With input_grad=False, dx is None and not computed. out: an optional (dw, db) pair of
+    arrays to write the two gradients into (returned), instead of new arrays.
     """
     x, w = cache
     dx = matmul_long_rows(dout, w) if input_grad else None
-    return dx, dout.T @ x, dout.sum(axis=0)
+    dw, db = (None, None) if out is None else out
+    return dx, np.matmul(dout.T, x, out=dw), np.sum(dout, axis=0, out=db)
 
 
 def dropout_mask(uniform: np.ndarray, p: float, dtype) -> np.ndarray:

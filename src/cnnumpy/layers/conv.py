@@ -85,9 +85,10 @@ class Conv2D(Layer):
                                 self.padding)[0]
 
     def _backward(self, dout, cache, input_grad=True):
-        dx, self.dW, db = F.conv2d_backward(dout, cache, input_grad)
+        dx, dW, db = F.conv2d_backward(dout, cache, input_grad)
+        self.dW[...] = dW  # in place: the gradient arrays stay the model's (Layer)
         if self.bias:
-            self.db = db
+            self.db[...] = db
         return dx
 
     def _repr_args(self):

@@ -73,8 +73,7 @@ class Linear(Layer):
         return F.linear_forward(x, self.W, self.b)[0]
 
     def _backward(self, dout, cache, input_grad=True):
-        dx, self.dW, self.db = F.linear_backward(dout, cache, input_grad)
-        return dx
+        return F.linear_backward(dout, cache, input_grad, out=(self.dW, self.db))[0]
 
     def _repr_args(self):
         return [str(self.in_features), str(self.out_features)]

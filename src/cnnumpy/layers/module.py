@@ -23,7 +23,8 @@ class Module:
     set (a container such as `Sequential` names its own); their names make the dotted names
     of everything below them (`layer1.0.conv1.W`). Every module may own
 
-    - parameters, listed in `param_names` (trained: each has a gradient `d<name>`),
+    - parameters, listed in `param_names` (trained: each has a gradient array `d<name>`
+      of its shape, which backward overwrites),
     - buffers, listed in `buffer_names`: state that is not trained but is part of the model,
       such as BatchNorm's running statistics; saved in checkpoints, converted by `astype`.
 
@@ -101,6 +102,13 @@ class Module:
         sample of `input_shape`; None for a module that keeps each unit's field (a join of
         paths such as `Add` takes the union of its inputs' fields: see `cnnumpy.shapes`)."""
         return None
+
+    def parameter_places(self) -> Iterator[tuple[str, "Module", str]]:
+        """(dotted name, module, key) of every parameter, in the order of `parameters()`: the
+        parameter is `getattr(module, key)`, its gradient `getattr(module, "d" + key)`."""
+        for prefix, module in self.named_modules():
+            for key in module.param_names:
+                yield _join(prefix, key), module, key
 
     def _named(self, names: str, attribute_prefix: str = "") -> dict[str, np.ndarray]:
         """{dotted name: array} of the `param_names` or `buffer_names` of every module."""
@@ -216,8 +224,12 @@ class Layer(Module):
     """A leaf layer: validates its input, calls a kernel, keeps the cache for backward.
 
     Subclasses set `param_names` and implement `output_shape`, `_forward(x) -> (out, cache)`
-    and `_backward(dout, cache) -> dx`, which stores the parameter gradients; a layer with
-    parameters also takes `input_grad=False`, to store them without making dx (returns None).
+    and `_backward(dout, cache) -> dx`, which writes the parameter gradients into the layer's
+    `d<name>` arrays, in place: they stay the same arrays from step to step, which the
+    optimizer and a distributed run's flat buffer of gradients rely on (a layer that assigns
+    new arrays still trains, one copy slower, see `cnnumpy.distributed.FlatParameters`); a
+    layer with parameters also takes `input_grad=False`, to store them without making dx
+    (returns None).
     `_infer(x) -> out` is the forward pass without a cache (by default `_forward`'s output).
 
     Inputs held by a cache: a cache never refers to the caller's input array. A layer whose
