@@ -177,8 +177,8 @@ def test_feature_maps_are_decoded_and_not_blank(tab, server, explore_run):
     recorded = trace.record(checkpoint.build_model(), image.astype(np.float32))
     drawn = tab.evaluate("[...document.querySelectorAll('canvas.maps')].map((canvas) => "
                          "canvas.toDataURL('image/png'))")
-    for name, url in zip(layers, drawn):
-        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as picture:
+    for name, data_url in zip(layers, drawn):
+        with Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))) as picture:
             pixels = np.asarray(picture.convert("RGB"))
         np.testing.assert_array_equal(pixels, explore.maps_mosaic(recorded.call(name).output[0]),
                                       err_msg=name)

@@ -97,9 +97,9 @@ function showSaliency() {
     (error) => showError(error.message));
 }
 
-// Every layer's maps of image `id`: one image of all their mosaics, each layer's part of it
-// (rows mosaic.top on, at the left) drawn on its canvas; nothing when another image was
-// chosen meanwhile.
+// Every layer's maps of image `id`: one image of all their mosaics, one under the other; each
+// layer's part of it (mosaic.height rows from mosaic.top, mosaic.width columns from the left)
+// drawn on its canvas. Nothing is drawn when another image was chosen meanwhile.
 async function showMaps(id) {
   if (!info.layers.length) return;
   const atlas = await loadImage(new Image(), `/api/images/${id}/maps.png`);
