@@ -3,11 +3,12 @@ handlers as over HTTP, without the socket); prints medians. Never run by the tes
 
     python benchmarks/bench_explore.py [--repeats 15] [--test-images 20000]
 
-"choose an image": the prediction (one recorded forward pass) and every layer's feature-map
-PNG, one request after the other (a browser asks for the PNGs in parallel). "click a unit":
-the unit's receptive field (JSON) and its input-gradient PNG (a forward and a backward pass),
-for a unit of the middle layer shown. Each image is new to the session, as when a learner
-clicks through the grid. Models: SimpleCNN (target < 100 ms) and ResNet-20 (target < 300 ms)
+"choose an image": the prediction (one recorded forward pass), then maps.png, every layer's
+feature maps in one PNG (the page draws each layer's part of it); the page also asks for the
+small input.png, and then the saliency, neither timed here. "click a unit": the unit's
+receptive field (JSON) and its input-gradient PNG (a forward and a backward pass), for a unit
+of the middle layer shown. Each image is new to the session, as when a learner clicks through
+the grid. Models: SimpleCNN (target < 100 ms) and ResNet-20 (target < 300 ms)
 for 1x28x28 images, ResNet-20 for 3x32x32 (CIFAR-10), untrained: the time does not depend on
 the weights.
 
@@ -63,8 +64,8 @@ def measure(build_model, input_shape, repeats: int, background: bool, test_image
     unit = f"layer={middle.name}&channel=1&row={middle.shape[1] // 2}&column={middle.shape[2] // 2}"
 
     def choose(image):
-        return lambda: [client.get(f"/api/images/{image}")] + [
-            client.get(f"/api/images/{image}/maps.png?layer={name}") for name in layers]
+        return lambda: [client.get(f"/api/images/{image}"),
+                        client.get(f"/api/images/{image}/maps.png")]
 
     def click(image):
         return lambda: [client.get(f"/api/images/{image}/unit?{unit}"),

@@ -54,6 +54,30 @@ def png_pixels(response) -> np.ndarray:
         return np.asarray(image)
 
 
+def mosaics(client, image_id: str) -> dict[str, np.ndarray]:
+    """Each layer's part of the image's maps.png, at the place /api/info gives."""
+    atlas = png_pixels(client.get(f"/api/images/{image_id}/maps.png"))
+    layers = client.get("/api/info").json["layers"]
+    last = layers[-1]["mosaic"]
+    assert atlas.shape == (last["top"] + last["height"],
+                           max(layer["mosaic"]["width"] for layer in layers), 3)
+    parts = {}
+    for layer in layers:
+        top, height, width = (layer["mosaic"][key] for key in ("top", "height", "width"))
+        parts[layer["name"]] = atlas[top: top + height, :width]
+        assert (atlas[top: top + height, width:] == explore.GAP_COLOR).all()  # the rest
+    return parts
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1, 3), (28, 28), (5, 300, 3), (300, 2)])
+def test_png_is_read_back_as_written(shape):
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    data = explore.png(pixels)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG" and image.mode == ("RGB" if len(shape) == 3 else "L")
+        np.testing.assert_array_equal(np.asarray(image), pixels)
+
+
 def test_info_names_the_layers_with_their_fields(session):
     explorer, client, checkpoint = session
     info = client.get("/api/info").json
@@ -67,6 +91,12 @@ def test_info_names_the_layers_with_their_fields(session):
         assert layer["start"] == [field.start] * 2
     assert info["layers"][2]["shape"] == [64, 14, 14]
     assert info["layers"][2]["maps"] == 64 and info["layers"][2]["columns"] == 16
+    # the mosaics one under the other in maps.png: 16 tiles a row, a pixel between them
+    assert [layer["mosaic"] for layer in info["layers"]] == [
+        {"top": 0, "height": 2 * 29 - 1, "width": 16 * 29 - 1},     # conv1: 32 maps of 28x28
+        {"top": 57, "height": 2 * 15 - 1, "width": 16 * 15 - 1},    # pool1: 32 of 14x14
+        {"top": 86, "height": 4 * 15 - 1, "width": 16 * 15 - 1},    # conv2: 64 of 14x14
+        {"top": 145, "height": 4 * 8 - 1, "width": 16 * 8 - 1}]     # pool2: 64 of 7x7
 
 
 def test_the_grid_filters_and_sorts_the_test_predictions(session, explore_run):
@@ -135,14 +165,36 @@ def test_an_image_its_prediction_view_and_feature_maps(session, explore_run):
     view = png_pixels(client.get("/api/images/test-5/input.png"))
     np.testing.assert_allclose(view / 255, plots.rescale(image[0, 0]), atol=0.5 / 255 + 1e-9)
 
-    model = checkpoint.build_model()
-    out = trace.record(model, image.astype(np.float32)).call("conv2").output[0]  # (64, 14, 14)
-    mosaic = png_pixels(client.get("/api/images/test-5/maps.png?layer=conv2"))
+    recorded = trace.record(checkpoint.build_model(), image.astype(np.float32))
+    parts = mosaics(client, "test-5")
+    assert list(parts) == ["conv1", "pool1", "conv2", "pool2"]
+    for name, part in parts.items():
+        np.testing.assert_array_equal(part, explore.maps_mosaic(recorded.call(name).output[0]))
+    out = recorded.call("conv2").output[0]                  # (64, 14, 14)
+    mosaic = parts["conv2"]
     assert mosaic.shape == (4 * 15 - 1, 16 * 15 - 1, 3)
     row, column = divmod(19, 16)                            # map 19: row 1, column 3 of tiles
     tile = mosaic[row * 15: row * 15 + 14, column * 15: column * 15 + 14, 0]
     np.testing.assert_allclose(tile / 255, plots.rescale(out[19]), atol=0.5 / 255 + 1e-6)
     assert (mosaic[14, :, :] == explore.GAP_COLOR).all()    # the gap under the first row
+
+
+def test_the_maps_are_made_once_an_image(session, monkeypatch):
+    """maps.png is drawn at its first request and kept with the image's view: asked again,
+    the same bytes without drawing anything."""
+    explorer, client, _ = session
+    drawn, atlas = [], explore.maps_atlas
+
+    def counted(layers, maps):
+        drawn.append(len(layers))
+        return atlas(layers, maps)
+
+    monkeypatch.setattr(explore, "maps_atlas", counted)
+    first = client.get("/api/images/test-11/maps.png")
+    again = client.get("/api/images/test-11/maps.png")
+    assert first.status_code == again.status_code == 200
+    assert first.data == again.data and drawn == [4]
+    assert client.get("/api/images/test-12/maps.png").data != first.data and drawn == [4, 4]
 
 
 def test_an_onnx_file_is_explored_as_its_checkpoint(session, explore_run, tmp_path):
@@ -248,8 +300,10 @@ def test_uploads_and_drawings_are_predicted_as_cnnumpy_predict_does(session, tmp
         top = client.get(f"/api/images/{image_id}").json["top"]
         assert top[0]["index"] == int(expected.argmax())
         np.testing.assert_allclose(top[0]["probability"], expected.max(), rtol=1e-5)
-        mosaic = png_pixels(client.get(f"/api/images/{image_id}/maps.png?layer=pool1"))
+        mosaic = mosaics(client, image_id)["pool1"]
         assert mosaic.shape == (2 * 15 - 1, 16 * 15 - 1, 3)
+        np.testing.assert_array_equal(mosaic, explore.maps_mosaic(
+            explorer.view(image_id).maps["pool1"]))
 
 
 def test_the_resnet_blocks_of_a_branched_model(explore_run):
@@ -278,8 +332,11 @@ def test_the_resnet_blocks_of_a_branched_model(explore_run):
     assert answer["field"] == {"top": top, "left": left, "height": size, "width": size}
     heat = png_pixels(client.get(f"/api/images/test-0/unit.png?{unit}"))
     assert heat[..., 0].any() and not heat[~_inside(top, left, size, size)].any()
-    mosaic = png_pixels(client.get("/api/images/test-0/maps.png?layer=layer3.2"))
-    assert mosaic.shape == (4 * 8 - 1, 16 * 8 - 1, 3) and mosaic.std() > 0
+    parts = mosaics(client, "test-0")
+    assert list(parts) == list(layers)
+    for name, part in parts.items():
+        np.testing.assert_array_equal(part, explore.maps_mosaic(explorer.view("test-0").maps[name]))
+    assert parts["layer3.2"].shape == (4 * 8 - 1, 16 * 8 - 1, 3) and parts["layer3.2"].std() > 0
 
 
 def test_a_view_keeps_only_the_maps_shown(explore_run):
@@ -313,6 +370,27 @@ def test_a_view_keeps_only_the_maps_shown(explore_run):
     assert heat.std() > 0 and not heat[~_inside(8, 8, 3, 3)].any()
 
 
+def test_a_model_without_maps_to_show_says_so(explore_run):
+    """A perceptron: no layer's output is an image; its prediction is answered, maps.png is a
+    404 that says why."""
+    test = load_dataset("fashion-mnist", "test", data_dir=explore_run / "data")
+
+    def perceptron():
+        model = cn.Sequential({"flatten": cn.layers.Flatten(),
+                               "fc": cn.layers.Linear(28 * 28, 10, rng=np.random.default_rng(0))})
+        model.input_shape = (1, 28, 28)
+        return model
+
+    client = explore.create_app(explore.Explorer(
+        perceptron, (np.float32([0.3]), np.float32([0.3])), test)).test_client()
+    assert client.get("/api/info").json["layers"] == []
+    assert client.get("/api/images/test-4").status_code == 200
+    answer = client.get("/api/images/test-4/maps.png")
+    assert answer.status_code == 404
+    assert answer.json["error"] == "Sequential has no convolution, pool or block whose " \
+                                   "output is an image: no maps to show"
+
+
 def big_png(width: int, height: int) -> bytes:
     """A PNG that declares width x height grey pixels in few bytes (all zeros compress)."""
     return picture_bytes(np.zeros((height, width), dtype=np.uint8))
@@ -332,7 +410,9 @@ def declared_png(width: int, height: int) -> bytes:
 
 BAD_REQUESTS = [
     ("/api/images/test-1/unit?layer=fc1&channel=0&row=0&column=0", 404, "unknown layer 'fc1'"),
-    ("/api/images/test-1/maps.png?layer=nope", 404, "unknown layer 'nope'"),
+    ("/api/images/test-40/maps.png", 404, "the test set has 40 images"),
+    ("/api/images/upload-0123456789abcdef/maps.png", 404, "no image 'upload-0123456789abcdef'"),
+    ("/api/images/nope/maps.png", 404, "no image 'nope'"),
     ("/api/images/test-1/unit?layer=conv2&channel=0&row=14&column=0", 400,
      "outside the output of 'conv2', of shape (64, 14, 14)"),
     ("/api/images/test-1/unit.png?layer=conv2&channel=64&row=0&column=0", 400, "outside"),

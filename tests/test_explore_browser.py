@@ -43,10 +43,12 @@ except ImportError:
 if importlib.util.find_spec("flask") is None:
     missing("the explorer needs Flask (the extra web)")
 
+from PIL import Image  # noqa: E402  (Pillow comes with Flask in the extra web)
+
 import cnnumpy as cn  # noqa: E402
 from cnnumpy import explore, trace  # noqa: E402
 from cnnumpy.cli import build_parser, explorer_for  # noqa: E402
-from cnnumpy.data import load_dataset  # noqa: E402
+from cnnumpy.data import load_dataset, normalize  # noqa: E402
 from cnnumpy.data.images import decode_picture, to_model_input  # noqa: E402
 from cnnumpy.shapes import field_box, traced_fields  # noqa: E402
 from cnnumpy.train import predict_proba  # noqa: E402
@@ -119,12 +121,13 @@ def choose_test_image(page, index: int) -> None:
     page.wait_for_selector(f'body[data-chosen="test-{index}"]', timeout=WAIT_MS)
 
 
-# Per <img> of the page: natural size and the number of distinct colours, read by drawing it
-# on a canvas (a blank or undecoded picture has one colour or no pixels).
+# Per <img> or <canvas> of the page: its size in pixels of the picture and the number of
+# distinct colours, read by drawing it on a canvas (a blank or undecoded picture has one colour
+# or no pixels).
 COLOURS = """(selector) => [...document.querySelectorAll(selector)].map((img) => {
   const canvas = document.createElement("canvas");
-  canvas.width = img.naturalWidth;
-  canvas.height = img.naturalHeight;
+  canvas.width = img.naturalWidth ?? img.width;
+  canvas.height = img.naturalHeight ?? img.height;
   const pen = canvas.getContext("2d");
   pen.drawImage(img, 0, 0);
   const colours = new Set();
@@ -134,7 +137,7 @@ COLOURS = """(selector) => [...document.querySelectorAll(selector)].map((img) =>
       colours.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
     }
   }
-  return { name: img.dataset.layer || img.id, width: img.naturalWidth, height: img.naturalHeight,
+  return { name: img.dataset.layer || img.id, width: canvas.width, height: canvas.height,
            colours: colours.size };
 })"""
 
@@ -153,10 +156,12 @@ def test_a_test_image_is_predicted_as_cnnumpy_predict_does(tab, explore_run, tmp
     assert "test image 5" in tab.text_content("#chosen-name")
 
 
-def test_feature_maps_are_decoded_and_not_blank(tab, server):
+def test_feature_maps_are_decoded_and_not_blank(tab, server, explore_run):
+    """Each layer's canvas holds, pixel for pixel, the mosaic of the layer's output for the
+    chosen image (`explore.maps_mosaic`): its part of the one maps.png of all layers."""
     choose_test_image(tab, 5)
     layers = {layer["name"]: layer for layer in info(server)["layers"]}
-    maps = tab.evaluate(COLOURS, "img.maps")
+    maps = tab.evaluate(COLOURS, "canvas.maps")
     assert [entry["name"] for entry in maps] == list(layers)
     for entry in maps:
         layer = layers[entry["name"]]
@@ -165,6 +170,18 @@ def test_feature_maps_are_decoded_and_not_blank(tab, server):
         assert (entry["width"], entry["height"]) == (layer["columns"] * (width + 1) - 1,
                                                      rows * (height + 1) - 1), entry
         assert entry["colours"] > 16, entry    # grey levels of the maps, and the gaps
+    checkpoint = cn.load_checkpoint(explore_run / "run" / "best.npz")
+    image = normalize(load_dataset("fashion-mnist", "test", data_dir=explore_run / "data")
+                      .images[5:6], checkpoint.arrays["normalization/mean"],
+                      checkpoint.arrays["normalization/std"])
+    recorded = trace.record(checkpoint.build_model(), image.astype(np.float32))
+    drawn = tab.evaluate("[...document.querySelectorAll('canvas.maps')].map((canvas) => "
+                         "canvas.toDataURL('image/png'))")
+    for name, data_url in zip(layers, drawn):
+        with Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))) as picture:
+            pixels = np.asarray(picture.convert("RGB"))
+        np.testing.assert_array_equal(pixels, explore.maps_mosaic(recorded.call(name).output[0]),
+                                      err_msg=name)
     for picture in tab.evaluate(COLOURS, "#model-view, #saliency"):
         assert picture["width"] == 28 and picture["colours"] > 2, picture
 
@@ -182,13 +199,13 @@ def expected_box(explore_run, layer: str, unit) -> dict:
 
 def click_unit(tab, layer: dict, channel: int, row: int, column: int) -> None:
     """Click the middle of unit (row, column) of map `channel` in the layer's mosaic."""
-    img = tab.locator(f'img.maps[data-layer="{layer["name"]}"]')
-    scale = img.evaluate("(img) => img.clientWidth / img.naturalWidth")
+    canvas = tab.locator(f'canvas.maps[data-layer="{layer["name"]}"]')
+    scale = canvas.evaluate("(canvas) => canvas.clientWidth / canvas.width")
     _, height, width = layer["shape"]
     tile_row, tile_column = divmod(channel, layer["columns"])
     x = tile_column * (width + layer["gap"]) + column + 0.5
     y = tile_row * (height + layer["gap"]) + row + 0.5
-    img.click(position={"x": x * scale, "y": y * scale})
+    canvas.click(position={"x": x * scale, "y": y * scale})
     tab.wait_for_selector(f'#unit-info[data-unit="{channel},{row},{column}"]', timeout=WAIT_MS)
     tab.wait_for_selector("#field-box:not([hidden])", timeout=WAIT_MS)
 
@@ -223,7 +240,7 @@ def test_a_clicked_unit_shows_its_receptive_field(tab, server, explore_run):
         assert gradient["width"] == 28 and gradient["colours"] > 1
         assert {key: int(tab.get_attribute("#gradient-box", f"data-{key}"))
                 for key in data} == data                 # the same box over the gradient
-        marker = tab.locator(f'img.maps[data-layer="{name}"] + .unit-marker')
+        marker = tab.locator(f'canvas.maps[data-layer="{name}"] + .unit-marker')
         assert marker.is_visible() and tab.locator(".unit-marker:visible").count() == 1
     assert data == {"top": 0, "left": 0, "height": 5, "width": 5}   # the corner, in the padding
     click_unit(tab, layers["conv2"], 3, 2, 4)
@@ -239,8 +256,6 @@ def test_a_bad_upload_shows_its_error_and_a_good_one_is_chosen(tab, tmp_path):
     assert tab.text_content("#error") == \
         "Upload refused: notes.txt: not a PNG or JPEG picture"
     tab.locator("#input-section").screenshot(path=SCREENSHOTS / "e2e-upload-error.png")
-    from PIL import Image
-
     Image.fromarray(np.full((56, 40), 200, dtype=np.uint8)).save(tmp_path / "grey.png")
     tab.set_input_files("#upload", str(tmp_path / "grey.png"))
     tab.wait_for_selector('body[data-chosen^="upload-"]', timeout=WAIT_MS)

@@ -6,6 +6,7 @@ import { clearError, loadImage, request, showError, url } from "./api.js";
 const MAX_WIDTH = 720;    // CSS pixels of a layer's mosaic, at most (shown at an integer scale)
 let info = null;
 let chosen = null;        // the image id
+const canvases = new Map();   // layer name -> the canvas of its mosaic
 
 function showBars(prediction) {
   const bars = document.getElementById("topk");
@@ -24,7 +25,7 @@ function showBars(prediction) {
 }
 
 // Geometry of a layer's mosaic (as the server draws it: `columns` tiles a row, `gap` pixels
-// between them) -> the unit under a point of the image, or null in a gap.
+// between them) -> the unit under a point of the mosaic, or null in a gap.
 function unitAt(layer, x, y) {
   const [, height, width] = layer.shape;
   const column = Math.floor(x / (width + layer.gap));
@@ -39,9 +40,7 @@ function unitAt(layer, x, y) {
 
 function layerFigure(layer) {
   const [maps, height, width] = layer.shape;
-  const rows = Math.ceil(layer.maps / layer.columns);
-  const naturalWidth = layer.columns * (width + layer.gap) - layer.gap;
-  const scale = Math.max(1, Math.floor(MAX_WIDTH / naturalWidth));
+  const scale = Math.max(1, Math.floor(MAX_WIDTH / layer.mosaic.width));
   const div = document.createElement("div");
   div.className = "layer";
   div.style.marginLeft = `${(layer.depth - 1) * 1.5}em`;
@@ -51,17 +50,21 @@ function layerFigure(layer) {
   const shown = layer.maps < maps ? ` (first ${layer.maps} maps shown)` : "";
   title.append(name, ` ${layer.type}: output ${maps}×${height}×${width}${shown}, ` +
     `receptive field ${layer.field.join("×")}, jump ${layer.jump.join("×")}`);
-  const img = document.createElement("img");
-  img.className = "maps";
-  img.dataset.layer = layer.name;
-  img.width = naturalWidth * scale;
-  img.height = (rows * (height + layer.gap) - layer.gap) * scale;
-  img.alt = `feature maps of ${layer.name}`;
+  const canvas = document.createElement("canvas");   // the mosaic, shown `scale` times larger
+  canvas.className = "maps";
+  canvas.dataset.layer = layer.name;
+  canvas.width = layer.mosaic.width;
+  canvas.height = layer.mosaic.height;
+  canvas.style.width = `${layer.mosaic.width * scale}px`;
+  canvas.style.height = `${layer.mosaic.height * scale}px`;
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", `feature maps of ${layer.name}`);
+  canvases.set(layer.name, canvas);
   const marker = document.createElement("div");   // the clicked unit
   marker.className = "unit-marker";
   marker.hidden = true;
   Object.assign(marker.style, { width: `${scale}px`, height: `${scale}px` });
-  img.addEventListener("click", (event) => {
+  canvas.addEventListener("click", (event) => {
     const x = Math.floor(event.offsetX / scale);
     const y = Math.floor(event.offsetY / scale);
     if (!unitAt(layer, x, y)) return;
@@ -72,7 +75,7 @@ function layerFigure(layer) {
   });
   const frame = document.createElement("span");
   frame.className = "maps-frame";
-  frame.append(img, marker);
+  frame.append(canvas, marker);
   div.append(title, frame);
   return div;
 }
@@ -94,6 +97,20 @@ function showSaliency() {
     (error) => showError(error.message));
 }
 
+// Every layer's maps of image `id`: one image of all their mosaics, one under the other; each
+// layer's part of it (mosaic.height rows from mosaic.top, mosaic.width columns from the left)
+// drawn on its canvas. Nothing is drawn when another image was chosen meanwhile.
+async function showMaps(id) {
+  if (!info.layers.length) return;
+  const atlas = await loadImage(new Image(), `/api/images/${id}/maps.png`);
+  if (chosen !== id) return;
+  for (const layer of info.layers) {
+    const { top, width, height } = layer.mosaic;
+    canvases.get(layer.name).getContext("2d").drawImage(atlas, 0, top, width, height,
+      0, 0, width, height);
+  }
+}
+
 // Choose an image: its prediction, its view and every layer's maps.
 export async function choose(id, name) {
   chosen = id;
@@ -109,8 +126,7 @@ export async function choose(id, name) {
     document.querySelectorAll(".unit-marker").forEach((marker) => { marker.hidden = true; });
     await Promise.all([
       loadImage(document.getElementById("model-view"), `/api/images/${id}/input.png`),
-      ...[...document.querySelectorAll("img.maps")].map((img) =>
-        loadImage(img, url(`/api/images/${id}/maps.png`, { layer: img.dataset.layer }))),
+      showMaps(id),
     ]);
     showSaliency();
     document.body.dataset.chosen = id;   // the page is ready for this image
