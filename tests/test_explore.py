@@ -69,15 +69,6 @@ def mosaics(client, image_id: str) -> dict[str, np.ndarray]:
     return parts
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 1, 3), (28, 28), (5, 300, 3), (300, 2)])
-def test_png_is_read_back_as_written(shape):
-    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    data = explore.png(pixels)
-    with Image.open(io.BytesIO(data)) as image:
-        assert image.format == "PNG" and image.mode == ("RGB" if len(shape) == 3 else "L")
-        np.testing.assert_array_equal(np.asarray(image), pixels)
-
-
 def test_info_names_the_layers_with_their_fields(session):
     explorer, client, checkpoint = session
     info = client.get("/api/info").json
