@@ -82,6 +82,9 @@ PREDICTION_BATCH = 4                  # test images per step of the background p
 QUIET_SECONDS = 0.5                   # they wait this long after the last request's model run
 PICTURE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")   # how PNG and JPEG files start
 GAP_COLOR = (70, 110, 160)            # the mosaic's gaps: not a value of the grey maps
+GAP_INDEX = 255                       # the maps' palette: grey levels 0-254, then GAP_COLOR
+MAPS_PALETTE = np.vstack([np.repeat(np.rint(np.arange(GAP_INDEX) * 255 / (GAP_INDEX - 1)),
+                                    3).reshape(-1, 3), [GAP_COLOR]]).astype(np.uint8)
 UPLOAD_TOO_LARGE = f"the upload is larger than the limit of {MAX_UPLOAD_BYTES // 2**20} MiB"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")           # the addresses served without a warning
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")   # as a Host header names them
@@ -378,7 +381,7 @@ class Explorer:
                                     f"block whose output is an image: no maps to show")
         view = self.view(image_id)
         if view.maps_png is None:
-            view.maps_png = png(maps_atlas(list(self.layers.values()), view.maps))
+            view.maps_png = png(maps_atlas(list(self.layers.values()), view.maps), MAPS_PALETTE)
         return view.maps_png
 
     def layer(self, name) -> Layer:
@@ -473,15 +476,20 @@ def _keep(kept: OrderedDict, key: str, value) -> None:
 # --------------------------------------------------------------------------- PNG
 
 
-def png(pixels: np.ndarray) -> bytes:
-    """(H, W, 3) RGB or (H, W) grey uint8 as PNG bytes, by Pillow at its fastest compression.
-    (Pillow tries five row filters on every row: ResNet-20's maps.png, 1007x527 RGB, takes it
-    about twice as long as deflating the rows unfiltered would; still the larger part of
-    choosing an image is not this.)"""
+def png(pixels: np.ndarray, palette: np.ndarray | None = None) -> bytes:
+    """(H, W, 3) RGB or (H, W) grey uint8 as PNG bytes, by Pillow at its fastest compression
+    level; with a (256, 3) `palette`, the (H, W) values are indices into it (a palette PNG).
+
+    The maps are sent so: ResNet-20's maps.png (1007x527) took Pillow 40-80 ms as RGB, most
+    of it spent choosing a filter for each row, which it does not try for palette images,
+    and 10-20 ms with the palette (a third of the bytes)."""
     from PIL import Image
 
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    if palette is not None:
+        image.putpalette(palette.tobytes())  # the grey image of indices becomes mode "P"
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", compress_level=1)
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -499,28 +507,33 @@ def heat(values: np.ndarray) -> np.ndarray:
         .astype(np.uint8)
 
 
-def maps_mosaic(maps: np.ndarray) -> np.ndarray:
-    """A layer's output (C, h, w) as one grey image of its first MAX_MAPS maps, MAP_COLUMNS
-    a row, each rescaled on its own (`plots.mosaic`), the gaps in GAP_COLOR."""
+def maps_indices(maps: np.ndarray) -> np.ndarray:
+    """A layer's output (C, h, w) as one image of MAPS_PALETTE indices: its first MAX_MAPS
+    maps, MAP_COLUMNS a row, each rescaled on its own (`plots.mosaic`) to the grey levels
+    0-254, the gaps GAP_INDEX."""
     shown = maps[:MAX_MAPS]
     grid = plots.mosaic(shown, min(len(shown), MAP_COLUMNS), gap=MAP_GAP)  # NaN in the gaps
-    grey = np.rint(np.nan_to_num(grid) * 255).astype(np.uint8)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    rgb[np.isnan(grid)] = GAP_COLOR
-    return rgb
+    indices = np.rint(np.nan_to_num(grid) * (GAP_INDEX - 1)).astype(np.uint8)
+    indices[np.isnan(grid)] = GAP_INDEX
+    return indices
+
+
+def maps_mosaic(maps: np.ndarray) -> np.ndarray:
+    """`maps_indices` in colour, as the page shows them: (H, W, 3) uint8."""
+    return MAPS_PALETTE[maps_indices(maps)]
 
 
 def maps_atlas(layers: list[Layer], maps: dict[str, np.ndarray]) -> np.ndarray:
-    """Every layer's mosaic (`maps_mosaic` of `maps[layer.name]`) in one RGB image, one under
-    the other, each at the left from row `layer.top`; the rest, right of the narrower ones, in
-    GAP_COLOR. One image for the page to fetch and decode instead of one a layer (31 for
-    ResNet-20): (sum of the heights, largest width, 3) uint8."""
+    """Every layer's mosaic (`maps_indices` of `maps[layer.name]`) in one image of
+    MAPS_PALETTE indices, one under the other, each at the left from row `layer.top`; the
+    rest, right of the narrower ones, GAP_INDEX. One image for the page to fetch and decode
+    instead of one a layer (31 for ResNet-20): (sum of the heights, largest width) uint8."""
     last = layers[-1]
-    atlas = np.tile(np.uint8(GAP_COLOR), (last.top + last.mosaic_size[0],
-                                           max(layer.mosaic_size[1] for layer in layers), 1))
+    atlas = np.full((last.top + last.mosaic_size[0],
+                     max(layer.mosaic_size[1] for layer in layers)), GAP_INDEX, dtype=np.uint8)
     for layer in layers:
         height, width = layer.mosaic_size
-        atlas[layer.top: layer.top + height, :width] = maps_mosaic(maps[layer.name])
+        atlas[layer.top: layer.top + height, :width] = maps_indices(maps[layer.name])
     return atlas
 
 
