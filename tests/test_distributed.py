@@ -255,11 +255,21 @@ def test_flat_parameters_hold_the_model_s_parameters_and_gradients_end_to_end(rn
     assert not flat.holds(model)
 
 
-def test_flat_parameters_refuse_mixed_dtypes(rng):
+def test_flat_parameters_refuse_mixed_dtypes_tied_weights_and_misshapen_gradients(rng):
     model = cn.Sequential([cn.Flatten(), cn.Linear(4, 2, rng=rng), cn.Linear(2, 2, rng=rng)])
     model["2"].W = model["2"].W.astype(np.float64)
     with pytest.raises(ValueError, match=r"the parameters mix dtypes \(float32, float64\)"):
         FlatParameters(model)
+    model["2"].W = model["2"].W.astype(np.float32)
+    model["2"].b = model["1"].b  # one array in two places
+    with pytest.raises(ValueError, match=r"the parameters 1\.b and 2\.b are one array"):
+        FlatParameters(model)
+    model["2"].b = np.zeros(2, np.float32)
+    flat = FlatParameters(model)
+    model["2"].dW = np.zeros((2, 3), np.float32)  # as a faulty layer of one's own might
+    with pytest.raises(ValueError, match=r"the gradient of 2\.W has shape \(2, 3\), the "
+                                         r"parameter \(2, 2\)"):
+        flat.gradients()
 
 
 @needs_mpi

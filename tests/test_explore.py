@@ -168,6 +168,7 @@ def test_an_image_its_prediction_view_and_feature_maps(session, explore_run):
     tile = mosaic[row * 15: row * 15 + 14, column * 15: column * 15 + 14, 0]
     # 255 grey levels (0-254 of the palette, shown as 0-255): two roundings of half a level
     np.testing.assert_allclose(tile / 255, plots.rescale(out[19]), atol=1 / 254 + 1e-6)
+    assert tile.min() == 0 and tile.max() == 255   # each map rescaled to the whole range
     assert (mosaic[14, :, :] == explore.GAP_COLOR).all()    # the gap under the first row
 
 
@@ -360,6 +361,38 @@ def test_a_view_keeps_only_the_maps_shown(explore_run):
     gradient = plots.unit_gradient(wide(), explorer.view("test-4").image, "conv", (9, 9), 80)
     np.testing.assert_array_equal(heat, explore.heat(np.abs(gradient).max(axis=0)))
     assert heat.std() > 0 and not heat[~_inside(8, 8, 3, 3)].any()
+
+
+def test_a_module_called_twice_is_shown_once_at_its_last_call(explore_run):
+    """One pooling layer used after both convolutions: one place in maps.png, with the maps
+    of its second call (those an image's view keeps)."""
+    test = load_dataset("fashion-mnist", "test", data_dir=explore_run / "data")
+
+    def shared_pool():
+        rng, pool = np.random.default_rng(0), cn.layers.MaxPool2D(2)
+        model = cn.Sequential({"conv1": cn.layers.Conv2D(1, 4, 3, padding=1, rng=rng),
+                               "pool": pool,
+                               "conv2": cn.layers.Conv2D(4, 6, 3, padding=1, rng=rng),
+                               "pool_again": pool, "flatten": cn.layers.Flatten(),
+                               "fc": cn.layers.Linear(6 * 7 * 7, 10, rng=rng)})
+        model.input_shape = (1, 28, 28)
+        return model
+
+    explorer = explore.Explorer(shared_pool, (np.float32([0.3]), np.float32([0.3])), test)
+    client = explore.create_app(explorer).test_client()
+    layers = client.get("/api/info").json["layers"]
+    names = [layer["name"] for layer in layers]
+    assert len(names) == len(set(names)) == 3 and names[:2] == ["conv1", "conv2"]
+    pool = layers[2]
+    assert pool["shape"] == [6, 7, 7] and pool["mosaic"]["top"] == sum(
+        layer["mosaic"]["height"] for layer in layers[:2])
+    parts = mosaics(client, "test-4")
+    for name, part in parts.items():
+        np.testing.assert_array_equal(part, explore.maps_mosaic(explorer.view("test-4").maps[name]))
+    out = trace.record(shared_pool(), normalize(test.images[4:5], [0.3], [0.3]).astype(np.float32))
+    np.testing.assert_array_equal(explorer.view("test-4").maps[pool["name"]],
+                                  [call for call in out.calls if call.name == pool["name"]][-1]
+                                  .output[0])
 
 
 def test_a_model_without_maps_to_show_says_so(explore_run):

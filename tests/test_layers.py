@@ -170,6 +170,32 @@ def test_parameters_are_assignable_and_walkable(rng):
     assert layer.gradients()["W"] is layer.dW
 
 
+@pytest.mark.parametrize("make", [lambda: cn.Conv2D(2, 3, 2), lambda: cn.Linear(4, 3),
+                                  lambda: cn.BatchNorm2D(2)])
+def test_gradients_are_written_in_place_and_follow_a_replaced_parameter(make, rng):
+    """Backward writes into the layer's gradient arrays (the same arrays step after step);
+    a parameter replaced by one of another dtype or shape gets a gradient of its own, exact
+    in that dtype."""
+    layer = make()
+    x = rng.standard_normal((5, 2, 3, 3) if not isinstance(layer, cn.Linear) else (5, 4))
+    kept = layer.gradients()
+    layer.backward(np.ones_like(layer.forward(x.astype(np.float32))))
+    assert all(layer.gradients()[name] is grad for name, grad in kept.items())
+    assert any(grad.any() for grad in kept.values())
+
+    for key in (*layer.param_names, *layer.buffer_names):  # new float64 arrays, not astype
+        if getattr(layer, key).dtype == np.float32:
+            setattr(layer, key, getattr(layer, key).astype(np.float64))
+    out = layer.forward(x)
+    layer.backward(np.ones_like(out))
+    reference = make().astype(np.float64)
+    reference.load_state_dict(layer.state_dict())
+    reference.backward(np.ones_like(reference.forward(x)))
+    for key, grad in layer.gradients().items():
+        assert grad.dtype == np.float64, key
+        np.testing.assert_array_equal(grad, reference.gradients()[key], err_msg=key)
+
+
 @pytest.mark.parametrize("make, x, error, match", [
     (lambda: cn.Conv2D(3, 8, 3), np.zeros((8, 1, 28, 28), np.float32), ValueError,
      r"Conv2D expected 3 input channels, got 1 \(input shape \(8, 1, 28, 28\)\)"),

@@ -14,7 +14,7 @@ def one_parameter_layer(value=1.0, dtype=np.float64):
 
 
 def set_gradients(model, grads):
-    """Assign new gradient arrays, as layers do in backward."""
+    """Assign new gradient arrays, as a layer written elsewhere may do in backward."""
     for name, grad in grads.items():
         setattr(model, "d" + name, np.array(grad, dtype=model.dtype))
 

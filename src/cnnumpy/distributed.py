@@ -339,21 +339,25 @@ class FlatParameters:
         if len(dtypes) > 1:  # the same model on every rank: every rank stops here
             raise ValueError(f"the parameters mix dtypes ({', '.join(dtypes)}): a distributed "
                              f"run sums them in one buffer; convert the model with astype")
-        self.places = [(module, key) for _, module, key in model.parameter_places()]
+        first_name = {}
+        for name, param in params.items():
+            if first_name.setdefault(id(param), name) != name:
+                raise ValueError(f"the parameters {first_name[id(param)]} and {name} are one "
+                                 f"array: a distributed run gives each parameter its own range "
+                                 f"of one buffer, so tied weights cannot be shared out")
+        self.places = list(model.parameter_places())
         size = sum(param.size for param in params.values())
         self.params = np.empty(size, dtype=dtypes[0])
         self.grads = np.zeros(size, dtype=dtypes[0])
         self.param_views, self.grad_views = [], []
         offset = 0
-        for module, key in self.places:
-            param, grad = getattr(module, key), getattr(module, "d" + key)
+        for _, module, key in self.places:
+            param = getattr(module, key)
             where = slice(offset, offset + param.size)
             views = self.params[where].reshape(param.shape), self.grads[where].reshape(param.shape)
             views[0][...] = param
-            if grad.shape == param.shape:
-                views[1][...] = grad
             setattr(module, key, views[0])
-            setattr(module, "d" + key, views[1])
+            setattr(module, "d" + key, views[1])  # zeros until the first backward
             self.param_views.append(views[0])
             self.grad_views.append(views[1])
             offset += param.size
@@ -368,9 +372,12 @@ class FlatParameters:
 
     def gradients(self) -> np.ndarray:
         """The flat buffer of the gradients of the last backward."""
-        for (module, key), view in zip(self.places, self.grad_views):
+        for (name, module, key), view in zip(self.places, self.grad_views):
             grad = getattr(module, "d" + key)
             if grad is not view:  # assigned by the layer: one copy, and the view goes back
+                if np.shape(grad) != view.shape:
+                    raise ValueError(f"the gradient of {name} has shape {np.shape(grad)}, the "
+                                     f"parameter {view.shape}")
                 view[...] = grad
                 setattr(module, "d" + key, view)
         return self.grads

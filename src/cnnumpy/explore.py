@@ -83,8 +83,8 @@ QUIET_SECONDS = 0.5                   # they wait this long after the last reque
 PICTURE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")   # how PNG and JPEG files start
 GAP_COLOR = (70, 110, 160)            # the mosaic's gaps: not a value of the grey maps
 GAP_INDEX = 255                       # the maps' palette: grey levels 0-254, then GAP_COLOR
-MAPS_PALETTE = np.vstack([np.repeat(np.rint(np.arange(GAP_INDEX) * 255 / (GAP_INDEX - 1)),
-                                    3).reshape(-1, 3), [GAP_COLOR]]).astype(np.uint8)
+_GREYS = np.rint(np.arange(GAP_INDEX) * 255 / (GAP_INDEX - 1))       # 0, 1, 2, ..., 254, 255
+MAPS_PALETTE = np.vstack([np.column_stack([_GREYS] * 3), [GAP_COLOR]]).astype(np.uint8)
 UPLOAD_TOO_LARGE = f"the upload is larger than the limit of {MAX_UPLOAD_BYTES // 2**20} MiB"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")           # the addresses served without a warning
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")   # as a Host header names them
@@ -142,9 +142,10 @@ class Layer:
 def shown_layers(recorded: trace.Trace) -> list[Layer]:
     """The convolutions, pools and residual blocks of a trace whose output is an image, in
     the order they start (a block before its layers), their mosaics one under the other in
-    that order (`maps_atlas`)."""
+    that order (`maps_atlas`). A module called more than once (a pool shared by two stages)
+    is shown once, at its last call: the maps kept of an image are its last output."""
     fields = traced_fields(recorded)
-    chosen: dict[int, trace.Call] = {}  # by output: a layer called twice is shown once
+    chosen: dict[int, trace.Call] = {}  # by output: the same maps are shown once
     for call in recorded.calls:
         if not call.name or call.output.ndim != 4 or fields.get(id(call.output)) is None:
             continue
@@ -152,8 +153,12 @@ def shown_layers(recorded: trace.Trace) -> list[Layer]:
             call.module.receptive_window(call.inputs[0].shape[1:]) is not None
         if windowed or isinstance(call.module, Residual):
             chosen[id(call.output)] = call
-    layers, top = [], 0
+    last_calls: dict[str, trace.Call] = {}  # by name, in the order of the last calls
     for call in sorted(chosen.values(), key=recorded.calls.index):
+        last_calls.pop(call.name, None)
+        last_calls[call.name] = call
+    layers, top = [], 0
+    for call in last_calls.values():
         layers.append(Layer(call.name, type(call.module).__name__, call.depth,
                             tuple(call.output.shape[1:]), fields[id(call.output)], top))
         top += layers[-1].mosaic_size[0]
@@ -528,8 +533,7 @@ def maps_atlas(layers: list[Layer], maps: dict[str, np.ndarray]) -> np.ndarray:
     MAPS_PALETTE indices, one under the other, each at the left from row `layer.top`; the
     rest, right of the narrower ones, GAP_INDEX. One image for the page to fetch and decode
     instead of one a layer (31 for ResNet-20): (sum of the heights, largest width) uint8."""
-    last = layers[-1]
-    atlas = np.full((last.top + last.mosaic_size[0],
+    atlas = np.full((max(layer.top + layer.mosaic_size[0] for layer in layers),
                      max(layer.mosaic_size[1] for layer in layers)), GAP_INDEX, dtype=np.uint8)
     for layer in layers:
         height, width = layer.mosaic_size

@@ -8,8 +8,9 @@ An optimizer holds a model and walks its parameters by dotted name:
     opt.lr = 0.01       # schedules set the learning rate (and `momentum`) between steps
 
 `model.parameters()` and `model.gradients()` are fetched at every step (cnnumpy's layers
-write into their gradient arrays; a layer written elsewhere may assign new ones). Per-parameter
-state (momentum buffers, moments) is keyed by the parameter's name and has its dtype. `state_dict()` gives plain arrays plus JSON-ready scalars
+write into their gradient arrays; a layer written elsewhere may assign new ones).
+Per-parameter state (momentum buffers, moments) is keyed by the parameter's name and has its
+dtype. `state_dict()` gives plain arrays plus JSON-ready scalars
 for checkpoints; `load_state_dict()` restores them, so a resumed run takes identical steps.
 
 Notation for one parameter p with gradient g at step t = 1, 2, ...; λ is weight_decay.

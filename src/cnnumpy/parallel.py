@@ -306,13 +306,9 @@ class BatchParallel:
         for modules in zip(self.model.modules(), *(replica.modules() for replica in replicas)):
             layer, first, *others = modules
             for key in layer.param_names:  # summed into the model's own arrays, in place
-                total = getattr(layer, "d" + key)
-                grads = [getattr(replica, "d" + key) for replica in (first, *others)]
-                if len(grads) == 1:
-                    np.copyto(total, grads[0])
-                else:
-                    np.add(grads[0], grads[1], out=total)
-                for grad in grads[2:]:
-                    total += grad
+                summed = layer._gradient(key)
+                np.add(getattr(first, "d" + key), getattr(others[0], "d" + key), out=summed)
+                for other in others[1:]:  # (a split pass has two parts or more)
+                    summed += getattr(other, "d" + key)
         loss = sum(loss * (part.stop - part.start) for (loss, _), part in zip(results, parts))
         return loss / len(x), np.concatenate([logits for _, logits in results])

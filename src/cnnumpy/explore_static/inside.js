@@ -116,6 +116,7 @@ export async function choose(id, name) {
   chosen = id;
   try {
     const prediction = await request(`/api/images/${id}`);
+    if (chosen !== id) return;   // another image was chosen meanwhile: it shows its own
     clearError();
     document.getElementById("chosen-name").textContent = name;
     showBars(prediction);
@@ -128,6 +129,7 @@ export async function choose(id, name) {
       loadImage(document.getElementById("model-view"), `/api/images/${id}/input.png`),
       showMaps(id),
     ]);
+    if (chosen !== id) return;
     showSaliency();
     document.body.dataset.chosen = id;   // the page is ready for this image
   } catch (error) {

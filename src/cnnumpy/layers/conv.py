@@ -86,9 +86,9 @@ class Conv2D(Layer):
 
     def _backward(self, dout, cache, input_grad=True):
         dx, dW, db = F.conv2d_backward(dout, cache, input_grad)
-        self.dW[...] = dW  # in place: the gradient arrays stay the model's (Layer)
+        self._gradient("W")[...] = dW  # (C_out, C_in, kH, kW) from the kernel's (K, C_out)
         if self.bias:
-            self.db[...] = db
+            self._gradient("b")[...] = db
         return dx
 
     def _repr_args(self):

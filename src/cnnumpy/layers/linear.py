@@ -73,7 +73,8 @@ class Linear(Layer):
         return F.linear_forward(x, self.W, self.b)[0]
 
     def _backward(self, dout, cache, input_grad=True):
-        return F.linear_backward(dout, cache, input_grad, out=(self.dW, self.db))[0]
+        gradients = self._gradient("W"), self._gradient("b")
+        return F.linear_backward(dout, cache, input_grad, out=gradients)[0]
 
     def _repr_args(self):
         return [str(self.in_features), str(self.out_features)]

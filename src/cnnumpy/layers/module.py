@@ -123,7 +123,8 @@ class Module:
         return self._named("param_names")
 
     def gradients(self) -> dict[str, np.ndarray]:
-        """The gradient of every parameter from the last `backward`, same keys as parameters()."""
+        """The gradient of every parameter from the last `backward`, same keys as parameters()
+        (live: the next backward overwrites them; copy them to keep a snapshot)."""
         return self._named("param_names", "d")
 
     def buffers(self) -> dict[str, np.ndarray]:
@@ -225,8 +226,8 @@ class Layer(Module):
 
     Subclasses set `param_names` and implement `output_shape`, `_forward(x) -> (out, cache)`
     and `_backward(dout, cache) -> dx`, which writes the parameter gradients into the layer's
-    `d<name>` arrays, in place: they stay the same arrays from step to step, which the
-    optimizer and a distributed run's flat buffer of gradients rely on (a layer that assigns
+    `d<name>` arrays (`_gradient(name)`), in place: they stay the same arrays from step to
+    step, which a distributed run's flat buffer of gradients relies on (a layer that assigns
     new arrays still trains, one copy slower, see `cnnumpy.distributed.FlatParameters`); a
     layer with parameters also takes `input_grad=False`, to store them without making dx
     (returns None).
@@ -298,6 +299,15 @@ class Layer(Module):
 
     def _forward(self, x):
         raise NotImplementedError
+
+    def _gradient(self, key: str) -> np.ndarray:
+        """The array that backward writes parameter `key`'s gradient into: `d<key>`, made
+        again (zeros) when the parameter was replaced by one of another shape or dtype."""
+        param, grad = getattr(self, key), getattr(self, "d" + key, None)
+        if grad is None or grad.shape != param.shape or grad.dtype != param.dtype:
+            grad = np.zeros_like(param)
+            setattr(self, "d" + key, grad)
+        return grad
 
     @staticmethod
     def _own_copy(x: np.ndarray) -> np.ndarray:

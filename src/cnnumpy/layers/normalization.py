@@ -94,11 +94,12 @@ class _BatchNorm(Layer):
             axes = (0,) + tuple(range(2, dout.ndim))
             if self.affine:
                 xhat = (x - self.running_mean.reshape(shape)) * inv_std
-                self.dgamma[...], self.dbeta[...] = (dout * xhat).sum(axis=axes), dout.sum(axis=axes)
+                self._gradient("gamma")[...] = (dout * xhat).sum(axis=axes)
+                self._gradient("beta")[...] = dout.sum(axis=axes)
             return dout * (self.gamma.reshape(shape) * inv_std) if input_grad else None
         dx, dgamma, dbeta = F.batchnorm_backward(dout, cache, self._total_sum())
         if self.affine:
-            self.dgamma[...], self.dbeta[...] = dgamma, dbeta
+            self._gradient("gamma")[...], self._gradient("beta")[...] = dgamma, dbeta
         return dx if input_grad else None
 
     def _repr_args(self):
