@@ -13,6 +13,7 @@ import io
 import json
 import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 
@@ -215,7 +216,7 @@ def _pickled_npy() -> bytes:
     return buffer.getvalue()
 
 
-def picture_cases(tmp_folder) -> dict[str, "Path"]:
+def picture_cases(tmp_folder) -> dict[str, Path]:
     """Pictures (needs Pillow) a predict must refuse or read right, written to `tmp_folder`."""
     from PIL import Image
 
