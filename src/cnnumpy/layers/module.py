@@ -136,6 +136,15 @@ class Module:
         (live arrays: copy them to keep a snapshot)."""
         return {**self.parameters(), **self.buffers()}
 
+    def _gradient(self, key: str) -> np.ndarray:
+        """The array that backward writes parameter `key`'s gradient into: `d<key>`, made
+        again (zeros) when the parameter was replaced by one of another shape or dtype."""
+        param, grad = getattr(self, key), getattr(self, "d" + key, None)
+        if grad is None or grad.shape != param.shape or grad.dtype != param.dtype:
+            grad = np.zeros_like(param)
+            setattr(self, "d" + key, grad)
+        return grad
+
     def zero_grad(self) -> None:
         for grad in self.gradients().values():
             grad[...] = 0
@@ -299,15 +308,6 @@ class Layer(Module):
 
     def _forward(self, x):
         raise NotImplementedError
-
-    def _gradient(self, key: str) -> np.ndarray:
-        """The array that backward writes parameter `key`'s gradient into: `d<key>`, made
-        again (zeros) when the parameter was replaced by one of another shape or dtype."""
-        param, grad = getattr(self, key), getattr(self, "d" + key, None)
-        if grad is None or grad.shape != param.shape or grad.dtype != param.dtype:
-            grad = np.zeros_like(param)
-            setattr(self, "d" + key, grad)
-        return grad
 
     @staticmethod
     def _own_copy(x: np.ndarray) -> np.ndarray:
