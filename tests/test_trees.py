@@ -30,6 +30,17 @@ def warm_up(model, rng, batches=3, n=6):
 # ------------------------------------------------------------------ the tree and its state
 
 
+def test_a_sequential_s_layers_by_name_and_by_position():
+    conv, relu, pool = cn.Conv2D(1, 2, 3), cn.ReLU(), cn.MaxPool2D(2)
+    named = cn.Sequential({"conv": conv, "relu": relu, "pool": pool})
+    assert named["relu"] is relu and named[1] is relu and named[-1] is pool
+    assert named[np.int64(0)] is conv and cn.Sequential([conv, relu])["1"] is relu
+    with pytest.raises(IndexError, match=r"layer 3 of a Sequential of 3 layers"):
+        named[3]
+    with pytest.raises(KeyError, match=r"no layer named 'fc'; the layers are conv, relu, pool"):
+        named["fc"]
+
+
 def test_named_modules_parents_first_in_definition_order():
     model = cn.models.CifarResNet(depth=8, width=4, input_shape=(1, 8, 8), num_classes=3,
                                   rng=np.random.default_rng(0))

@@ -50,6 +50,7 @@ class Sequential(Module):
     Args:
         layers: a list of modules (named "0", "1", ...) or a dict of name -> module.
             The names make the parameter names: `{"conv1": Conv2D(...)}` owns `conv1.W`.
+            `model["conv1"]` is a layer by name, `model[0]` (or `model[-1]`) by position.
 
     Shape: whatever its layers make of it; `output_shape(input_shape)` folds their rules.
     """
@@ -79,8 +80,16 @@ class Sequential(Module):
                     order[i], order[i + 1] = order[i + 1], order[i]
         return order
 
-    def __getitem__(self, name: str) -> Module:
-        return self.layers[name]
+    def __getitem__(self, key: str | int) -> Module:
+        """The layer named `key`, or at position `key` (an int, negative from the end)."""
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            names = list(self.layers)
+            if not -len(names) <= key < len(names):
+                raise IndexError(f"layer {key} of a Sequential of {len(names)} layers")
+            return self.layers[names[key]]
+        if key not in self.layers:
+            raise KeyError(f"no layer named {key!r}; the layers are {', '.join(self.layers)}")
+        return self.layers[key]
 
     def __len__(self) -> int:
         return len(self.layers)
