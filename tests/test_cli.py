@@ -11,6 +11,7 @@ import pytest
 
 import cnnumpy as cn
 from cnnumpy.cli import main
+from cnnumpy.data import load_dataset
 from cnnumpy.data.idx import write_idx_split
 
 
@@ -52,7 +53,13 @@ def test_train_evaluate_predict(data_dir, tmp_path):
     assert checkpoint.metadata["class_names"][9] == "Ankle boot"
 
     metrics = json.loads(cnnumpy("evaluate", "run/last.npz", "--json", cwd=tmp_path).stdout)
-    assert metrics["count"] == 40 and 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
+    last = cn.load_checkpoint(tmp_path / "run" / "last.npz")
+    expected = cn.evaluate(last.build_model(), load_dataset("fashion-mnist", "test",
+                                                            data_dir=data_dir),
+                           (last.arrays["normalization/mean"], last.arrays["normalization/std"]))
+    assert metrics["count"] == expected["count"] == 40
+    assert metrics["accuracy"] == expected["accuracy"]
+    assert metrics["loss"] == pytest.approx(expected["loss"], rel=1e-6)
 
     rng = np.random.default_rng(1)
     np.save(tmp_path / "image.npy", rng.integers(0, 255, (8, 8), dtype=np.uint8))
