@@ -31,7 +31,7 @@ def test_catches_the_lessons_batch_division(rng):
     assert cn.gradient_check(layer, rng.random((2, 2, 5, 5)), tol=None) == pytest.approx(0.5)
 
 
-def test_catches_the_lessons_maxpool_tie_mask(rng):
+def test_maxpool_backward_routes_a_tied_window_to_one_input_not_to_all_as_the_lesson(rng):
     class TieMaskPool(cn.MaxPool2D):
         def _backward(self, dout, cache):  # every tie gets the gradient, as in the lesson
             x = self._x
