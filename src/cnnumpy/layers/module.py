@@ -106,17 +106,18 @@ class Module:
     def parameter_places(self) -> Iterator[tuple[str, "Module", str]]:
         """(dotted name, module, key) of every parameter, in the order of `parameters()`: the
         parameter is `getattr(module, key)`, its gradient `getattr(module, "d" + key)`."""
+        return self._places("param_names")
+
+    def _places(self, names: str) -> Iterator[tuple[str, "Module", str]]:
+        """(dotted name, module, key) of the `param_names` or `buffer_names` of every module."""
         for prefix, module in self.named_modules():
-            for key in module.param_names:
+            for key in getattr(module, names):
                 yield _join(prefix, key), module, key
 
     def _named(self, names: str, attribute_prefix: str = "") -> dict[str, np.ndarray]:
         """{dotted name: array} of the `param_names` or `buffer_names` of every module."""
-        return {
-            _join(prefix, key): getattr(module, attribute_prefix + key)
-            for prefix, module in self.named_modules()
-            for key in getattr(module, names)
-        }
+        return {name: getattr(module, attribute_prefix + key)
+                for name, module, key in self._places(names)}
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Every parameter array by dotted name (live: in-place updates change the model)."""
