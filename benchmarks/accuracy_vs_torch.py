@@ -3,6 +3,7 @@
     python benchmarks/accuracy_vs_torch.py [--model simplecnn|resnet20|...] [--epochs N]
                                            [--limit N] [--only cnnumpy|torch]
                                            [--init uniform|he] [--same-init]
+                                           [--state DIR]
 
 Both train --model (default SimpleCNN: conv 32, pool, conv 64, pool, fc 512, fc 10) on
 Fashion-MNIST with the recipe of `cnnumpy train --model NAME`: SGD with Nesterov momentum 0.9
@@ -17,11 +18,19 @@ loss, optimizer and schedule differ by framework. cnnumpy initialises with --ini
 uniform, as the recipe: PyTorch's own default distribution); PyTorch keeps its default
 initialisation unless --same-init copies cnnumpy's initial weights into it (with --init he,
 that measures the recipe from He's initialisation in both). PyTorch runs when importable
-(`pip install torch==2.13.0`). Prints one row per framework.
+(`pip install torch==2.13.0`). Prints one row per framework, and a line per PyTorch epoch.
+
+PyTorch's run can be spread over several sittings: with --state DIR it saves its model,
+optimizer, schedule, the batches' generator and its epoch times to DIR after every epoch
+(torch.save; read back with torch.load(weights_only=True), which loads tensors and plain
+values only), and the same command with the same DIR continues from the last saved epoch.
+(cnnumpy's own runs resume with `cnnumpy train --resume`.)
 """
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -71,9 +80,25 @@ def torch_run(torch, model, train, test, args):
     rng = np.random.default_rng(args.seed)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     seconds = []
-    for _ in range(args.epochs):
+    state = Path(args.state) if args.state else None
+    if state and (state / "progress.json").exists():
+        progress = json.loads((state / "progress.json").read_text())
+        if progress["settings"] != _settings(args):
+            raise SystemExit(f"{state} holds a run with other settings: {progress['settings']}")
+        saved = torch.load(state / "torch_state.pt", weights_only=True)
+        if saved["epoch"] != len(progress["seconds"]):
+            raise SystemExit(f"{state}: the saved tensors are of epoch {saved['epoch']}, the "
+                             f"progress file of epoch {len(progress['seconds'])}")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        rng.bit_generator.state = progress["rng"]
+        seconds = progress["seconds"]
+        print(f"PyTorch: resumed from {state} after epoch {len(seconds)}", flush=True)
+    for epoch in range(len(seconds) + 1, args.epochs + 1):
         start = time.perf_counter()
         model.train()
+        total_loss, steps = 0.0, 0
         for indices in iterate_batches(train, args.batch_size, rng):
             x = prepare_batch(train.images[indices], normalization, np.float32, rng=rng,
                               crop_padding=2, flip=True)
@@ -82,7 +107,12 @@ def torch_run(torch, model, train, test, args):
             loss.backward()
             optimizer.step()
             scheduler.step()
+            total_loss, steps = total_loss + loss.item(), steps + 1
         seconds.append(time.perf_counter() - start)
+        print(f"PyTorch epoch {epoch}/{args.epochs}: train loss {total_loss / steps:.4f}, "
+              f"{seconds[-1]:.0f} s", flush=True)
+        if state:
+            _save_state(torch, state, model, optimizer, scheduler, rng, seconds, args)
     model.eval()
     with torch.no_grad():
         predictions = np.concatenate([
@@ -90,6 +120,25 @@ def torch_run(torch, model, train, test, args):
                                                  np.float32))).argmax(dim=1).numpy()
             for start in range(0, len(test), 500)])
     return float(np.mean(predictions == test.labels)), float(np.mean(seconds))
+
+
+def _settings(args) -> dict:
+    """What a saved PyTorch run must share with the command that continues it."""
+    keys = ("model", "epochs", "limit", "batch_size", "lr", "label_smoothing", "seed", "init",
+            "same_init")
+    return {key: getattr(args, key) for key in keys}
+
+
+def _save_state(torch, state, model, optimizer, scheduler, rng, seconds, args) -> None:
+    """The run after an epoch, written beside the old state and then renamed over it (the
+    progress file last: it names the epoch the tensors belong to)."""
+    state.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": len(seconds), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict()}, state / "torch_state.pt.new")
+    (state / "torch_state.pt.new").replace(state / "torch_state.pt")
+    progress = {"settings": _settings(args), "rng": rng.bit_generator.state, "seconds": seconds}
+    (state / "progress.json.new").write_text(json.dumps(progress))
+    (state / "progress.json.new").replace(state / "progress.json")
 
 
 def main() -> None:
@@ -110,6 +159,8 @@ def main() -> None:
     parser.add_argument("--same-init", action="store_true",
                         help="start PyTorch from cnnumpy's initial weights")
     parser.add_argument("--progress", action="store_true", help="cnnumpy's progress bar")
+    parser.add_argument("--state", help="PyTorch: save each epoch to this folder and continue "
+                                        "from what it holds")
     args = parser.parse_args()
     recipe = {**RECIPE, "lr": 0.05, **MODEL_RECIPES[args.model]}
     for key in ("epochs", "lr", "label_smoothing"):
