@@ -33,7 +33,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cnnumpy as cn  # noqa: E402
-from cnnumpy.functional.conv import (_weight_matrix, columns_channels_last,  # noqa: E402
+from cnnumpy.functional.conv import (_weight_matrix, use_channels_last_columns,  # noqa: E402
                                      conv2d_forward, im2col)
 from cnnumpy.functional.windowing import pad2d, pair, to_nchw  # noqa: E402
 
@@ -95,7 +95,7 @@ def main() -> None:
             rng.standard_normal((n, h, w, c), dtype=np.float32)))  # channels-last memory
         c_out, _, kh, kw = layer.W.shape
         (_, pw), (_, sw) = pair(layer.padding), pair(layer.stride)
-        channels_last = columns_channels_last(c, kw, (w + 2 * pw - kw) // sw + 1)
+        channels_last = use_channels_last_columns(c, kw, (w + 2 * pw - kw) // sw + 1)
         x_pad = pad2d(x, layer.padding, channels_last)
         cols = np.ascontiguousarray(im2col(x_pad, (kh, kw), layer.stride, channels_last))
         w_mat = np.concatenate([_weight_matrix(layer.W, channels_last),

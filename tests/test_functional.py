@@ -45,8 +45,8 @@ def test_both_conv_layouts_keep_float32(channels_last, rng):
 
 
 def test_conv_layout_choice_follows_run_length():
-    assert F.columns_channels_last(c_in=32, kw=3, w_out=16)  # runs of 96 values vs 16
-    assert not F.columns_channels_last(c_in=3, kw=3, w_out=32)  # first layer: runs of 9 vs 32
+    assert F.use_channels_last_columns(c_in=32, kw=3, w_out=16)  # runs of 96 values vs 16
+    assert not F.use_channels_last_columns(c_in=3, kw=3, w_out=32)  # first layer: runs of 9 vs 32
 
 
 def channels_last_memory(x):
@@ -101,13 +101,13 @@ def test_channels_last_windows_are_the_nchw_windows_transposed(kernel, stride, h
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("kernel, stride, hw", WINDOW_CASES)
-def test_windows_backward_is_the_adjoint_of_windows(kernel, stride, hw, channels_last, rng):
-    """<windows(x), g> = <x, windows_backward(g)> for every x and g."""
+def test_col2im_is_the_adjoint_of_windows(kernel, stride, hw, channels_last, rng):
+    """<windows(x), g> = <x, col2im(g)> for every x and g."""
     shape = (2, *hw, 3) if channels_last else (2, 3, *hw)
     x = rng.standard_normal(shape)
     win = F.windows(x, kernel, stride, channels_last)
     g = rng.standard_normal(win.shape)
-    dx = F.windows_backward(g, shape, stride, channels_last)
+    dx = F.col2im(g, shape, stride, channels_last)
     assert dx.shape == shape
     np.testing.assert_allclose(np.sum(win * g), np.sum(x * dx), rtol=1e-12)
 

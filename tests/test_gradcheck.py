@@ -37,7 +37,7 @@ def test_maxpool_backward_routes_a_tied_window_to_one_input_not_to_all_as_the_le
             x = self._x
             win = cn.functional.windows(x, self.pool_size, self.stride)
             mask = win == win.max(axis=(-2, -1), keepdims=True)
-            return cn.functional.windows_backward(mask * dout[..., None, None], x.shape, self.stride)
+            return cn.functional.col2im(mask * dout[..., None, None], x.shape, self.stride)
 
         def _forward(self, x):
             self._x = x

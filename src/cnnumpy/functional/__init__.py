@@ -26,22 +26,22 @@ asking the operating system for new pages at every step.
 
 One windowing pair serves convolution and pooling:
 `windows` is a strided view of every kH x kW window of an image (NCHW or channels-last), and
-`windows_backward` is its adjoint: it adds each window's gradient back onto the pixels the
-window was read from.
+`col2im` is its adjoint: it adds each window's gradient back onto the pixels the window was
+read from (`col2im_by_offset` takes the window gradients one kernel offset at a time).
 
 Modules, one family each: `windowing` (layout, padding, windows and their adjoint, shared by
 convolution and pooling), `conv`, `pooling`, `normalization`, `linear` (ReLU, dropout,
 flatten, fully connected).
 """
 
-from .windowing import (batch_blocks, pad2d, pair, to_channels_last, to_nchw, unpad2d, windows,
-                        windows_adjoint, windows_backward)
-from .conv import (COLUMNS_BYTES, columns_channels_last, conv2d_backward, conv2d_forward, im2col,
-                   image_chunks)
+from .windowing import (batch_blocks, col2im, col2im_by_offset, pad2d, pair, to_channels_last,
+                        to_nchw, unpad2d, windows)
+from .conv import (COLUMNS_BYTES, conv2d_backward, conv2d_forward, im2col, image_chunks,
+                   use_channels_last_columns)
 from .pooling import (POOL_BLOCK_BYTES, adaptive_avgpool2d_backward, adaptive_avgpool2d_forward,
                       adaptive_bounds, avgpool2d_backward, avgpool2d_forward, maxpool2d,
                       maxpool2d_backward, maxpool2d_forward)
 from .normalization import batchnorm_backward, batchnorm_forward, batchnorm_infer
 from .linear import (dropout_backward, dropout_forward, dropout_mask, flatten_backward,
-                     flatten_forward, linear_backward, linear_forward, matmul_long_rows, relu,
-                     relu_backward, relu_forward)
+                     flatten_forward, linear_backward, linear_forward, matmul_wide_via_transpose,
+                     relu, relu_backward, relu_forward)

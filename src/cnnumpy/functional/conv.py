@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import workspace
-from .windowing import (batch_blocks, pad2d, pair, to_channels_last, to_nchw, unpad2d, windows,
-                        windows_backward)
+from .windowing import (batch_blocks, col2im, pad2d, pair, to_channels_last, to_nchw, unpad2d,
+                        windows)
 
 
-def columns_channels_last(c_in: int, kw: int, w_out: int) -> bool:
+def use_channels_last_columns(c_in: int, kw: int, w_out: int) -> bool:
     """The column layout a convolution uses: True for channels-last, False for NCHW.
 
     The im2col copy moves contiguous runs: channels-last, a kernel row of kW*C_in values;
@@ -73,7 +73,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     a (C_out, K) matrix with b appended as a last column, out = cols · w_matᵀ: rows (n, i, j),
     i.e. the output directly in channels-last memory (computed for `image_chunks` of the
     batch in turn). `channels_last` chooses the column layout (None: by
-    `columns_channels_last`). The cache keeps the padded input, not the columns (C_in*kH*kW
+    `use_channels_last_columns`). The cache keeps the padded input, not the columns (C_in*kH*kW
     times larger); backward copies the columns again.
     """
     c_out, c_in, kh, kw = w.shape
@@ -81,7 +81,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
         b = np.zeros(c_out, dtype=w.dtype)
     if channels_last is None:
         (_, pw), (_, sw) = pair(padding), pair(stride)
-        channels_last = columns_channels_last(c_in, kw, (x.shape[3] + 2 * pw - kw) // sw + 1)
+        channels_last = use_channels_last_columns(c_in, kw, (x.shape[3] + 2 * pw - kw) // sw + 1)
     x_pad = pad2d(x, padding, channels_last)
     axis = 1 if channels_last else 2
     h_out, w_out = windows(x_pad, (kh, kw), stride, channels_last).shape[axis : axis + 2]
@@ -125,7 +125,7 @@ def conv2d_backward(dout, cache, input_grad=True):
     With dout_rows the (N*H_out*W_out, C_out) matrix of dout (channels-last memory):
     [dw_mat | db]ᵀ = colsᵀ · dout_rows (the ones column of cols sums dout into db), and
     dx = col2im(dout_rows · w_mat): the column gradient is summed back onto the padded input
-    by `windows_backward`. Chunk by chunk of images, as the forward pass; within a chunk the
+    (`col2im`). Chunk by chunk of images, as the forward pass; within a chunk the
     columns are let go before the column gradient is made (which then takes their memory, see
     `cnnumpy.workspace`). colsᵀ · dout_rows rather than dout_rowsᵀ · cols: with the NCHW
     columns of a first layer (colsᵀ contiguous) OpenBLAS ran it 1.4 times faster.
@@ -164,7 +164,7 @@ def conv2d_backward(dout, cache, input_grad=True):
             dcols_t = workspace.empty((w_mat.shape[1], len(dout_rows)), dout.dtype)
             np.matmul(w_mat.T, dout_rows.T, out=dcols_t)  # (C_in*kH*kW, rows)
             dwin = dcols_t.reshape(c_in, kh, kw, -1, h_out, w_out).transpose(3, 0, 4, 5, 1, 2)
-        windows_backward(dwin, dx_pad[chunk].shape, stride, channels_last, out=dx_pad[chunk])
+        col2im(dwin, dx_pad[chunk].shape, stride, channels_last, out=dx_pad[chunk])
         return grad
 
     chunks = image_chunks(x_pad, (kh, kw), stride, channels_last)

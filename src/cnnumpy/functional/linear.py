@@ -7,7 +7,7 @@ import numpy as np
 from .. import workspace
 
 
-def matmul_long_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def matmul_wide_via_transpose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a · b, computed as (bᵀ · aᵀ)ᵀ (an F-ordered result) when the output is wider than tall.
 
     Threaded OpenBLAS can be many times slower on a short, wide output (e.g. a batch of 64
@@ -46,7 +46,7 @@ def flatten_backward(dout, x_shape):
 
 def linear_forward(x, w, b):
     """x · wᵀ + b: x (N, in), w (out, in), b (out,) -> (N, out)."""
-    out = matmul_long_rows(x, w.T)
+    out = matmul_wide_via_transpose(x, w.T)
     out += b
     return out, (x, w)
 
@@ -58,7 +58,7 @@ def linear_backward(dout, cache, input_grad=True, out=None):
     arrays to write the two gradients into (returned), instead of new arrays.
     """
     x, w = cache
-    dx = matmul_long_rows(dout, w) if input_grad else None
+    dx = matmul_wide_via_transpose(dout, w) if input_grad else None
     dw, db = (None, None) if out is None else out
     return dx, np.matmul(dout.T, x, out=dw), np.sum(dout, axis=0, out=db)
 

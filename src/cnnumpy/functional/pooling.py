@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import workspace
-from .windowing import (batch_blocks, pad2d, pair, to_channels_last, to_nchw, unpad2d, windows,
-                        windows_adjoint)
+from .windowing import (batch_blocks, col2im_by_offset, pad2d, pair, to_channels_last, to_nchw,
+                        unpad2d, windows)
 
 
 
@@ -40,23 +40,23 @@ def maxpool2d_forward(x, pool, stride, padding=0):
     window's maximum is always one of its pixels (PyTorch requires padding <= kernel / 2).
     """
     x_pad = _padded(x, padding, -np.inf)
-    out, first = _max_scan(x_pad, pool, stride, offsets=True)
-    return to_nchw(out), (first, x_pad.shape, pair(pool), stride, pair(padding))
+    out, max_offset = _max_scan(x_pad, pool, stride, offsets=True)
+    return to_nchw(out), (max_offset, x_pad.shape, pair(pool), stride, pair(padding))
 
 
 def _max_scan(x, pool, stride, offsets: bool):
-    """(out, first): the running maximum (N, H_out, W_out, C) and, if `offsets`, the offset
+    """(out, max_offset): the running maximum (N, H_out, W_out, C) and, if `offsets`, the offset
     of each window's first maximum (else None), in blocks of `POOL_BLOCK_BYTES` of images."""
     kh, kw = pair(pool)
     win = windows(x.transpose(0, 2, 3, 1), pool, stride, channels_last=True)
     out = workspace.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, H_out, W_out, C)
-    first = workspace.empty(out.shape, np.min_scalar_type(kh * kw - 1)) if offsets else None
+    max_offset = workspace.empty(out.shape, np.min_scalar_type(kh * kw - 1)) if offsets else None
 
     def scan(images: slice) -> None:
         best = out[images]
         best[...] = win[images, :, :, 0, 0, :]
         if offsets:
-            best_offset = first[images]
+            best_offset = max_offset[images]
             best_offset[...] = 0
             greater = np.empty(best.shape, dtype=bool)
             k_where_greater = np.empty_like(best_offset)
@@ -70,25 +70,25 @@ def _max_scan(x, pool, stride, offsets: bool):
 
     for images in batch_blocks(len(x), x[0].nbytes, POOL_BLOCK_BYTES):
         scan(images)
-    return out, first
+    return out, max_offset
 
 
 def maxpool2d_backward(dout, cache):
     """Route each window's gradient to its (first) maximum; overlapping windows accumulate."""
-    first, (n, c, h, w), (kh, kw), stride, padding = cache
+    max_offset, (n, c, h, w), (kh, kw), stride, padding = cache
     dout = to_channels_last(dout)  # (N, H_out, W_out, C), read once per kernel offset
     dx = workspace.empty((n, h, w, c), dout.dtype)
 
-    def route(images: slice) -> None:
+    def route_block(images: slice) -> None:
         """dx of a block of images: at each kernel offset, the gradient of the windows whose
         first maximum lies there."""
         def offset_gradient(m, q, out=None):
-            return np.multiply(dout[images], first[images] == m * kw + q, out=out)
+            return np.multiply(dout[images], max_offset[images] == m * kw + q, out=out)
 
-        windows_adjoint(offset_gradient, dx[images], (kh, kw), stride, channels_last=True)
+        col2im_by_offset(offset_gradient, dx[images], (kh, kw), stride, channels_last=True)
 
     for images in batch_blocks(n, dx[0].nbytes, POOL_BLOCK_BYTES):
-        route(images)
+        route_block(images)
     return to_nchw(unpad2d(dx, padding, channels_last=True))
 
 
@@ -108,7 +108,7 @@ def avgpool2d_backward(dout, cache):
     dout = dout.transpose(0, 2, 3, 1)  # (N, H_out, W_out, C)
     share = dout.dtype.type(1 / (kh * kw))
     dx = workspace.empty((n, h, w, c), dout.dtype)
-    windows_adjoint(lambda m, q, out=None: np.multiply(dout, share, out=out), dx, (kh, kw),
+    col2im_by_offset(lambda m, q, out=None: np.multiply(dout, share, out=out), dx, (kh, kw),
                     stride, channels_last=True)
     return to_nchw(unpad2d(dx, padding, channels_last=True))
 

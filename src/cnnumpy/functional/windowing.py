@@ -1,6 +1,6 @@
 """Layout and windowing shared by convolution and pooling: NCHW views of channels-last
 memory, zero padding, the strided view of every window (`windows`, im2col's source) and its
-adjoint (`windows_backward`, col2im: each window's gradient added back onto its pixels)."""
+adjoint (`col2im`, col2im: each window's gradient added back onto its pixels)."""
 
 from __future__ import annotations
 
@@ -107,15 +107,15 @@ def windows(x: np.ndarray, kernel, stride, channels_last: bool = False,
     )
 
 
-def windows_backward(dwin: np.ndarray, x_shape, stride, channels_last: bool = False,
+def col2im(dwin: np.ndarray, x_shape, stride, channels_last: bool = False,
                      out: np.ndarray | None = None) -> np.ndarray:
-    """Adjoint of `windows`: sum window gradients back onto the image.
+    """col2im, the adjoint of `windows`: sum window gradients back onto the image.
 
     dwin: the shape `windows` gives for an input of `x_shape` -> dx: `x_shape`, where
     `dx[n, c, i*sH + m, j*sW + q] += dwin[n, c, i, j, m, q]` (NCHW; likewise channels-last).
     `out`: an array of `x_shape` to write dx into (its contents are replaced), or None.
 
-    NCHW, one strided addition per kernel offset (`windows_adjoint`), in runs of W_out values.
+    NCHW, one strided addition per kernel offset (`col2im_by_offset`), in runs of W_out values.
     Channels-last, one addition per class of windows that share no pixel: windows (i, j) and
     (i', j') with i ≡ i' (mod ⌈kH/sH⌉) and j ≡ j' (mod ⌈kW/sW⌉) are disjoint, so a class adds
     whole windows at once, in runs of kW*C values (kH*kW additions for stride 1, as many as
@@ -126,7 +126,7 @@ def windows_backward(dwin: np.ndarray, x_shape, stride, channels_last: bool = Fa
     kernel = dwin.shape[axis + 2 : axis + 4]
     dx = workspace.empty(x_shape, dwin.dtype) if out is None else out
     if not channels_last:
-        windows_adjoint(lambda m, q, out=None: _into(dwin[lead + (m, q)], out), dx, kernel,
+        col2im_by_offset(lambda m, q, out=None: _copied_into(dwin[lead + (m, q)], out), dx, kernel,
                         stride)
         return dx
     (kh, kw), (sh, sw) = kernel, pair(stride)
@@ -142,9 +142,9 @@ def windows_backward(dwin: np.ndarray, x_shape, stride, channels_last: bool = Fa
     return dx
 
 
-def windows_adjoint(offset_gradient, dx: np.ndarray, kernel, stride,
+def col2im_by_offset(offset_gradient, dx: np.ndarray, kernel, stride,
                     channels_last: bool = False) -> None:
-    """`windows_backward` with the window gradients given one kernel offset at a time.
+    """`col2im` with the window gradients given one kernel offset at a time.
 
     `offset_gradient(m, q, out=None)` returns the gradient of every window at its offset
     (m, q), shaped like `windows(x)[..., m, q, ...]` (or broadcasting to it): (N, C, H_out,
@@ -167,7 +167,7 @@ def windows_adjoint(offset_gradient, dx: np.ndarray, kernel, stride,
                 target += offset_gradient(m, q)
 
 
-def _into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+def _copied_into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     """`values`, or `out` with values copied into it (an `offset_gradient` of values at hand)."""
     if out is None:
         return values
