@@ -1,6 +1,6 @@
 """The explorer's endpoints through Flask's test client, on a checkpoint of `cnnumpy train`
 (the `explore_run` fixture) and on a ResNet-20 with its branches; every answer is checked
-against cnnumpy's own functions (predict_proba, trace, shapes, plots, summary)."""
+against cnnumpy's own functions (predict_proba, trace, shapes, insight, summary)."""
 
 import http.client
 import io
@@ -18,7 +18,7 @@ pytest.importorskip("flask", reason="the explorer needs Flask (the extra web)")
 from PIL import Image  # noqa: E402
 
 import cnnumpy as cn  # noqa: E402
-from cnnumpy import explore, plots, trace  # noqa: E402
+from cnnumpy import explore, insight, trace  # noqa: E402
 from cnnumpy.cli import build_parser, explorer_for  # noqa: E402
 from cnnumpy.data import load_dataset, normalize  # noqa: E402
 from cnnumpy.shapes import traced_fields  # noqa: E402
@@ -154,7 +154,7 @@ def test_an_image_its_prediction_view_and_feature_maps(session, explore_run):
 
     image = normalize(test.images[5:6], *normalization)
     view = png_pixels(client.get("/api/images/test-5/input.png"))
-    np.testing.assert_allclose(view / 255, plots.rescale(image[0, 0]), atol=0.5 / 255 + 1e-9)
+    np.testing.assert_allclose(view / 255, insight.rescale(image[0, 0]), atol=0.5 / 255 + 1e-9)
 
     recorded = trace.record(checkpoint.build_model(), image.astype(np.float32))
     parts = mosaics(client, "test-5")
@@ -167,7 +167,7 @@ def test_an_image_its_prediction_view_and_feature_maps(session, explore_run):
     row, column = divmod(19, 16)                            # map 19: row 1, column 3 of tiles
     tile = mosaic[row * 15: row * 15 + 14, column * 15: column * 15 + 14, 0]
     # 255 grey levels (0-254 of the palette, shown as 0-255): two roundings of half a level
-    np.testing.assert_allclose(tile / 255, plots.rescale(out[19]), atol=1 / 254 + 1e-6)
+    np.testing.assert_allclose(tile / 255, insight.rescale(out[19]), atol=1 / 254 + 1e-6)
     assert tile.min() == 0 and tile.max() == 255   # each map rescaled to the whole range
     assert (mosaic[14, :, :] == explore.GAP_COLOR).all()    # the gap under the first row
 
@@ -215,7 +215,7 @@ def test_an_onnx_file_is_explored_as_its_checkpoint(session, explore_run, tmp_pa
 def test_a_unit_its_field_and_its_input_gradient(session):
     explorer, client, _ = session
     answer = client.get("/api/images/test-2/unit?layer=conv2&channel=3&row=2&column=4").json
-    top, left, height, width = plots.receptive_field_box(explorer.model, "conv2", (2, 4))
+    top, left, height, width = insight.receptive_field_box(explorer.model, "conv2", (2, 4))
     assert answer["field"] == {"top": top, "left": left, "height": height, "width": width}
     assert answer["field"] == {"top": 1, "left": 5, "height": 8, "width": 8}
     assert answer["box"] == answer["field"] and answer["clipped"] is False
@@ -226,7 +226,7 @@ def test_a_unit_its_field_and_its_input_gradient(session):
 
     heat = png_pixels(client.get("/api/images/test-2/unit.png?layer=conv2&channel=3&row=2"
                                  "&column=4"))
-    gradient = plots.unit_gradient(explorer.model, explorer.view("test-2").image, "conv2",
+    gradient = insight.unit_gradient(explorer.model, explorer.view("test-2").image, "conv2",
                                    (2, 4), channel=3)
     np.testing.assert_array_equal(heat, explore.heat(np.abs(gradient[0])))
     assert heat.std() > 0 and not heat[~_inside(1, 5, 8, 8)].any()   # black outside the field
@@ -242,7 +242,7 @@ def test_saliency_of_any_class(session):
     explorer, client, _ = session
     for target in (0, 7):
         heat = png_pixels(client.get(f"/api/images/test-1/saliency.png?class={target}"))
-        gradient, _ = plots.saliency(explorer.model, explorer.view("test-1").image, target)
+        gradient, _ = insight.saliency(explorer.model, explorer.view("test-1").image, target)
         np.testing.assert_array_equal(heat, explore.heat(gradient))
         assert heat.std() > 0
     default = png_pixels(client.get("/api/images/test-1/saliency.png"))
@@ -321,7 +321,7 @@ def test_the_resnet_blocks_of_a_branched_model(explore_run):
     channel, row, column = np.unravel_index(maps[:, 3:, 3:].argmax(), maps[:, 3:, 3:].shape)
     unit = f"layer=layer2.0&channel={channel}&row={row + 3}&column={column + 3}"
     answer = client.get(f"/api/images/test-0/unit?{unit}").json
-    top, left, size, _ = plots.receptive_field_box(model, "layer2.0", (row + 3, column + 3))
+    top, left, size, _ = insight.receptive_field_box(model, "layer2.0", (row + 3, column + 3))
     assert answer["field"] == {"top": top, "left": left, "height": size, "width": size}
     heat = png_pixels(client.get(f"/api/images/test-0/unit.png?{unit}"))
     assert heat[..., 0].any() and not heat[~_inside(top, left, size, size)].any()
@@ -358,7 +358,7 @@ def test_a_view_keeps_only_the_maps_shown(explore_run):
     np.testing.assert_array_equal(maps["pool"], out.call("pool").output[0, :64])
     heat = png_pixels(client.get("/api/images/test-4/unit.png?layer=conv&channel=80&row=9"
                                  "&column=9"))
-    gradient = plots.unit_gradient(wide(), explorer.view("test-4").image, "conv", (9, 9), 80)
+    gradient = insight.unit_gradient(wide(), explorer.view("test-4").image, "conv", (9, 9), 80)
     np.testing.assert_array_equal(heat, explore.heat(np.abs(gradient).max(axis=0)))
     assert heat.std() > 0 and not heat[~_inside(8, 8, 3, 3)].any()
 

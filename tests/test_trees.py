@@ -11,7 +11,7 @@ import pytest
 
 import cnnumpy as cn
 from architectures import conv64
-from cnnumpy import parallel
+from cnnumpy import insight, parallel
 from cnnumpy.shapes import Field, traced_fields
 from cnnumpy.summary import summarize
 
@@ -244,24 +244,22 @@ def support_box(gradient) -> tuple[int, int, int, int]:
 @pytest.mark.parametrize("unit, expected", [((5, 6), (2, 3, 7, 7)), ((0, 11), (-3, 8, 7, 7))])
 def test_unit_gradient_fills_the_receptive_field_box_of_a_linear_branched_net(unit, expected,
                                                                              rng):
-    plots = pytest.importorskip("cnnumpy.plots")
     model = linear_branched_net()
     image = rng.standard_normal((1, 12, 12))
-    box = plots.receptive_field_box(model, "block", unit, (1, 12, 12))
+    box = insight.receptive_field_box(model, "block", unit, (1, 12, 12))
     assert box == expected
     top, left, height, width = box
     inside = (max(top, 0), max(left, 0), min(top + height, 12) - max(top, 0),
               min(left + width, 12) - max(left, 0))  # the box, clipped to the image
-    assert support_box(plots.unit_gradient(model, image, "block", unit)) == inside
+    assert support_box(insight.unit_gradient(model, image, "block", unit)) == inside
 
 
 def test_unit_gradient_of_a_resnet_block_lies_within_its_box(rng):
-    plots = pytest.importorskip("cnnumpy.plots")
     model = small_resnet(input_shape=(1, 16, 16))
     warm_up(model, rng)
     image = rng.standard_normal((1, 16, 16))
-    top, left, height, width = plots.receptive_field_box(model, "layer2.0", (2, 3))
-    gradient = plots.unit_gradient(model, image, "layer2.0", (2, 3))
+    top, left, height, width = insight.receptive_field_box(model, "layer2.0", (2, 3))
+    gradient = insight.unit_gradient(model, image, "layer2.0", (2, 3))
     rows, cols = np.nonzero(np.abs(gradient).sum(axis=0))
     assert rows.size and cols.size
     assert top <= rows.min() and rows.max() < top + height

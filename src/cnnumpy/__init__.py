@@ -19,6 +19,7 @@ from .schedules import Constant, OneCycle, Schedule, StepDecay, WarmupCosine, bu
 from .registry import build_model, register_model
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .train import History, evaluate, fit, predict_proba
+from . import insight
 from .parallel import BatchParallel
 from . import interop
 
@@ -32,6 +33,6 @@ __all__ = [
     "AdaptiveAvgPool2D", "Add", "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dropout",
     "Field", "Flatten", "GlobalAvgPool2D", "GradientCheckError", "Layer", "Linear",
     "MaxPool2D", "Module", "ReLU", "Residual", "Sequential", "SimpleCNN", "conv_output_size", "distributed",
-    "functional", "interop", "models", "summary", "trace", "workspace",
+    "functional", "insight", "interop", "models", "summary", "trace", "workspace",
     "gradient_check", "receptive_field", "receptive_fields", "__version__",
 ]

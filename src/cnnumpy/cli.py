@@ -32,7 +32,7 @@ import numpy as np
 from . import __version__
 from .checkpoint import METADATA_KEY, load_checkpoint, save_checkpoint
 from . import interop
-from . import plots
+from . import insight, plots
 from .data import DATASETS, load_dataset, normalize, num_batches, train_val_split
 from .data.images import load_images
 from .distributed import AllRanksError, Group, Solo
@@ -551,7 +551,7 @@ def _one_image(checkpoint, args) -> np.ndarray:
 
 
 def _plot_curves(args) -> Path:
-    return plots.learning_curves(plots.read_metrics(args.run_dir), args.out)
+    return plots.learning_curves(insight.read_metrics(args.run_dir), args.out)
 
 
 def _plot_filters(args) -> Path:

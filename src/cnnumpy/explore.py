@@ -5,7 +5,7 @@
 
 The page (`explore_static/`: HTML, CSS and JavaScript modules, no build step, nothing from the
 internet) asks the endpoints below; the model runs in this process with cnnumpy's own forward
-and backward, through `cnnumpy.plots` (unit gradients, receptive-field boxes, saliency),
+and backward, through `cnnumpy.insight` (unit gradients, receptive-field boxes, saliency),
 `cnnumpy.summary` and `cnnumpy.shapes`. Images travel as PNG, numbers as JSON. The server is
 Flask (the `web` extra), imported only here, so the rest of cnnumpy stays NumPy-only.
 
@@ -60,7 +60,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import plots, trace
+from . import insight, trace
 from .data.images import decode_picture, to_model_input
 from .losses import softmax
 from .models.containers import Residual
@@ -312,7 +312,7 @@ class Explorer:
     def confusion(self) -> dict:
         """The confusion matrix of the test set (rows: true classes) and the accuracy."""
         predicted = self.test_probabilities().argmax(axis=1)
-        counts = plots.confusion_matrix(self.test.labels, predicted, len(self.class_names))
+        counts = insight.confusion_matrix(self.test.labels, predicted, len(self.class_names))
         return {"classes": self.class_names, "counts": counts.tolist(),
                 "accuracy": float(np.trace(counts) / max(counts.sum(), 1))}
 
@@ -409,7 +409,7 @@ class Explorer:
     def field(self, name, channel: int, row: int, column: int) -> dict:
         """The unit's receptive field in input pixels, and the part of it inside the image."""
         layer, unit = self.unit(name, channel, row, column)
-        # the traced fields of the model (`plots.receptive_field_box` without its pass)
+        # the traced fields of the model (`insight.receptive_field_box` without its pass)
         top, left, height, width = field_box(layer.field, unit)
         _, rows, columns = self.input_shape
         inside_top, inside_left = max(top, 0), max(left, 0)
@@ -425,7 +425,7 @@ class Explorer:
         _, unit = self.unit(name, channel, row, column)
         image = self.view(image_id).image
         with self.running():
-            gradient = plots.unit_gradient(self.model, image, name, unit, channel)
+            gradient = insight.unit_gradient(self.model, image, name, unit, channel)
         return np.abs(gradient).max(axis=0)
 
     def saliency(self, image_id: str, target: int) -> np.ndarray:
@@ -435,7 +435,7 @@ class Explorer:
                                     f"got {target}")
         image = self.view(image_id).image
         with self.running():
-            return plots.saliency(self.model, image, target)[0]
+            return insight.saliency(self.model, image, target)[0]
 
     # ----------------------------------------------------------------- the run
 
@@ -456,7 +456,7 @@ class Explorer:
         if self.run_dir is None:
             raise RequestError(404, "no run folder: the learning curves need metrics.jsonl")
         try:
-            return plots.read_metrics(self.run_dir)
+            return insight.read_metrics(self.run_dir)
         except FileNotFoundError as err:
             raise RequestError(404, str(err)) from None
         except ValueError as err:
@@ -500,24 +500,24 @@ def png(pixels: np.ndarray, palette: np.ndarray | None = None) -> bytes:
 
 def picture(image: np.ndarray) -> np.ndarray:
     """(C, H, W) -> (H, W) or (H, W, 3) uint8: pixels as they are, floats rescaled."""
-    shown = image if image.dtype == np.uint8 else np.rint(plots.rescale(image) * 255).astype(
+    shown = image if image.dtype == np.uint8 else np.rint(insight.rescale(image) * 255).astype(
         np.uint8)
     return shown[0] if shown.shape[0] == 1 else shown.transpose(1, 2, 0)
 
 
 def heat(values: np.ndarray) -> np.ndarray:
     """(H, W) >= 0 -> (H, W, 3) uint8, black through red and yellow to white (as "hot")."""
-    v = plots.rescale(values) if values.max() > 0 else np.zeros(values.shape)
+    v = insight.rescale(values) if values.max() > 0 else np.zeros(values.shape)
     return np.rint(np.clip(np.stack([3 * v, 3 * v - 1, 3 * v - 2], axis=-1), 0, 1) * 255) \
         .astype(np.uint8)
 
 
 def maps_indices(maps: np.ndarray) -> np.ndarray:
     """A layer's output (C, h, w) as one image of MAPS_PALETTE indices: its first MAX_MAPS
-    maps, MAP_COLUMNS a row, each rescaled on its own (`plots.mosaic`) to the grey levels
+    maps, MAP_COLUMNS a row, each rescaled on its own (`insight.mosaic`) to the grey levels
     0-254, the gaps GAP_INDEX."""
     shown = maps[:MAX_MAPS]
-    grid = plots.mosaic(shown, min(len(shown), MAP_COLUMNS), gap=MAP_GAP)  # NaN in the gaps
+    grid = insight.mosaic(shown, min(len(shown), MAP_COLUMNS), gap=MAP_GAP)  # NaN in the gaps
     indices = np.rint(np.nan_to_num(grid) * (GAP_INDEX - 1)).astype(np.uint8)
     indices[np.isnan(grid)] = GAP_INDEX
     return indices

@@ -1,5 +1,9 @@
 """Figures of what a network learned, written as PNG files (needs the `plot` extra: matplotlib).
 
+This module only draws: the numbers it shows (unit gradients, receptive-field boxes,
+saliency, confusion counts, the mistakes picked) come from `cnnumpy.insight`, which needs
+only NumPy and which the explorer (`cnnumpy explore`) shares.
+
 Every function takes arrays and models (no file names of data sets: the caller loads data),
 draws one figure, writes it to `path` as a PNG of `figsize` inches at `dpi` dots per inch
 (so `figsize[0]·dpi` x `figsize[1]·dpi` pixels) and returns the path:
@@ -24,7 +28,6 @@ pyplot: no window opens and the process's matplotlib backend is left alone.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -32,9 +35,10 @@ from typing import Sequence
 import numpy as np
 
 from . import trace
+from .insight import (_batch_of_one, _check_image, _image_call, confident_mistake_indices,
+                      confusion_matrix, mosaic, receptive_field_box, rescale, saliency,
+                      unit_gradient)
 from .layers import Conv2D
-from .shapes import field_box, traced_fields
-from .train import METRICS_FILE
 
 DEFAULT_DPI = 100
 
@@ -77,24 +81,6 @@ def _hide_ticks(ax) -> None:
 # --------------------------------------------------------------------------- images
 
 
-def _check_image(image, what: str = "image") -> np.ndarray:
-    """A single (C, H, W) image with C in {1, 3}; ValueError/TypeError otherwise."""
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{what} must be a NumPy array (C, H, W), got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"{what} must have shape (C, H, W) with C = 1 or 3, got {image.shape}")
-    return image
-
-
-def rescale(array: np.ndarray) -> np.ndarray:
-    """Map the values of `array` linearly onto [0, 1] (a constant array becomes 0.5)."""
-    array = np.asarray(array, dtype=np.float64)
-    low, high = array.min(), array.max()
-    if high == low:
-        return np.full(array.shape, 0.5)
-    return (array - low) / (high - low)
-
-
 def _displayable(image: np.ndarray) -> np.ndarray:
     """(C, H, W) -> (H, W) for one channel or (H, W, 3) for three, with values in [0, 1].
 
@@ -114,23 +100,6 @@ def _show(ax, image: np.ndarray, title: str | None = None) -> None:
         ax.set_title(title, fontsize=8)
 
 
-def mosaic(tiles: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
-    """Tiles (N, h, w[, 3]) in a grid of `columns`, each rescaled to [0, 1] as `rescale` does,
-    NaN in the gaps."""
-    count, h, w = tiles.shape[:3]
-    rows = math.ceil(count / columns)
-    tiles = np.asarray(tiles, dtype=np.float64)
-    each = tuple(range(1, tiles.ndim))
-    low, high = tiles.min(axis=each, keepdims=True), tiles.max(axis=each, keepdims=True)
-    span = high - low
-    scaled = np.where(span > 0, (tiles - low) / np.where(span > 0, span, 1.0), 0.5)
-    cells = np.full((rows * columns, h + gap, w + gap, *tiles.shape[3:]), np.nan)
-    cells[:count, :h, :w] = scaled
-    grid = cells.reshape(rows, columns, h + gap, w + gap, *tiles.shape[3:]).swapaxes(1, 2)
-    grid = grid.reshape(rows * (h + gap), columns * (w + gap), *tiles.shape[3:])
-    return grid[:rows * (h + gap) - gap, :columns * (w + gap) - gap]
-
-
 def _show_mosaic(ax, tiles: np.ndarray, columns: int, cmap: str = "gray",
                  gap_color: str = "white") -> None:
     grid = mosaic(tiles, columns)
@@ -148,135 +117,6 @@ def _show_mosaic(ax, tiles: np.ndarray, columns: int, cmap: str = "gray",
     _hide_ticks(ax)
 
 
-# --------------------------------------------------------------------------- running layers
-
-
-def _batch_of_one(model, image: np.ndarray) -> np.ndarray:
-    """(C, H, W) image -> (1, C, H, W) in the model's dtype."""
-    image = _check_image(image)
-    return image[None].astype(model.dtype or np.float32)
-
-
-def _leaf_outputs(model, x: np.ndarray) -> list[tuple[str, object, np.ndarray]]:
-    """(name, layer, output) of every leaf layer, in the order a forward pass of x runs them."""
-    return [(call.name, call.module, call.output) for call in trace.record(model, x).leaves()]
-
-
-def _image_call(recorded: "trace.Trace", layer: str) -> "trace.Call":
-    """The call of `layer` in a trace, which must give images (a convolution, pool or block)."""
-    call = recorded.call(layer)
-    if call.output.ndim != 4:
-        raise ValueError(f"layer {layer!r} has no spatial output (shape "
-                         f"{call.output.shape[1:]}); choose a convolution, a pool or a block")
-    return call
-
-
-def unit_gradient(model, image: np.ndarray, layer: str, unit: tuple[int, int],
-                  channel: int | None = None) -> np.ndarray:
-    """Gradient of one unit of `layer`'s output with respect to the input image.
-
-    The unit is at (row, column) of the layer's output maps, in map `channel`, or summed over
-    all maps when channel is None. `layer` is any module that outputs images (a convolution,
-    a pool, a residual block). One forward pass is recorded and the gradient goes back from
-    that unit through the layers it depends on (`cnnumpy.trace.backward_from`); its non-zero
-    pixels lie inside the unit's receptive field (`receptive_field_box`). Returns (C, H, W).
-    """
-    with trace.preserved(model):
-        recorded = trace.record(model, _batch_of_one(model, image), keep_cache=True)
-        out = _image_call(recorded, layer).output
-        row, column = unit
-        channels = slice(None) if channel is None else channel
-        if not (0 <= row < out.shape[2] and 0 <= column < out.shape[3]) or not (
-                channel is None or 0 <= channel < out.shape[1]):
-            where = f"unit {tuple(unit)}" + ("" if channel is None else f" of map {channel}")
-            raise ValueError(f"{where} is outside the output of {layer!r}, of shape "
-                             f"{out.shape[1:]} (maps, rows, columns)")
-        dout = np.zeros_like(out)
-        dout[0, channels, row, column] = 1
-        with trace.evaluation(model):
-            return trace.backward_from(recorded, out, dout)[0]
-
-
-def receptive_field_box(model, layer: str, unit: tuple[int, int],
-                        input_shape=None) -> tuple[int, int, int, int]:
-    """(top, left, height, width) in input pixels of the field of unit (row, column) of `layer`.
-
-    From the traced receptive fields (`cnnumpy.shapes.traced_fields`) of one forward pass on
-    an input of `input_shape` (default the model's `input_shape`): top = start + row · jump
-    along the height (left likewise along the width), height and width the field sizes.
-    Negative or too large coordinates lie in the padding, outside the image.
-    """
-    input_shape = getattr(model, "input_shape", None) if input_shape is None else input_shape
-    if input_shape is None:
-        raise ValueError("pass input_shape=(C, H, W): the model has no input_shape")
-    recorded = trace.record(model, np.zeros((1, *input_shape), model.dtype or np.float32))
-    return field_box(traced_fields(recorded)[id(_image_call(recorded, layer).output)], unit)
-
-
-def saliency(model, image: np.ndarray, target: int | None = None) -> tuple[np.ndarray, int]:
-    """|d score_target / d input| of one image, the largest over channels, and the target.
-
-    score_target is the model's output (logit) for class `target` (default: the predicted
-    class); the gradient comes from `model.backward` of a one-hot upstream gradient.
-    Returns ((H, W) float array, target).
-    """
-    x = _batch_of_one(model, image)
-    with trace.preserved(model), trace.evaluation(model):
-        logits = model.forward(x)
-        if target is None:
-            target = int(logits[0].argmax())
-        if not 0 <= target < logits.shape[1]:
-            raise ValueError(f"target must be a class in [0, {logits.shape[1]}), got {target}")
-        dout = np.zeros_like(logits)
-        dout[0, target] = 1
-        dx = model.backward(dout)
-    return np.abs(dx[0]).max(axis=0), target
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def read_metrics(run_dir) -> list[dict]:
-    """The per-epoch entries of `run_dir/metrics.jsonl` (one JSON object a line)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics log {path}: is {run_dir} a training run directory?")
-    entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not JSON ({err.msg})") from None
-    return entries
-
-
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[i, j] = how many images of class i were predicted as class j: (K, K) int64."""
-    labels, predicted = np.asarray(labels), np.asarray(predicted)
-    if labels.shape != predicted.shape or labels.ndim != 1:
-        raise ValueError(f"labels and predictions must be two vectors of the same length, got "
-                         f"shapes {labels.shape} and {predicted.shape}")
-    for what, values in (("labels", labels), ("predictions", predicted)):
-        if values.size and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"{what} must be classes in [0, {num_classes}), got range "
-                             f"[{values.min()}, {values.max()}]")
-    counts = np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)
-    return counts.reshape(num_classes, num_classes).astype(np.int64)
-
-
-def confident_mistake_indices(labels: np.ndarray, probabilities: np.ndarray,
-                              count: int) -> np.ndarray:
-    """Indices of at most `count` misclassified images, most confident prediction first.
-
-    labels: (N,) true classes; probabilities: (N, K). Ties keep the data set's order.
-    """
-    predicted = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != labels)
-    confidence = probabilities[wrong, predicted[wrong]]
-    return wrong[np.argsort(-confidence, kind="stable")][:count]
-
-
 # --------------------------------------------------------------------------- the plots
 
 
@@ -285,7 +125,7 @@ def learning_curves(history: Sequence[dict], path, *, figsize=(12, 4),
     """Loss, accuracy and learning rate against the epoch, training and validation.
 
     history: per-epoch dicts with "epoch", "train_loss", "train_acc" and optionally
-    "val_loss", "val_acc", "lr" (a fit's History, or `read_metrics(run_dir)`).
+    "val_loss", "val_acc", "lr" (a fit's History, or `insight.read_metrics(run_dir)`).
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -345,6 +185,11 @@ def first_layer_filters(model, path, *, max_filters: int = 64, figsize=(6, 6),
                  f"{conv.in_channels} input channel{'s' if conv.in_channels > 1 else ''}",
                  fontsize=9)
     return _save(fig, path)
+
+
+def _leaf_outputs(model, x: np.ndarray) -> list[tuple[str, object, np.ndarray]]:
+    """(name, layer, output) of every leaf layer, in the order a forward pass of x runs them."""
+    return [(call.name, call.module, call.output) for call in trace.record(model, x).leaves()]
 
 
 def feature_maps(model, image: np.ndarray, path, *, max_channels: int = 16,

@@ -8,8 +8,9 @@ Composite modules only route arrays between their children, and the arithmetic h
 leaves (`Add` included), so the leaf calls of a trace are the whole computation: a graph whose
 edges are the arrays themselves (an array is known by identity, and the trace holds a
 reference to every array it saw, so none is freed and its identity reused while the trace
-lives). The summary, the receptive fields (`cnnumpy.shapes.traced_fields`) and the plots read
-models through a trace, so they work for any tree of modules, branches included.
+lives). The summary, the receptive fields (`cnnumpy.shapes.traced_fields`), `cnnumpy.insight`
+and the plots read models through a trace, so they work for any tree of modules, branches
+included.
 
 While a trace records, `Sequential` runs its layers as written (no ReLU/max-pool swap), so
 every recorded output is the one the model's definition names. Recording is per thread:
