@@ -8,23 +8,28 @@ MPI job (`mpirun -n P` of this script with --worker) that trains SimpleCNN (1x28
 uniform initialisation, SGD Nesterov, crop + flip) with `cnnumpy.fit` on global batches of 128
 Fashion-MNIST images, BLAS held to one thread per rank:
 
-    1 rank      one process, BatchParallel off (workers=1)
-    2 ranks     two processes of 64 images each, BatchParallel off, one Allreduce per step
-    1 proc x2   one process, BatchParallel over 2 threads (the single-machine default), for
-                reference
+    1 rank          one process, BatchParallel off (workers=1)
+    2 ranks         two processes of 64 images each, BatchParallel off, the flat buffers of
+                    parameters and gradients in memory the ranks share (the default on one
+                    machine: `cnnumpy.distributed.NodeMemory`)
+    2 ranks sent    the same, the buffers sent by Reduce_scatter and Allgatherv (what ranks
+                    on several machines do: `Group(node_memory=False)`)
+    1 proc x2       one process, BatchParallel over 2 threads (the single-machine default),
+                    for reference
 
 A step is the time between two of fit's callbacks on rank 0 (gather, augment, forward,
 backward, the gradient exchange, the optimizer step, the stop agreement); the figure is the median
 over `--steps` steps after `--warmup` (and, on a machine shared with other jobs, the fastest
 step of all rounds, the least disturbed). The configurations take turns, in an order that
 alternates round by round, so that the other load on a shared machine hits them alike.
-For 2 ranks it also reports per step, on rank 0: the exchange as fit sees it (the
-Reduce_scatter that sums this rank's half of the flat buffer of gradients, the loss sum,
-writing the half back; after the update, the Allgatherv of the new parameters into their
-flat buffer), the two MPI calls alone (including the wait for the slower rank), the stop
-agreement; the Reduce_scatter and Allgatherv of the same 6.5 MB buffer right after a Barrier
-(the transfer alone, no waiting); and the SGD update, which each rank makes for its half of
-the parameters.
+For 2 ranks it also reports per step, on rank 0: the exchange as fit sees it (shared: a
+barrier, adding the other rank's half of the gradients to this rank's, the loss sum, and a
+barrier after the update; sent: the Reduce_scatter that sums this rank's half of the flat
+buffer of gradients, the loss sum, writing the half back, and after the update the
+Allgatherv of the new parameters into their flat buffer), both including the wait for the
+slower rank; for "sent", the two MPI calls alone and the Reduce_scatter and Allgatherv of
+the same 6.5 MB buffer right after a Barrier (the transfer alone, no waiting); the stop
+agreement; and the SGD update, which each rank makes for its half of the parameters.
 
 `--json F` writes the figures for benchmarks/scaling_model.py --measured F.
 """
@@ -41,7 +46,9 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = {"1 rank": (1, 1), "2 ranks": (2, 1), "1 proc x2": (1, 2)}  # name: (ranks, workers)
+# name: (ranks, workers, node memory)
+CONFIGS = {"1 rank": (1, 1, True), "2 ranks": (2, 1, True), "2 ranks sent": (2, 1, False),
+           "1 proc x2": (1, 2, True)}
 BATCH = 128
 
 
@@ -73,7 +80,7 @@ def worker(args) -> None:
 
     distributed.Replicas.reduce = timed("reduce", distributed.Replicas.reduce)
     distributed.Replicas.share = timed("share", distributed.Replicas.share)
-    group = TimedGroup(timeout=300)
+    group = TimedGroup(timeout=300, node_memory=not args.sent)
     steps = args.warmup + args.steps
     train = load_dataset("fashion-mnist", "train").subset(slice(0, BATCH * steps))
     model = cn.SimpleCNN(train.sample_shape, train.num_classes, rng=np.random.default_rng(0),
@@ -87,7 +94,7 @@ def worker(args) -> None:
                handle_signals=False, workers=args.workers, communicator=group,
                callbacks=[lambda info: stamps.append(time.perf_counter())])
         transfer = []
-        if group.size > 1:
+        if group.size > 1 and group.node_memory is None:
             buffer = np.ones(model.num_parameters(), np.float32)
             counts = distributed.Replicas(model, group)._counts()
             for _ in range(args.steps):
@@ -100,7 +107,7 @@ def worker(args) -> None:
         return
     steps = [b - a for a, b in zip(stamps[args.warmup - 1:], stamps[args.warmup:])]
     step = statistics.median(steps)
-    median = {key: statistics.median(values[args.warmup:]) if values else None
+    median = {key: statistics.median(values[args.warmup:]) if values[args.warmup:] else None
               for key, values in spent.items()}
     blas = [{k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
             for info in threadpool_info() if info.get("user_api") == "blas"]
@@ -111,14 +118,15 @@ def worker(args) -> None:
 
 
 def run_config(name: str, args) -> dict:
-    ranks, workers = CONFIGS[name]
+    ranks, workers, node_memory = CONFIGS[name]
     mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     result = subprocess.run(
         [mpirun, "-n", str(ranks), sys.executable, __file__, "--worker", "--workers",
-         str(workers), "--steps", str(args.steps), "--warmup", str(args.warmup)],
+         str(workers), "--steps", str(args.steps), "--warmup", str(args.warmup),
+         *([] if node_memory else ["--sent"])],
         capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed: {result.stderr}")
@@ -137,6 +145,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--sent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -154,20 +163,22 @@ def main() -> None:
     print("BLAS (threadpoolctl): " + "; ".join(
         f"{b['internal_api']} {b['version']} {b['architecture']}, {b['num_threads']} thread(s)"
         for b in blas))
-    print(f"\n{'round':<6}" + "".join(f"{name + ' img/s':>17}" for name in CONFIGS)
-          + f"{'2 ranks / 1':>13}{'step ms':>9}{'exch. ms':>9}{'MPI':>7}{'agree':>7}"
-          f"{'transfer':>9}{'update':>8}")
-    ratios = []
+    print(f"\n{'round':<6}" + "".join(f"{name + ' img/s':>18}" for name in CONFIGS)
+          + f"{'2 ranks / 1':>12}{'sent / 1':>9}{'step ms':>8}{'exch.':>7}{'sent':>7}"
+          f"{'MPI':>6}{'agree':>6}{'transfer':>9}{'update':>7}")
+    ratios, sent_ratios = [], []
     for number, figures in enumerate(rounds, start=1):
-        two = figures["2 ranks"]
-        ratio = two["images_per_s"] / figures["1 rank"]["images_per_s"]
-        ratios.append(ratio)
-        print(f"{number:<6}" + "".join(f"{figures[name]['images_per_s']:>17.0f}"
+        one, two, sent = figures["1 rank"], figures["2 ranks"], figures["2 ranks sent"]
+        ratios.append(two["images_per_s"] / one["images_per_s"])
+        sent_ratios.append(sent["images_per_s"] / one["images_per_s"])
+        print(f"{number:<6}" + "".join(f"{figures[name]['images_per_s']:>18.0f}"
                                        for name in CONFIGS)
-              + f"{ratio:>13.2f}{ms(two['step']):>9}{ms(two['reduce'] + two['share']):>9}"
-              f"{ms(two['scatter'] + two['gather']):>7}{ms(two['agree']):>7}"
-              f"{ms(two['transfer']):>9}{ms(two['update']):>8}")
-    print(f"\nmedian ratio 2 ranks / 1 rank: {statistics.median(ratios):.2f} "
+              + f"{ratios[-1]:>12.2f}{sent_ratios[-1]:>9.2f}{ms(two['step']):>8}"
+              f"{ms(two['reduce'] + two['share']):>7}{ms(sent['reduce'] + sent['share']):>7}"
+              f"{ms(sent['scatter'] + sent['gather']):>6}{ms(two['agree']):>6}"
+              f"{ms(sent['transfer']):>9}{ms(two['update']):>7}")
+    print(f"\nmedian ratio 2 ranks / 1 rank: {statistics.median(ratios):.2f} shared, "
+          f"{statistics.median(sent_ratios):.2f} sent "
           f"(gradient buffer {rounds[0]['2 ranks']['buffer_mb']:.2f} MB)")
     best = {name: min(figures[name]["best_step"] for figures in rounds) for name in CONFIGS}
     print("fastest step of all rounds (the least disturbed by other load), img/s: "

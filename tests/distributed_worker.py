@@ -87,6 +87,8 @@ def main():
     parser.add_argument("--model", choices=("simplecnn", "normdrop"), default="simplecnn")
     parser.add_argument("--workers", type=int, default=1, help="BatchParallel's parts per rank")
     parser.add_argument("--check-every", type=int, default=1)
+    parser.add_argument("--no-node-memory", action="store_true",
+                        help="send the buffers (the collectives of several machines)")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     parser.add_argument("--run-dir-on-rank-0-only", action="store_true",
                         help="the other ranks get run_dir=None")
@@ -96,7 +98,9 @@ def main():
     args = parser.parse_args()
     from cnnumpy.distributed import Group
 
-    group = Group(timeout=args.timeout, check_every=args.check_every)
+    group = Group(timeout=args.timeout, check_every=args.check_every,
+                  node_memory=not args.no_node_memory)
+    print(f"rank {group.rank}: node memory {group.node_memory is not None}", flush=True)
     rank = group.rank
     split = group.split(10)  # the BatchSplit of rank's part of a batch of 10: sum over ranks
     print(f"rank {rank}: part from {split.start} of {split.total}, sum of rank + 1 over the "
@@ -118,7 +122,7 @@ def main():
     if args.run_dir_on_rank_0_only and rank != 0:
         run_dir = None
     try:
-        _, history = toy_fit(run_dir, group, epochs=args.epochs, seed=seed,
+        model, history = toy_fit(run_dir, group, epochs=args.epochs, seed=seed,
                              batch_size=batch_size, callbacks=[callback], resume=resume,
                              model=args.model, count=35 if args.model == "normdrop" else 34,
                              workers=args.workers, optimizer=args.optimizer)
@@ -126,6 +130,11 @@ def main():
         print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return 1
     print(f"rank {rank} {history.status} {history.message}", flush=True)
+    for param in model.parameters().values():  # after the run, no rank sees another's writes
+        param[...] = rank
+    group.barrier()
+    own = all(np.all(param == rank) for param in model.parameters().values())
+    print(f"rank {rank}: own weights after the run {own}", flush=True)
     return 0
 
 

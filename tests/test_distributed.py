@@ -67,16 +67,23 @@ def one_process(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """Uninterrupted 2- and 3-rank runs of the worker: {ranks: last.npz}."""
+    """Uninterrupted 2- and 3-rank runs of the worker, the buffers in the memory the ranks
+    share and sent by collectives: {(ranks, memory): last.npz}."""
     if MPIRUN is None or importlib.util.find_spec("mpi4py") is None:
         pytest.skip("needs mpi4py and mpirun")
     folder = tmp_path_factory.mktemp("straight")
+    runs = {}
     for ranks in (2, 3):
-        output = mpirun(ranks, f"r{ranks}", cwd=folder).stdout
-        for rank in range(ranks):  # MPISplit: where the part starts, the sum over the ranks
-            assert (f"rank {rank}: part from {10 * rank // ranks} of 10, sum of rank + 1 over "
-                    f"the ranks {ranks * (ranks + 1) // 2}\n") in output, output
-    return {ranks: cn.load_checkpoint(folder / f"r{ranks}" / "last.npz") for ranks in (2, 3)}
+        for memory in ("shared", "sent"):
+            options = ["--no-node-memory"] if memory == "sent" else []
+            output = mpirun(ranks, f"r{ranks}{memory}", *options, cwd=folder).stdout
+            for rank in range(ranks):  # MPISplit: where the part starts, the sum over ranks
+                assert (f"rank {rank}: part from {10 * rank // ranks} of 10, sum of rank + 1 "
+                        f"over the ranks {ranks * (ranks + 1) // 2}\n") in output, output
+                assert f"rank {rank}: node memory {memory == 'shared'}\n" in output, output
+                assert f"rank {rank}: own weights after the run True\n" in output, output
+            runs[ranks, memory] = cn.load_checkpoint(folder / f"r{ranks}{memory}" / "last.npz")
+    return runs
 
 
 # --------------------------------------------------------------------------- in one process
@@ -178,10 +185,15 @@ def test_distributed_without_mpi4py_is_a_clear_error(monkeypatch, capsys, tmp_pa
 
 
 @needs_mpi
+@pytest.mark.parametrize("memory", ["shared", "sent"])
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_ranks_end_with_the_weights_of_one_process(one_process, straight, ranks):
+def test_ranks_end_with_the_weights_of_one_process(one_process, straight, ranks, memory):
+    """On one machine the flat buffers are shared by the ranks; between machines they are
+    sent (Reduce_scatter, Allgatherv): either way, the weights of one process. After the
+    run, each rank's model has arrays of its own again (the worker writes its rank into
+    them and reads them back)."""
     model, history, initial = one_process
-    checkpoint = straight[ranks]
+    checkpoint = straight[ranks, memory]
     assert checkpoint.metadata["ranks"] == ranks
     assert max_difference(checkpoint, model) < 1e-10
     assert max_difference(checkpoint, initial) > 1e-2  # it trained: the check can fail
@@ -351,11 +363,11 @@ def test_sigint_to_mpirun_saves_and_resumes_exactly_on_as_many_or_other_ranks(tm
     mpirun(2, "run", "--resume", cwd=tmp_path)
     resumed = cn.load_checkpoint(tmp_path / "run" / "last.npz")
     assert resumed.metadata["progress"]["step"] == 9
-    for name, value in straight[2].parameters.items():
+    for name, value in straight[2, "shared"].parameters.items():
         assert np.array_equal(resumed.parameters[name], value), name  # bit for bit
     mpirun(3, "again", "--resume", cwd=tmp_path)
     assert max_difference(cn.load_checkpoint(tmp_path / "again" / "last.npz"),
-                          straight[2].build_model()) < 1e-10
+                          straight[2, "shared"].build_model()) < 1e-10
 
 
 @needs_mpi

@@ -15,7 +15,11 @@ to end are cut into P ranges, rank r receives the sum of range r only (one Reduc
 a flat buffer of every gradient), updates those elements (`optimizer.step(part)`: the update
 rules are elementwise), and one Allgatherv gives every rank every range's new values. The
 same bytes travel as in one Allreduce of the gradients, and each rank makes 1/P of the
-update instead of all of it. Augmentation draws for the whole batch on every rank (the same
+update instead of all of it. When every rank runs on one machine, the two buffers live in
+memory the ranks share (MPI-3 shared windows, `NodeMemory`) and no bytes travel at all: one
+parameter buffer serves every rank, and rank r sums range r of the ranks' gradient buffers
+itself, reading the others' in place; two barriers a step say when the buffers are ready
+(on several machines, the Reduce_scatter and Allgatherv above). Augmentation draws for the whole batch on every rank (the same
 generator state everywhere) and each rank keeps its own images' draws, so P ranks train
 exactly as one process with batch B, up to the order of float sums.
 
@@ -27,6 +31,7 @@ The pieces:
     Group        the ranks of a run: an mpi4py communicator whose collectives have a time
                  limit (a rank that died or hangs stops the others: MPI_Abort, with a message)
     Solo         the one-rank group of a run without MPI (no mpi4py needed)
+    NodeMemory   arrays in the memory the ranks of one machine share (MPI shared windows)
     Replicas     what `fit` does with a group: agree on the run, broadcast rank 0's weights,
                  sum the gradients, share out the update, compare parameter checksums
 """
@@ -34,6 +39,7 @@ The pieces:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -51,7 +57,14 @@ LOCAL_KEYS = ("data_dir",)  # settings that may differ between machines (paths t
 
 
 def mpi():
-    """mpi4py's MPI module; ImportError saying what to install when it cannot be loaded."""
+    """mpi4py's MPI module; ImportError saying what to install when it cannot be loaded.
+
+    When this imports mpi4py (which starts MPI), Open MPI's one-sided framework is told not to
+    try UCX for windows (OMPI_MCA_osc=^ucx, unless the environment sets it): on a machine
+    without a UCX network, Open MPI 5 prints an error for it at every shared window and then
+    uses shared memory anyway. Windows here are only shared memory (`NodeMemory`)."""
+    if "mpi4py.MPI" not in sys.modules:
+        os.environ.setdefault("OMPI_MCA_osc", "^ucx")
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError, OSError) as err:
@@ -112,6 +125,7 @@ class Solo:
 
     rank, size, local_size = 0, 1, 1
     note = ""
+    node_memory = None
 
     def sum(self, array: np.ndarray, what: str = "") -> np.ndarray:
         return np.array(array, copy=True)
@@ -147,9 +161,13 @@ class Group:
             one rank does alone between two collectives (rank 0 writing a checkpoint).
         check_every: steps between two comparisons of the ranks' parameter checksums (also
             compared before every checkpoint and at the end).
+        node_memory: when every rank runs on one machine, keep the flat buffers of
+            parameters and gradients in memory the ranks share (`NodeMemory`) instead of
+            sending them (default True; False: the collectives of several machines).
     """
 
-    def __init__(self, comm=None, *, timeout: float = 300.0, check_every: int = 100):
+    def __init__(self, comm=None, *, timeout: float = 300.0, check_every: int = 100,
+                 node_memory: bool = True):
         MPI = mpi()
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -162,10 +180,15 @@ class Group:
         self.note = ""
         self._current: tuple[str, float] | None = None  # (collective, start) in progress
         self._watchdog: threading.Thread | None = None
+        if not isinstance(node_memory, bool):
+            raise ValueError(f"node_memory must be True or False, got {node_memory!r}")
         with self._limited("finding the ranks on each machine"):
             node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_size = node.Get_size()
-        node.Free()
+        one_machine = self.size > 1 and self.local_size == self.size
+        self.node_memory = NodeMemory(self, node) if node_memory and one_machine else None
+        if self.node_memory is None:
+            node.Free()
 
     # ------------------------------------------------------------------ time limit
 
@@ -225,6 +248,11 @@ class Group:
             self.comm.Allgatherv(self._MPI.IN_PLACE, [buffer, (counts, starts)])
         return buffer
 
+    def barrier(self, what: str = "a barrier") -> None:
+        """Return when every rank has called it."""
+        with self._limited(what):
+            self.comm.Barrier()
+
     def any(self, flag: bool, what: str = "the stop request") -> bool:
         """True on every rank when `flag` is true on at least one."""
         buffer = np.array([1 if flag else 0], dtype=np.int32)
@@ -265,6 +293,50 @@ class Group:
 
     def split(self, total: int) -> MPISplit:
         return MPISplit(self, self.part(total).start, total)
+
+
+class NodeMemory:
+    """Arrays in the memory that the ranks of one machine share: MPI-3 shared windows
+    (MPI_Win_allocate_shared) over the machine's communicator, whose ranks are the group's.
+
+    `rank_arrays` gives every rank an array of its own to write, which the other ranks read in
+    place; `one_array` gives one array that every rank sees (rank 0's memory). What a rank
+    writes before `synchronize` every rank reads after it (MPI's unified memory model: a
+    window sync on each side of a barrier). Windows are never freed here: MPI frees them
+    when the process ends, so no array made from one can outlive its memory.
+    """
+
+    def __init__(self, group: "Group", comm):
+        self.group, self.comm = group, comm
+        self._windows: list = []
+
+    def _segments(self, counts: list[int], dtype, what: str) -> list[np.ndarray]:
+        """A window of counts[r] elements of rank r's memory, as one array per rank."""
+        MPI, dtype = self.group._MPI, np.dtype(dtype)
+        with self.group._limited(what):
+            window = MPI.Win.Allocate_shared(counts[self.group.rank] * dtype.itemsize,
+                                             dtype.itemsize, comm=self.comm)
+        window.Lock_all()  # loads and stores from now on; Sync orders them
+        self._windows.append(window)
+        return [np.frombuffer(window.Shared_query(rank)[0], dtype=dtype, count=count)
+                for rank, count in enumerate(counts)]
+
+    def rank_arrays(self, count: int, dtype, what: str) -> list[np.ndarray]:
+        """[rank 0's array, rank 1's, ...], each of `count` elements (contents undefined)."""
+        return self._segments([count] * self.group.size, dtype, what)
+
+    def one_array(self, count: int, dtype, what: str) -> np.ndarray:
+        """One array of `count` elements that every rank sees (contents undefined)."""
+        return self._segments([count] + [0] * (self.group.size - 1), dtype, what)[0]
+
+    def synchronize(self, what: str) -> None:
+        """Return when every rank has called it, every rank's earlier writes to the shared
+        arrays visible to all."""
+        for window in self._windows:
+            window.Sync()
+        self.group.barrier(what)
+        for window in self._windows:
+            window.Sync()
 
 
 def as_group(communicator) -> Solo | Group:
@@ -331,9 +403,13 @@ class FlatParameters:
     for a layer that assigns new gradient arrays instead, `gradients()` copies them in and
     puts the views back. `holds(model)` says whether the model still has these arrays
     (`astype` or replacing a layer makes new ones).
+
+    With `memory` (a `NodeMemory`: every rank of `group` on one machine), the buffers are
+    shared: `params` is one buffer for every rank (filled with rank 0's values), and
+    `rank_grads[r]` is rank r's gradient buffer (`grads` this rank's), which the others read.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, memory: NodeMemory | None = None, rank: int = 0):
         params = model.parameters()
         dtypes = sorted({str(param.dtype) for param in params.values()})
         if len(dtypes) > 1:  # the same model on every rank: every rank stops here
@@ -347,20 +423,30 @@ class FlatParameters:
                                  f"of one buffer, so tied weights cannot be shared out")
         self.places = list(model.parameter_places())
         size = sum(param.size for param in params.values())
-        self.params = np.empty(size, dtype=dtypes[0])
-        self.grads = np.zeros(size, dtype=dtypes[0])
+        if memory is None:
+            self.params = np.empty(size, dtype=dtypes[0])
+            self.grads, self.rank_grads = np.zeros(size, dtype=dtypes[0]), None
+        else:
+            self.params = memory.one_array(size, dtypes[0], "sharing the parameters' memory")
+            self.rank_grads = memory.rank_arrays(size, dtypes[0],
+                                                 "sharing the gradients' memory")
+            self.grads = self.rank_grads[rank]
+            self.grads[...] = 0
         self.param_views, self.grad_views = [], []
         offset = 0
         for _, module, key in self.places:
             param = getattr(module, key)
             where = slice(offset, offset + param.size)
             views = self.params[where].reshape(param.shape), self.grads[where].reshape(param.shape)
-            views[0][...] = param
+            if memory is None or rank == 0:
+                views[0][...] = param
             setattr(module, key, views[0])
             setattr(module, "d" + key, views[1])  # zeros until the first backward
             self.param_views.append(views[0])
             self.grad_views.append(views[1])
             offset += param.size
+        if memory is not None:  # every rank's model holds rank 0's values from here on
+            memory.synchronize("sharing rank 0's parameters")
 
     def holds(self, model) -> bool:
         """Whether the model's parameters are still this object's views (the same model, no
@@ -369,6 +455,15 @@ class FlatParameters:
         return len(places) == len(self.places) and all(
             getattr(module, key) is view
             for (_, module, key), view in zip(places, self.param_views))
+
+    def release(self) -> None:
+        """Give every parameter and gradient the model still takes from these buffers an
+        array of its own (a copy): the model no longer shares them (with other ranks)."""
+        for (_, module, key), param, grad in zip(self.places, self.param_views,
+                                                  self.grad_views):
+            for name, view in ((key, param), ("d" + key, grad)):
+                if getattr(module, name) is view:
+                    setattr(module, name, view.copy())
 
     def gradients(self) -> np.ndarray:
         """The flat buffer of the gradients of the last backward."""
@@ -389,7 +484,9 @@ class Replicas:
 
     With more than one rank, the model's parameters and gradients live in one flat buffer
     each (`FlatParameters`, made by `start`): the sum of the gradients and the exchange of
-    the new values are collectives on those buffers themselves.
+    the new values are collectives on those buffers themselves, or, on one machine, reads of
+    the ranks' shared buffers between two barriers. `finish` gives the model arrays of its
+    own again.
     """
 
     def __init__(self, model, group):
@@ -407,7 +504,7 @@ class Replicas:
     def _flat(self) -> FlatParameters:
         """The model's flat buffers, made again if the model's arrays were replaced."""
         if self.flat is None or not self.flat.holds(self.model):
-            self.flat = FlatParameters(self.model)
+            self.flat = FlatParameters(self.model, self.group.node_memory, self.group.rank)
         return self.flat
 
     def start(self, describe) -> None:
@@ -417,7 +514,16 @@ class Replicas:
         if self.group.size == 1:
             return
         check_agreement(self.group, describe())
-        self.group.broadcast(self._flat().params, "the broadcast of rank 0's initial weights")
+        flat = self._flat()  # in shared memory: rank 0's weights already
+        if self.group.node_memory is None:
+            self.group.broadcast(flat.params, "the broadcast of rank 0's initial weights")
+
+    def finish(self) -> None:
+        """After the run (also when it failed; no collective): the model's parameters and
+        gradients become arrays of its own, no longer shared with other ranks' models."""
+        if self.flat is not None:
+            self.flat.release()
+            self.flat = None
 
     @property
     def part(self) -> slice | None:
@@ -451,20 +557,33 @@ class Replicas:
         """
         if self.group.size == 1:
             return loss, correct
-        grads = self._flat().gradients()
+        flat = self._flat()
+        grads = flat.gradients()
         if not count:  # no images, no share of the gradient
             grads[...] = 0
-        grads[self.part] = self.group.sum_parts(grads, self._counts(), what)
+        memory = self.group.node_memory
+        if memory is None:
+            grads[self.part] = self.group.sum_parts(grads, self._counts(), what)
+        else:  # add the other ranks' gradients in this rank's part, read where they are
+            memory.synchronize(what)
+            own = grads[self.part]
+            for rank, other in enumerate(flat.rank_grads):
+                if rank != self.group.rank:
+                    own += other[self.part]
         sums = self.group.sum(np.array([loss * count, correct] if count else [0.0, 0.0]),
                               "the sum of the losses")
         return float(sums[0]) / total, int(round(float(sums[1])))
 
     def share(self) -> None:
         """After every rank updated its `part` of the parameters: give every rank all of
-        the new values (one Allgatherv)."""
-        if self.group.size > 1:
-            self.group.share_parts(self._flat().params, self._counts(),
-                                   "the exchange of the updated parameters")
+        the new values (one Allgatherv; on one machine, a barrier)."""
+        if self.group.size == 1:
+            return
+        what = "the exchange of the updated parameters"
+        if self.group.node_memory is None:
+            self.group.share_parts(self._flat().params, self._counts(), what)
+        else:  # one buffer: every rank wrote its part there
+            self.group.node_memory.synchronize(what)
 
     def whole_optimizer(self, optimizer) -> None:
         """Make the optimizer's state (momentum buffers, moments) whole on every rank: each

@@ -402,11 +402,22 @@ class Trainer:
             verbose: bool) -> History:
         """Train epoch after epoch until the last, or until a stop (a signal or callback: the
         History says "interrupted"; a loss that is not finite: "diverged")."""
-        self.replicas.start(self.description)  # distributed: called, compared, broadcast
-        if self.writes:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_metrics(self.run_dir, self.history, append=False)
-        self.model.train()
+        try:
+            self.replicas.start(self.description)  # distributed: called, compared, broadcast
+            if self.writes:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                _write_metrics(self.run_dir, self.history, append=False)
+            self.model.train()
+            self.train_epochs(stop, callbacks, epoch_callbacks, show_progress, verbose)
+            self.replicas.whole_optimizer(self.optimizer)  # distributed: each rank kept a part
+        finally:
+            self.replicas.finish()  # distributed: the model's arrays are its own again
+        self.history.normalization = self.normalization
+        return self.history
+
+    def train_epochs(self, stop: StopRequest, callbacks, epoch_callbacks, show_progress: bool,
+                     verbose: bool) -> None:
+        """Epochs until the last, or until a stop, whose status and message the History gets."""
         try:
             while self.progress.epoch < self.epochs:
                 if self.stopping(stop):  # asked for in the last batch of the previous epoch,
@@ -417,9 +428,6 @@ class Trainer:
                     stop.request("an epoch callback asked to stop")
         except RunStopped as stopped:
             self.history.status, self.history.message = stopped.status, stopped.message
-        self.replicas.whole_optimizer(self.optimizer)  # distributed: each rank kept its part
-        self.history.normalization = self.normalization
-        return self.history
 
     def stopping(self, stop: StopRequest) -> bool:
         """Whether a stop was requested, here or (distributed) on any rank: every rank stops
