@@ -58,10 +58,20 @@ def toy_model(name: str, seed: int):
 
 
 def toy_fit(run_dir, communicator=None, *, epochs=3, seed=0, batch_size=16, callbacks=(),
-            resume=None, count=34, model="simplecnn", workers=1, optimizer="sgd"):
+            resume=None, count=34, model="simplecnn", workers=1, optimizer="sgd",
+            replace_at=None):
+    """fit on toy data; replace_at: after that step, every parameter becomes a new array of
+    the same values (as `astype` or a reassigned layer would make)."""
     data_rng = np.random.default_rng(123)
     train, val = toy_data(data_rng, count), toy_data(data_rng, 11)
     model = toy_model(model, seed + 1)
+
+    def replace(info):
+        if info.step == replace_at:
+            for _, module, key in model.parameter_places():
+                setattr(module, key, getattr(module, key).copy())
+
+    callbacks = (*callbacks, replace)
     opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4) \
         if optimizer == "sgd" else cn.Adam(model, lr=0.01, weight_decay=5e-4)
     steps = epochs * -(-count // batch_size)
@@ -89,6 +99,11 @@ def main():
     parser.add_argument("--check-every", type=int, default=1)
     parser.add_argument("--no-node-memory", action="store_true",
                         help="send the buffers (the collectives of several machines)")
+    parser.add_argument("--no-room", action="store_true",
+                        help="as if /dev/shm were too small for the shared buffers")
+    parser.add_argument("--replace-at", type=int, metavar="STEP",
+                        help="every rank replaces its parameter arrays after STEP")
+    parser.add_argument("--replace-on-rank-0-only", action="store_true")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     parser.add_argument("--run-dir-on-rank-0-only", action="store_true",
                         help="the other ranks get run_dir=None")
@@ -98,9 +113,10 @@ def main():
     args = parser.parse_args()
     from cnnumpy.distributed import Group
 
+    if args.no_room:
+        cn.distributed.NodeMemory.fits = lambda self, nbytes: False
     group = Group(timeout=args.timeout, check_every=args.check_every,
                   node_memory=not args.no_node_memory)
-    print(f"rank {group.rank}: node memory {group.node_memory is not None}", flush=True)
     rank = group.rank
     split = group.split(10)  # the BatchSplit of rank's part of a batch of 10: sum over ranks
     print(f"rank {rank}: part from {split.start} of {split.total}, sum of rank + 1 over the "
@@ -125,11 +141,16 @@ def main():
         model, history = toy_fit(run_dir, group, epochs=args.epochs, seed=seed,
                              batch_size=batch_size, callbacks=[callback], resume=resume,
                              model=args.model, count=35 if args.model == "normdrop" else 34,
-                             workers=args.workers, optimizer=args.optimizer)
+                             workers=args.workers, optimizer=args.optimizer,
+                             replace_at=None if args.replace_on_rank_0_only and rank != 0
+                             else args.replace_at)
     except cn.distributed.AllRanksError as err:
         print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return 1
     print(f"rank {rank} {history.status} {history.message}", flush=True)
+    memory = group.node_memory
+    print(f"rank {rank}: node memory {memory is not None}, windows left "
+          f"{len(memory._windows) if memory else 0}", flush=True)
     for param in model.parameters().values():  # after the run, no rank sees another's writes
         param[...] = rank
     group.barrier()

@@ -80,7 +80,8 @@ def straight(tmp_path_factory):
             for rank in range(ranks):  # MPISplit: where the part starts, the sum over ranks
                 assert (f"rank {rank}: part from {10 * rank // ranks} of 10, sum of rank + 1 "
                         f"over the ranks {ranks * (ranks + 1) // 2}\n") in output, output
-                assert f"rank {rank}: node memory {memory == 'shared'}\n" in output, output
+                assert (f"rank {rank}: node memory {memory == 'shared'}, windows left 0\n"
+                        in output), output  # freed at the end
                 assert f"rank {rank}: own weights after the run True\n" in output, output
             runs[ranks, memory] = cn.load_checkpoint(folder / f"r{ranks}{memory}" / "last.npz")
     return runs
@@ -210,6 +211,31 @@ def test_ranks_end_with_the_weights_of_one_process(one_process, straight, ranks,
 
 
 @needs_mpi
+@pytest.mark.parametrize("memory, where", [("shared", "rank 0"), ("sent", "all")])
+def test_arrays_replaced_during_a_run_keep_the_step_s_gradients_on_every_rank(
+        tmp_path, memory, where):
+    """Parameter arrays replaced after step 4 (as astype would), on rank 0 alone or on every
+    rank: every rank moves the parameters into new buffers at the next step (together: in
+    shared memory that is a collective), keeping that step's gradients; the weights are
+    still those of one process doing the same."""
+    model, _ = toy_fit(tmp_path / "one", replace_at=4)
+    options = ["--no-node-memory"] if memory == "sent" else []
+    options += ["--replace-on-rank-0-only"] if where == "rank 0" else []
+    result = mpirun(2, "many", "--replace-at", 4, *options, "--timeout", "30", cwd=tmp_path)
+    assert result.stdout.count(" completed ") == 2, result.stdout
+    assert max_difference(cn.load_checkpoint(tmp_path / "many" / "last.npz"), model) < 1e-10
+
+
+@needs_mpi
+def test_without_room_in_dev_shm_the_ranks_send_the_buffers(tmp_path, one_process):
+    model, _, _ = one_process
+    result = mpirun(2, "many", "--no-room", "--timeout", "30", cwd=tmp_path)
+    assert "/dev/shm lacks the" in result.stderr and "send them instead" in result.stderr
+    assert "rank 1: node memory False, windows left 0" in result.stdout, result.stdout
+    assert max_difference(cn.load_checkpoint(tmp_path / "many" / "last.npz"), model) < 1e-10
+
+
+@needs_mpi
 def test_adam_over_three_ranks_with_a_run_folder_on_rank_0_only_equals_one_process(tmp_path):
     """Adam (two state arrays, the step count in its bias correction) shared out over 3
     ranks, with only rank 0 given a run folder (the others None, as scripts often write it):
@@ -285,13 +311,16 @@ def test_flat_parameters_refuse_mixed_dtypes_tied_weights_and_misshapen_gradient
 
 
 @needs_mpi
-@pytest.mark.parametrize("ranks, workers", [(2, 1), (3, 1), (2, 2)])
-def test_batchnorm_and_dropout_over_ranks_equal_one_process(tmp_path, ranks, workers):
+@pytest.mark.parametrize("ranks, workers, memory", [(2, 1, "shared"), (3, 1, "shared"),
+                                                    (2, 2, "shared"), (3, 1, "sent")])
+def test_batchnorm_and_dropout_over_ranks_equal_one_process(tmp_path, ranks, workers, memory):
     """Global-batch statistics (SyncBatchNorm) and each rank's slice of the whole batch's
-    dropout masks, also with each rank's part split over threads (BatchParallel): the
-    weights, running statistics and Dropout streams of P ranks are one process's."""
+    dropout masks, also with each rank's part split over threads (BatchParallel), the
+    buffers shared or sent: the weights, running statistics and Dropout streams of P ranks
+    are one process's."""
     model, _ = toy_fit(tmp_path / "one", model="normdrop", count=35)
-    mpirun(ranks, "many", "--model", "normdrop", "--workers", workers, cwd=tmp_path)
+    options = ["--no-node-memory"] if memory == "sent" else []
+    mpirun(ranks, "many", "--model", "normdrop", "--workers", workers, *options, cwd=tmp_path)
     stored = cn.load_checkpoint(tmp_path / "many" / "last.npz").parameters
     for name, value in model.state_dict().items():  # parameters and buffers
         np.testing.assert_allclose(stored[name], value, rtol=1e-10, atol=1e-12, err_msg=name)

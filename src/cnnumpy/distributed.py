@@ -18,21 +18,23 @@ same bytes travel as in one Allreduce of the gradients, and each rank makes 1/P 
 update instead of all of it. When every rank runs on one machine, the two buffers live in
 memory the ranks share (MPI-3 shared windows, `NodeMemory`) and no bytes travel at all: one
 parameter buffer serves every rank, and rank r sums range r of the ranks' gradient buffers
-itself, reading the others' in place; two barriers a step say when the buffers are ready
-(on several machines, the Reduce_scatter and Allgatherv above). Augmentation draws for the whole batch on every rank (the same
-generator state everywhere) and each rank keeps its own images' draws, so P ranks train
-exactly as one process with batch B, up to the order of float sums.
+itself, reading the others' in place; two synchronisations a step say when the buffers are
+ready (on several machines, the Reduce_scatter and Allgatherv above). Augmentation draws for
+the whole batch on every rank (the same generator state everywhere) and each rank keeps its
+own images' draws, so P ranks train exactly as one process with batch B, up to the order of
+float sums.
 
 The pieces:
-    BatchSplit   (from cnnumpy.parallel) a part of a global batch: where it starts, the batch's size,
-                 and the sum over all parts (BatchNorm's statistics, dropout's masks use it)
+    BatchSplit   (from cnnumpy.parallel) a part of a global batch: where it starts, the
+                 batch's size, and the sum over all parts (BatchNorm's statistics, dropout's
+                 masks use it)
     WholeBatch   the one part of a single process
     MPISplit     a rank's part; its sum is an Allreduce
     Group        the ranks of a run: an mpi4py communicator whose collectives have a time
                  limit (a rank that died or hangs stops the others: MPI_Abort, with a message)
     Solo         the one-rank group of a run without MPI (no mpi4py needed)
     NodeMemory   arrays in the memory the ranks of one machine share (MPI shared windows)
-    Replicas     what `fit` does with a group: agree on the run, broadcast rank 0's weights,
+    Replicas     what `fit` does with a group: agree on the run, start from rank 0's weights,
                  sum the gradients, share out the update, compare parameter checksums
 """
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -186,7 +189,10 @@ class Group:
             node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_size = node.Get_size()
         one_machine = self.size > 1 and self.local_size == self.size
-        self.node_memory = NodeMemory(self, node) if node_memory and one_machine else None
+        # only if every rank asks for it (and numbers the ranks alike)
+        shared = one_machine and node_memory and node.Get_rank() == self.rank
+        self.node_memory = NodeMemory(self, node) if not self.any(
+            not shared, "agreeing on shared memory") else None
         if self.node_memory is None:
             node.Free()
 
@@ -302,13 +308,23 @@ class NodeMemory:
     `rank_arrays` gives every rank an array of its own to write, which the other ranks read in
     place; `one_array` gives one array that every rank sees (rank 0's memory). What a rank
     writes before `synchronize` every rank reads after it (MPI's unified memory model: a
-    window sync on each side of a barrier). Windows are never freed here: MPI frees them
-    when the process ends, so no array made from one can outlive its memory.
+    window sync on each side of a barrier, or of another collective). `free` lets go of the
+    windows, on every rank at once: no array made from them may be used after it.
+
+    Open MPI keeps the windows in files under /dev/shm: `fits` says whether that has room.
     """
 
     def __init__(self, group: "Group", comm):
         self.group, self.comm = group, comm
         self._windows: list = []
+
+    def fits(self, nbytes: int, folder: str = "/dev/shm") -> bool:
+        """Whether `folder` (where Open MPI puts its shared windows, when it exists) has
+        `nbytes` free, with a margin."""
+        try:
+            return shutil.disk_usage(folder).free >= 1.25 * nbytes
+        except OSError:  # no such folder: the MPI library puts its files elsewhere
+            return True
 
     def _segments(self, counts: list[int], dtype, what: str) -> list[np.ndarray]:
         """A window of counts[r] elements of rank r's memory, as one array per rank."""
@@ -329,14 +345,24 @@ class NodeMemory:
         """One array of `count` elements that every rank sees (contents undefined)."""
         return self._segments([count] + [0] * (self.group.size - 1), dtype, what)[0]
 
-    def synchronize(self, what: str) -> None:
+    def synchronize(self, what: str, collective=None):
         """Return when every rank has called it, every rank's earlier writes to the shared
-        arrays visible to all."""
+        arrays visible to all: a barrier, or `collective()` (whose result is returned), which
+        no rank leaves before every rank has entered it (an Allreduce)."""
         for window in self._windows:
             window.Sync()
-        self.group.barrier(what)
+        result = self.group.barrier(what) if collective is None else collective()
         for window in self._windows:
             window.Sync()
+        return result
+
+    def free(self) -> None:
+        """Let go of every window (a collective: every rank calls it)."""
+        with self.group._limited("freeing the shared memory"):
+            for window in self._windows:
+                window.Unlock_all()
+                window.Free()
+        self._windows = []
 
 
 def as_group(communicator) -> Solo | Group:
@@ -425,13 +451,12 @@ class FlatParameters:
         size = sum(param.size for param in params.values())
         if memory is None:
             self.params = np.empty(size, dtype=dtypes[0])
-            self.grads, self.rank_grads = np.zeros(size, dtype=dtypes[0]), None
+            self.grads, self.rank_grads = np.empty(size, dtype=dtypes[0]), None
         else:
             self.params = memory.one_array(size, dtypes[0], "sharing the parameters' memory")
             self.rank_grads = memory.rank_arrays(size, dtypes[0],
                                                  "sharing the gradients' memory")
             self.grads = self.rank_grads[rank]
-            self.grads[...] = 0
         self.param_views, self.grad_views = [], []
         offset = 0
         for _, module, key in self.places:
@@ -440,8 +465,10 @@ class FlatParameters:
             views = self.params[where].reshape(param.shape), self.grads[where].reshape(param.shape)
             if memory is None or rank == 0:
                 views[0][...] = param
+            grad = getattr(module, "d" + key, None)  # (made again: the last backward's)
+            views[1][...] = grad if np.shape(grad) == param.shape else 0
             setattr(module, key, views[0])
-            setattr(module, "d" + key, views[1])  # zeros until the first backward
+            setattr(module, "d" + key, views[1])
             self.param_views.append(views[0])
             self.grad_views.append(views[1])
             offset += param.size
@@ -496,34 +523,41 @@ class Replicas:
 
     def _flat_buffer(self) -> np.ndarray:
         """A scratch buffer of as many elements as the parameters, in their dtype (reused)."""
-        flat = self._flat()
-        if self._buffer is None or self._buffer.shape != flat.params.shape:
-            self._buffer = np.empty_like(flat.params)
+        if self._buffer is None or self._buffer.shape != self.flat.params.shape:
+            self._buffer = np.empty_like(self.flat.params)
         return self._buffer
-
-    def _flat(self) -> FlatParameters:
-        """The model's flat buffers, made again if the model's arrays were replaced."""
-        if self.flat is None or not self.flat.holds(self.model):
-            self.flat = FlatParameters(self.model, self.group.node_memory, self.group.rank)
-        return self.flat
 
     def start(self, describe) -> None:
         """Check that every rank's `describe()` (what the run depends on, JSON-ready) is the
-        same, move the parameters into a flat buffer, and give every rank rank 0's (one
-        broadcast of that buffer)."""
+        same, move the parameters into flat buffers, and give every rank rank 0's (one
+        broadcast of the parameter buffer; in shared memory, it is rank 0's already)."""
         if self.group.size == 1:
             return
         check_agreement(self.group, describe())
-        flat = self._flat()  # in shared memory: rank 0's weights already
-        if self.group.node_memory is None:
-            self.group.broadcast(flat.params, "the broadcast of rank 0's initial weights")
+        memory = self.group.node_memory
+        if memory is not None:  # the parameters once and every rank's gradients
+            nbytes = (1 + self.group.size) * sum(
+                param.nbytes for param in self.model.parameters().values())
+            if self.group.any(not memory.fits(nbytes), "checking the room in /dev/shm"):
+                if self.group.rank == 0:
+                    print(f"cnnumpy: /dev/shm lacks the {nbytes / 1e6:.0f} MB the shared "
+                          f"buffers take on a rank's machine: the ranks send them instead",
+                          file=sys.stderr, flush=True)
+                self.group.node_memory = memory = None
+        self.flat = FlatParameters(self.model, memory, self.group.rank)
+        if memory is None:
+            self.group.broadcast(self.flat.params, "the broadcast of rank 0's initial weights")
 
-    def finish(self) -> None:
-        """After the run (also when it failed; no collective): the model's parameters and
-        gradients become arrays of its own, no longer shared with other ranks' models."""
+    def finish(self, free: bool = False) -> None:
+        """After the run: the model's parameters and gradients become arrays of its own, no
+        longer shared with other ranks' models (no collective: also when the run failed).
+        free=True (every rank ended the run, and nothing holds an array of the buffers any
+        more) also lets go of the shared memory."""
         if self.flat is not None:
             self.flat.release()
             self.flat = None
+        if free and self.group.node_memory is not None:
+            self.group.node_memory.free()
 
     @property
     def part(self) -> slice | None:
@@ -557,21 +591,27 @@ class Replicas:
         """
         if self.group.size == 1:
             return loss, correct
-        flat = self._flat()
-        grads = flat.gradients()
         if not count:  # no images, no share of the gradient
-            grads[...] = 0
+            self.model.zero_grad()
+        replaced = not self.flat.holds(self.model)  # e.g. by astype in a callback
+        if not replaced:
+            self.flat.gradients()  # copied in, if a layer assigned new arrays
+        mine = np.array([loss * count, correct, replaced] if count else [0.0, 0.0, replaced])
         memory = self.group.node_memory
         if memory is None:
-            grads[self.part] = self.group.sum_parts(grads, self._counts(), what)
+            sums = self.group.sum(mine, "the sum of the losses")
+        else:  # no rank leaves the sum before every rank's gradients are written
+            sums = memory.synchronize(what, lambda: self.group.sum(mine, "the sum of the losses"))
+        if sums[2]:  # arrays replaced on some rank: new buffers everywhere, the gradients kept
+            self.flat = FlatParameters(self.model, memory, self.group.rank)
+        grads, part = self.flat.grads, self.part
+        if memory is None:
+            grads[part] = self.group.sum_parts(grads, self._counts(), what)
         else:  # add the other ranks' gradients in this rank's part, read where they are
-            memory.synchronize(what)
-            own = grads[self.part]
-            for rank, other in enumerate(flat.rank_grads):
+            own = grads[part]
+            for rank, other in enumerate(self.flat.rank_grads):
                 if rank != self.group.rank:
-                    own += other[self.part]
-        sums = self.group.sum(np.array([loss * count, correct] if count else [0.0, 0.0]),
-                              "the sum of the losses")
+                    own += other[part]
         return float(sums[0]) / total, int(round(float(sums[1])))
 
     def share(self) -> None:
@@ -581,7 +621,7 @@ class Replicas:
             return
         what = "the exchange of the updated parameters"
         if self.group.node_memory is None:
-            self.group.share_parts(self._flat().params, self._counts(), what)
+            self.group.share_parts(self.flat.params, self._counts(), what)
         else:  # one buffer: every rank wrote its part there
             self.group.node_memory.synchronize(what)
 

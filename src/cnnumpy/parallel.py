@@ -177,6 +177,10 @@ class BatchParallel:
         self._replicas: list = []
         self._made_for = None  # the model's structure the replicas were made for
 
+    def release_replicas(self) -> None:
+        """Let go of the replicas and the model's arrays they hold (made again when needed)."""
+        self._replicas, self._made_for = [], None
+
     def _structure(self) -> tuple:
         """What the replicas copy besides the parameter values: the module objects, their
         settings (strides, sizes, ReLU/pool order...), the parameter arrays."""

@@ -403,13 +403,15 @@ class Trainer:
         """Train epoch after epoch until the last, or until a stop (a signal or callback: the
         History says "interrupted"; a loss that is not finite: "diverged")."""
         try:
-            self.replicas.start(self.description)  # distributed: called, compared, broadcast
+            self.replicas.start(self.description)  # distributed: compared, rank 0's weights
             if self.writes:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 _write_metrics(self.run_dir, self.history, append=False)
             self.model.train()
             self.train_epochs(stop, callbacks, epoch_callbacks, show_progress, verbose)
             self.replicas.whole_optimizer(self.optimizer)  # distributed: each rank kept a part
+            self.batch_parallel.release_replicas()  # they hold the model's (shared) arrays
+            self.replicas.finish(free=True)  # every rank is here: the shared memory goes
         finally:
             self.replicas.finish()  # distributed: the model's arrays are its own again
         self.history.normalization = self.normalization
@@ -606,7 +608,8 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
             the order of float sums. Rank 0 writes the files and prints; validation is shared
             out. A signal to any rank (SIGINT, SIGTERM or SIGUSR1) stops every rank after the
             same batch. Each rank updates its part of the parameters (the ranks then exchange
-            them): after a step, a rank's gradients are the global batch's only in that part
+            them, or, on one machine, share one buffer of them: `Group(node_memory=...)`):
+            after a step, a rank's gradients are the global batch's only in that part
             (`Replicas.part`), elsewhere its own images' share.
 
     Returns:
