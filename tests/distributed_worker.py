@@ -8,6 +8,7 @@ RUN_DIR/last.npz.
 """
 
 import argparse
+import copy
 import os
 import signal
 import sys
@@ -59,9 +60,10 @@ def toy_model(name: str, seed: int):
 
 def toy_fit(run_dir, communicator=None, *, epochs=3, seed=0, batch_size=16, callbacks=(),
             resume=None, count=34, model="simplecnn", workers=1, optimizer="sgd",
-            replace_at=None):
-    """fit on toy data; replace_at: after that step, every parameter becomes a new array of
-    the same values (as `astype` or a reassigned layer would make)."""
+            replace_at=None, factor=1.0, validate=True, kept=None, lr=0.05):
+    """fit on toy data; replace_at: after that step, every parameter becomes a new array,
+    `factor` times the old (as `astype` or a reassigned layer would make new arrays); kept: a
+    list that gets the model's parameters (the arrays themselves) after every step."""
     data_rng = np.random.default_rng(123)
     train, val = toy_data(data_rng, count), toy_data(data_rng, 11)
     model = toy_model(model, seed + 1)
@@ -69,14 +71,16 @@ def toy_fit(run_dir, communicator=None, *, epochs=3, seed=0, batch_size=16, call
     def replace(info):
         if info.step == replace_at:
             for _, module, key in model.parameter_places():
-                setattr(module, key, getattr(module, key).copy())
+                setattr(module, key, getattr(module, key) * factor)
+        if kept is not None:
+            kept[:] = model.parameters().values()
 
     callbacks = (*callbacks, replace)
     opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4) \
         if optimizer == "sgd" else cn.Adam(model, lr=0.01, weight_decay=5e-4)
     steps = epochs * -(-count // batch_size)
-    return model, cn.fit(model, train, val, optimizer=opt, epochs=epochs, batch_size=batch_size,
-                         schedule=cn.OneCycle(0.05, total_steps=steps),
+    return model, cn.fit(model, train, val if validate else None, optimizer=opt, epochs=epochs, batch_size=batch_size,
+                         schedule=cn.OneCycle(lr, total_steps=steps),
                          rng=np.random.default_rng(seed), run_dir=run_dir, resume=resume,
                          callbacks=callbacks, progress=False, verbose=False, workers=workers,
                          communicator=communicator)
@@ -104,6 +108,11 @@ def main():
     parser.add_argument("--replace-at", type=int, metavar="STEP",
                         help="every rank replaces its parameter arrays after STEP")
     parser.add_argument("--replace-on-rank-0-only", action="store_true")
+    parser.add_argument("--factor", type=float, default=1.0, help="of the replaced arrays")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--no-validation", action="store_true")
+    parser.add_argument("--keep-parameters", action="store_true",
+                        help="a callback keeps the model's parameter arrays of the last step")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     parser.add_argument("--run-dir-on-rank-0-only", action="store_true",
                         help="the other ranks get run_dir=None")
@@ -137,13 +146,15 @@ def main():
     resume = run_dir / "last.npz" if args.resume else None
     if args.run_dir_on_rank_0_only and rank != 0:
         run_dir = None
+    kept = [] if args.keep_parameters else None
     try:
         model, history = toy_fit(run_dir, group, epochs=args.epochs, seed=seed,
                              batch_size=batch_size, callbacks=[callback], resume=resume,
                              model=args.model, count=35 if args.model == "normdrop" else 34,
                              workers=args.workers, optimizer=args.optimizer,
                              replace_at=None if args.replace_on_rank_0_only and rank != 0
-                             else args.replace_at)
+                             else args.replace_at, factor=args.factor, lr=args.lr,
+                             validate=not args.no_validation, kept=kept)
     except cn.distributed.AllRanksError as err:
         print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return 1
@@ -151,6 +162,9 @@ def main():
     memory = group.node_memory
     print(f"rank {rank}: node memory {memory is not None}, windows left "
           f"{len(memory._windows) if memory else 0}", flush=True)
+    copy.deepcopy(model)  # reads every array the model holds, caches included
+    if kept:  # arrays of the run's last step, still readable
+        print(f"rank {rank}: kept {sum(float(array.sum()) for array in kept):.6g}", flush=True)
     for param in model.parameters().values():  # after the run, no rank sees another's writes
         param[...] = rank
     group.barrier()

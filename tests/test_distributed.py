@@ -211,19 +211,48 @@ def test_ranks_end_with_the_weights_of_one_process(one_process, straight, ranks,
 
 
 @needs_mpi
-@pytest.mark.parametrize("memory, where", [("shared", "rank 0"), ("sent", "all")])
-def test_arrays_replaced_during_a_run_keep_the_step_s_gradients_on_every_rank(
-        tmp_path, memory, where):
-    """Parameter arrays replaced after step 4 (as astype would), on rank 0 alone or on every
-    rank: every rank moves the parameters into new buffers at the next step (together: in
-    shared memory that is a collective), keeping that step's gradients; the weights are
-    still those of one process doing the same."""
-    model, _ = toy_fit(tmp_path / "one", replace_at=4)
+@pytest.mark.parametrize("where", ["rank 0", "all"])
+@pytest.mark.parametrize("memory", ["shared", "sent"])
+def test_arrays_replaced_during_a_run_keep_the_step_s_gradients(tmp_path, memory, where):
+    """Parameter arrays replaced after step 4 by copies (as astype would), on rank 0 alone or
+    on every rank: at the next step every rank moves the parameters into new buffers
+    (together: in shared memory that is a collective), keeping that step's gradients; the
+    weights are those of one process. No validation: the layers' caches of the last step
+    hold views of the buffers, which the worker's deepcopy after the run reads."""
+    model, _ = toy_fit(tmp_path / "one", validate=False)
     options = ["--no-node-memory"] if memory == "sent" else []
     options += ["--replace-on-rank-0-only"] if where == "rank 0" else []
-    result = mpirun(2, "many", "--replace-at", 4, *options, "--timeout", "30", cwd=tmp_path)
+    result = mpirun(2, "many", "--replace-at", 4, "--no-validation", *options,
+                    "--timeout", "30", cwd=tmp_path)
     assert result.stdout.count(" completed ") == 2, result.stdout
+    assert "windows left 0" in result.stdout  # both moves' windows freed (shared)
     assert max_difference(cn.load_checkpoint(tmp_path / "many" / "last.npz"), model) < 1e-10
+
+
+@needs_mpi
+@pytest.mark.parametrize("memory", ["shared", "sent"])
+def test_arrays_replaced_on_rank_0_alone_give_every_rank_rank_0_s_values(tmp_path, memory):
+    """Rank 0 alone scales its parameters by 1.01 after step 4 (new arrays); with a zero
+    learning rate nothing else changes them: every rank ends with rank 0's values, the
+    initial weights times 1.01 (sent buffers would otherwise mix the ranks' parts)."""
+    options = ["--no-node-memory"] if memory == "sent" else []
+    mpirun(2, "many", "--replace-at", 4, "--replace-on-rank-0-only", "--factor", 1.01,
+           "--lr", 0, *options, "--timeout", "30", cwd=tmp_path)
+    initial = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(1), dtype=np.float64)
+    stored = cn.load_checkpoint(tmp_path / "many" / "last.npz")
+    for name, value in initial.parameters().items():
+        np.testing.assert_array_equal(stored.parameters[name], value * 1.01, err_msg=name)
+
+
+@needs_mpi
+def test_shared_memory_that_a_caller_still_refers_to_is_kept(tmp_path):
+    """A callback kept the parameter arrays of the last step (views of the shared buffer):
+    that window is not freed, and the arrays read back after the run."""
+    result = mpirun(2, "many", "--keep-parameters", "--no-validation", "--timeout", "30",
+                    cwd=tmp_path)
+    assert "rank 0: node memory True, windows left 1" in result.stdout, result.stdout
+    kept = [float(line.split()[-1]) for line in result.stdout.splitlines() if " kept " in line]
+    assert len(kept) == 2 and kept[0] == kept[1] != 0  # one shared buffer, whole
 
 
 @needs_mpi
@@ -231,7 +260,7 @@ def test_without_room_in_dev_shm_the_ranks_send_the_buffers(tmp_path, one_proces
     model, _, _ = one_process
     result = mpirun(2, "many", "--no-room", "--timeout", "30", cwd=tmp_path)
     assert "/dev/shm lacks the" in result.stderr and "send them instead" in result.stderr
-    assert "rank 1: node memory False, windows left 0" in result.stdout, result.stdout
+    assert "rank 1: node memory True, windows left 0" in result.stdout, result.stdout
     assert max_difference(cn.load_checkpoint(tmp_path / "many" / "last.npz"), model) < 1e-10
 
 

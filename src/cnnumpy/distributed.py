@@ -309,21 +309,25 @@ class NodeMemory:
     place; `one_array` gives one array that every rank sees (rank 0's memory). What a rank
     writes before `synchronize` every rank reads after it (MPI's unified memory model: a
     window sync on each side of a barrier, or of another collective). `free` lets go of the
-    windows, on every rank at once: no array made from them may be used after it.
+    windows that no array refers to any more on any rank (every array made from a window is a
+    view of one kept here, so its reference count says); the others stay until the process
+    ends.
 
-    Open MPI keeps the windows in files under /dev/shm: `fits` says whether that has room.
+    Open MPI keeps the windows in files under /dev/shm (or its osc_sm_backing_directory):
+    `fits` says whether that has room.
     """
 
     def __init__(self, group: "Group", comm):
         self.group, self.comm = group, comm
-        self._windows: list = []
+        self._windows: list = []  # [(window, [its arrays, one per rank])]
 
-    def fits(self, nbytes: int, folder: str = "/dev/shm") -> bool:
-        """Whether `folder` (where Open MPI puts its shared windows, when it exists) has
-        `nbytes` free, with a margin."""
+    def fits(self, nbytes: int) -> bool:
+        """Whether the folder where Open MPI puts its shared windows has `nbytes` free, with
+        a margin (True when there is no such folder: the MPI library puts them elsewhere)."""
+        folder = os.environ.get("OMPI_MCA_osc_sm_backing_directory", "/dev/shm")
         try:
             return shutil.disk_usage(folder).free >= 1.25 * nbytes
-        except OSError:  # no such folder: the MPI library puts its files elsewhere
+        except OSError:
             return True
 
     def _segments(self, counts: list[int], dtype, what: str) -> list[np.ndarray]:
@@ -333,9 +337,10 @@ class NodeMemory:
             window = MPI.Win.Allocate_shared(counts[self.group.rank] * dtype.itemsize,
                                              dtype.itemsize, comm=self.comm)
         window.Lock_all()  # loads and stores from now on; Sync orders them
-        self._windows.append(window)
-        return [np.frombuffer(window.Shared_query(rank)[0], dtype=dtype, count=count)
-                for rank, count in enumerate(counts)]
+        arrays = [np.frombuffer(window.Shared_query(rank)[0], dtype=dtype, count=count)
+                  for rank, count in enumerate(counts)]
+        self._windows.append((window, arrays))
+        return [array[:] for array in arrays]  # views: what refers to them is counted
 
     def rank_arrays(self, count: int, dtype, what: str) -> list[np.ndarray]:
         """[rank 0's array, rank 1's, ...], each of `count` elements (contents undefined)."""
@@ -349,20 +354,37 @@ class NodeMemory:
         """Return when every rank has called it, every rank's earlier writes to the shared
         arrays visible to all: a barrier, or `collective()` (whose result is returned), which
         no rank leaves before every rank has entered it (an Allreduce)."""
-        for window in self._windows:
+        for window, _ in self._windows:
             window.Sync()
         result = self.group.barrier(what) if collective is None else collective()
-        for window in self._windows:
+        for window, _ in self._windows:
             window.Sync()
         return result
 
-    def free(self) -> None:
-        """Let go of every window (a collective: every rank calls it)."""
+    def free(self) -> int:
+        """Free the windows that no array refers to on any rank (a collective: every rank
+        calls it); returns how many stay (an array made from them is still alive)."""
+        held = [any(_references(arrays, index) > _ONLY_LISTED for index in range(len(arrays)))
+                for _, arrays in self._windows]
+        anywhere = self.group.gather(held, "freeing the shared memory")
+        kept = []
         with self.group._limited("freeing the shared memory"):
-            for window in self._windows:
-                window.Unlock_all()
-                window.Free()
-        self._windows = []
+            for (window, arrays), *holders in zip(self._windows, *anywhere):
+                if any(holders):
+                    kept.append((window, arrays))
+                else:
+                    window.Unlock_all()
+                    window.Free()
+        self._windows = kept
+        return len(kept)
+
+
+def _references(arrays: list[np.ndarray], index: int) -> int:
+    return sys.getrefcount(arrays[index])
+
+
+# What `_references` counts for an array that only its list holds (a view of it holds it too)
+_ONLY_LISTED = _references([np.empty(1)], 0)
 
 
 def as_group(communicator) -> Solo | Group:
@@ -519,13 +541,43 @@ class Replicas:
     def __init__(self, model, group):
         self.model, self.group = model, group
         self.flat: FlatParameters | None = None
+        self.memory: NodeMemory | None = None  # where the buffers are shared, if they are
         self._buffer: np.ndarray | None = None
 
     def _flat_buffer(self) -> np.ndarray:
         """A scratch buffer of as many elements as the parameters, in their dtype (reused)."""
-        if self._buffer is None or self._buffer.shape != self.flat.params.shape:
-            self._buffer = np.empty_like(self.flat.params)
+        params = self.flat.params
+        if self._buffer is None or (self._buffer.shape, self._buffer.dtype) != (
+                params.shape, params.dtype):
+            self._buffer = np.empty_like(params)
         return self._buffer
+
+    def _move_to_flat(self) -> None:
+        """Move the model's parameters and gradients into new flat buffers, every rank at
+        once (the gradients of the last backward kept), every rank's parameters rank 0's.
+        In memory the ranks share when the group allows it and /dev/shm has room, else sent."""
+        params = self.model.parameters().values()
+        layout = (sum(param.size for param in params),
+                  ", ".join(sorted({str(param.dtype) for param in params})))
+        layouts = self.group.gather(layout, "comparing the parameters' layout")
+        if len(set(layouts)) > 1:
+            listed = "; ".join(f"rank {rank}: {count} in {dtype}"
+                               for rank, (count, dtype) in enumerate(layouts))
+            raise RankAgreementError(f"the ranks' models hold different parameters ({listed}): "
+                                     f"change every rank's model alike")
+        memory = self.group.node_memory
+        if memory is not None:  # the parameters once and every rank's gradients
+            nbytes = (1 + self.group.size) * sum(param.nbytes for param in params)
+            if self.group.any(not memory.fits(nbytes), "checking the room for shared memory"):
+                if self.group.rank == 0:
+                    print(f"cnnumpy: /dev/shm lacks the {nbytes / 1e6:.0f} MB the shared "
+                          f"buffers take on a rank's machine: the ranks send them instead",
+                          file=sys.stderr, flush=True)
+                memory = None
+        self.memory = memory
+        self.flat = FlatParameters(self.model, memory, self.group.rank)
+        if memory is None:
+            self.group.broadcast(self.flat.params, "the broadcast of rank 0's parameters")
 
     def start(self, describe) -> None:
         """Check that every rank's `describe()` (what the run depends on, JSON-ready) is the
@@ -534,30 +586,22 @@ class Replicas:
         if self.group.size == 1:
             return
         check_agreement(self.group, describe())
-        memory = self.group.node_memory
-        if memory is not None:  # the parameters once and every rank's gradients
-            nbytes = (1 + self.group.size) * sum(
-                param.nbytes for param in self.model.parameters().values())
-            if self.group.any(not memory.fits(nbytes), "checking the room in /dev/shm"):
-                if self.group.rank == 0:
-                    print(f"cnnumpy: /dev/shm lacks the {nbytes / 1e6:.0f} MB the shared "
-                          f"buffers take on a rank's machine: the ranks send them instead",
-                          file=sys.stderr, flush=True)
-                self.group.node_memory = memory = None
-        self.flat = FlatParameters(self.model, memory, self.group.rank)
-        if memory is None:
-            self.group.broadcast(self.flat.params, "the broadcast of rank 0's initial weights")
+        self._move_to_flat()
 
     def finish(self, free: bool = False) -> None:
         """After the run: the model's parameters and gradients become arrays of its own, no
-        longer shared with other ranks' models (no collective: also when the run failed).
-        free=True (every rank ended the run, and nothing holds an array of the buffers any
-        more) also lets go of the shared memory."""
+        longer shared with other ranks' models, and its layers let go of their caches (which
+        hold views of the buffers); no collective: also when the run failed. free=True (every
+        rank ended the run) also frees the shared memory that nothing refers to any more."""
         if self.flat is not None:
             self.flat.release()
             self.flat = None
-        if free and self.group.node_memory is not None:
-            self.group.node_memory.free()
+            for module in self.model.modules():
+                if getattr(module, "cache", None) is not None:
+                    module.cache = None
+        if free and self.memory is not None:
+            self.memory.free()
+            self.memory = None
 
     @property
     def part(self) -> slice | None:
@@ -597,13 +641,14 @@ class Replicas:
         if not replaced:
             self.flat.gradients()  # copied in, if a layer assigned new arrays
         mine = np.array([loss * count, correct, replaced] if count else [0.0, 0.0, replaced])
-        memory = self.group.node_memory
+        memory = self.memory
         if memory is None:
             sums = self.group.sum(mine, "the sum of the losses")
         else:  # no rank leaves the sum before every rank's gradients are written
             sums = memory.synchronize(what, lambda: self.group.sum(mine, "the sum of the losses"))
         if sums[2]:  # arrays replaced on some rank: new buffers everywhere, the gradients kept
-            self.flat = FlatParameters(self.model, memory, self.group.rank)
+            self._move_to_flat()
+            memory = self.memory
         grads, part = self.flat.grads, self.part
         if memory is None:
             grads[part] = self.group.sum_parts(grads, self._counts(), what)
@@ -620,10 +665,10 @@ class Replicas:
         if self.group.size == 1:
             return
         what = "the exchange of the updated parameters"
-        if self.group.node_memory is None:
+        if self.memory is None:
             self.group.share_parts(self.flat.params, self._counts(), what)
         else:  # one buffer: every rank wrote its part there
-            self.group.node_memory.synchronize(what)
+            self.memory.synchronize(what)
 
     def whole_optimizer(self, optimizer) -> None:
         """Make the optimizer's state (momentum buffers, moments) whole on every rank: each
