@@ -22,9 +22,9 @@ backward, the gradient exchange, the optimizer step, the stop agreement); the fi
 over `--steps` steps after `--warmup` (and, on a machine shared with other jobs, the fastest
 step of all rounds, the least disturbed). The configurations take turns, in an order that
 alternates round by round, so that the other load on a shared machine hits them alike.
-For 2 ranks it also reports per step, on rank 0: the exchange as fit sees it (shared: a
-barrier, adding the other rank's half of the gradients to this rank's, the loss sum, and a
-barrier after the update; sent: the Reduce_scatter that sums this rank's half of the flat
+For 2 ranks it also reports per step, on rank 0: the exchange as fit sees it (shared: the
+loss sum, which no rank leaves before every rank's gradients are written, adding the other
+rank's half of the gradients to this rank's, and a barrier after the update; sent: the Reduce_scatter that sums this rank's half of the flat
 buffer of gradients, the loss sum, writing the half back, and after the update the
 Allgatherv of the new parameters into their flat buffer), both including the wait for the
 slower rank; for "sent", the two MPI calls alone and the Reduce_scatter and Allgatherv of

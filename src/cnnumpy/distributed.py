@@ -128,7 +128,7 @@ class Solo:
 
     rank, size, local_size = 0, 1, 1
     note = ""
-    node_memory = None
+    node_memory = None  # nothing to share
 
     def sum(self, array: np.ndarray, what: str = "") -> np.ndarray:
         return np.array(array, copy=True)
@@ -599,9 +599,9 @@ class Replicas:
             for module in self.model.modules():
                 if getattr(module, "cache", None) is not None:
                     module.cache = None
-        if free and self.memory is not None:
-            self.memory.free()
-            self.memory = None
+        self.memory = None
+        if free and self.group.node_memory is not None:  # also the windows of earlier moves
+            self.group.node_memory.free()
 
     @property
     def part(self) -> slice | None:
