@@ -19,6 +19,13 @@ def set_gradients(model, grads):
         setattr(model, "d" + name, np.array(grad, dtype=model.dtype))
 
 
+def write_gradients(model, grads):
+    """Write `grads` (by dotted name) into the model's gradient arrays, as backward does."""
+    arrays = model.gradients()
+    for name, grad in grads.items():
+        arrays[name][...] = grad
+
+
 def test_sgd_nesterov_weight_decay_by_hand():
     layer = one_parameter_layer(1.0)
     opt = cn.SGD(layer, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)
@@ -153,6 +160,20 @@ def test_errors(rng):
         cn.SGD(layer, lr=0.1).load_state_dict(bad)
 
 
+def steps_agree(models, step, other_step, steps=3):
+    """Give both `models` the same random gradients and call `step` (updating models[0])
+    and `other_step` (models[1]) `steps` times: the weights agree bit for bit."""
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        grads = {name: rng.standard_normal(p.shape) for name, p in models[0].parameters().items()}
+        for model in models:
+            write_gradients(model, grads)
+        step()
+        other_step()
+    for name, value in models[0].parameters().items():
+        np.testing.assert_array_equal(models[1].parameters()[name], value, err_msg=name)
+
+
 @pytest.mark.parametrize("make", [
     lambda m: cn.SGD(m, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
     lambda m: cn.SGD(m, lr=0.1, momentum=0.5, dampening=0.3),
@@ -160,22 +181,56 @@ def test_errors(rng):
     lambda m: cn.AdamW(m, lr=0.01)])
 def test_an_update_made_in_parts_is_the_whole_update(make):
     """A distributed run's ranks each update a range of the elements end to end
-    (`step(part)`): ranges that cut through parameters, one of which holds no element of some
-    parameters, give bit for bit the weights and state of whole steps."""
+    (`step(part)`), each with an optimizer of its own: ranges that cut through parameters,
+    one of which holds no element of some parameters, give bit for bit the weights and state
+    of whole steps (parameters cut between ranks start their buffers on every rank)."""
     models = [cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(0)) for _ in range(2)]
-    whole, parted = (make(model) for model in models)
+    whole = make(models[0])
     total = models[0].num_parameters()
     cuts = [0, 5, 300, total - 7, total]  # inside conv1.W, inside fc1.W, inside fc2.b
-    rng = np.random.default_rng(1)
-    for _ in range(3):
-        grads = {name: rng.standard_normal(p.shape) for name, p in models[0].parameters().items()}
-        for model in models:
-            set_gradients(model, grads)
-        whole.step()
-        for start, stop in zip(cuts, cuts[1:]):  # one step in four parts (as on four ranks)
-            parted.steps = whole.steps - 1
-            parted.step(slice(start, stop))
-    for name, value in models[0].parameters().items():
-        np.testing.assert_array_equal(models[1].parameters()[name], value, err_msg=name)
+    parts = [slice(start, stop) for start, stop in zip(cuts, cuts[1:])]
+    ranks = [make(models[1]) for _ in parts]  # as four ranks, sharing one parameter memory
+    steps_agree(models, whole.step, lambda: [rank.step(part) for rank, part in zip(ranks, parts)])
     for key, value in whole.state_dict()["arrays"].items():
-        np.testing.assert_array_equal(parted.state_dict()["arrays"][key], value, err_msg=key)
+        ends = np.cumsum([0] + [p.size for p in models[0].parameters().values()])
+        start = ends[list(models[0].parameters()).index(key.partition("/")[2])]
+        for rank, part in zip(ranks, parts):  # each rank's elements of the state array
+            here = slice(max(part.start - start, 0), max(min(part.stop - start, value.size), 0))
+            if here.start < here.stop:
+                np.testing.assert_array_equal(
+                    rank.state_dict()["arrays"][key].reshape(-1)[here],
+                    value.reshape(-1)[here], err_msg=key)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: cn.SGD(m, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    lambda m: cn.SGD(m, lr=0.1, momentum=0.5, dampening=0.3),
+    lambda m: cn.SGD(m, lr=0.1),
+    lambda m: cn.Adam(m, lr=0.01, weight_decay=1e-3),
+    lambda m: cn.AdamW(m, lr=0.01)])
+def test_an_update_made_block_by_block_is_the_whole_update(make):
+    """A parameter is updated `block` elements at a time; every block of a parameter's
+    first update is a first update (SGD with dampening starts its buffer at d, not at
+    (1 - dampening)·d), and plain SGD keeps no buffer."""
+    models = [cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(0)) for _ in range(2)]
+    whole, blocked = (make(model) for model in models)
+    whole.block, blocked.block = models[0].num_parameters(), 7
+    steps_agree(models, whole.step, blocked.step)
+    arrays = whole.state_dict()["arrays"]
+    assert arrays.keys() == blocked.state_dict()["arrays"].keys()
+    assert bool(arrays) == bool(whole.slots_in_use())
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(blocked.state_dict()["arrays"][key], value, err_msg=key)
+
+
+def test_a_parameter_not_contiguous_is_updated_whole(rng):
+    layer = one_parameter_layer(0.0)
+    layer.W = np.asfortranarray(rng.standard_normal((3, 4)))[:, ::2]  # neither C nor F order
+    layer.dW = np.ones((3, 2))
+    before = layer.W.copy()
+    opt = cn.SGD(layer, lr=0.5, momentum=0.9)
+    opt.block = 2
+    opt.step()
+    np.testing.assert_array_equal(layer.W, before - 0.5)
+    with pytest.raises(ValueError, match="parameter W is not contiguous"):
+        opt.step(slice(0, 3))
