@@ -2,6 +2,7 @@
 against PyTorch's convolution, one thread each.
 
     python benchmarks/conv_shapes.py [--model resnet20] [--input-shape 3,32,32] [--batch 128]
+                                     [--backward]
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/conv_shapes.py
 
 For every distinct convolution of the model (traced on one batch), the forward pass as
@@ -14,6 +15,13 @@ column, "vs torch", is PyTorch's time over cnnumpy's (1: as fast). One thread fo
 libraries: the question is what the arithmetic costs, not how it is spread over cores. The
 second command runs NumPy's own OpenBLAS kernel choice on machines that set
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for old OpenBLAS builds.
+
+With --backward, a second table: each convolution's weight gradient as `conv2d_backward`
+makes it (columns again, then colsᵀ · dout: a product of K x rows by rows x C_out, whose
+small output OpenBLAS computes at a fraction of its square-matrix rate), the product alone,
+and PyTorch's weight and bias gradients. Tried and dropped: dw from shifted views of the
+padded input (kH·kW products of C_in x rows by rows x C_out, no columns): the products are
+narrower still and ran no faster than the columns' copy plus one product.
 
 The product's width is C_out: with 16-64 output channels OpenBLAS's float32 GEMM runs at a
 fraction of its square-matrix rate, which bounds what an im2col convolution can reach.
@@ -34,7 +42,7 @@ import numpy as np  # noqa: E402
 
 import cnnumpy as cn  # noqa: E402
 from cnnumpy.functional.conv import (_weight_matrix, use_channels_last_columns,  # noqa: E402
-                                     conv2d_forward, im2col)
+                                     conv2d_forward, im2col, image_chunks)
 from cnnumpy.functional.windowing import pad2d, pair, to_nchw  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -65,12 +73,46 @@ def distinct_convolutions(model, input_shape, batch):
     return found
 
 
+def random_inputs(model, input_shape, batch):
+    """For each distinct convolution of the model, a random input as its kernel sees it:
+    (layer, the NCHW view of a channels-last array (what every kernel returns), its padded
+    form in the column layout the kernel chooses, that choice, the output's channels-last
+    shape)."""
+    rng = np.random.default_rng(0)
+    for layer, (n, c, h, w) in distinct_convolutions(model, input_shape, batch):
+        x = to_nchw(np.ascontiguousarray(rng.standard_normal((n, h, w, c), dtype=np.float32)))
+        c_out, _, kh, kw = layer.W.shape
+        (ph, pw), (sh, sw) = pair(layer.padding), pair(layer.stride)
+        h_out, w_out = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        channels_last = use_channels_last_columns(c, kw, w_out)
+        yield (layer, x, pad2d(x, layer.padding, channels_last), channels_last,
+               (n, h_out, w_out, c_out))
+
+
+def row_start(layer, x) -> str:
+    """A table row's first columns: input shape, output channels, kernel size / stride."""
+    c_out, _, kh, _ = layer.W.shape
+    return f"{str(x.shape):>16} {c_out:>5} {f'{kh}/{pair(layer.stride)[1]}':>4}"
+
+
+def product_rate(m: int, k: int, n: int, milliseconds: float) -> tuple[str, float]:
+    """An (m x k)·(k x n) product's shape for a table cell, and its GFLOP/s at that time."""
+    return f"{f'{m}x{k}x{n}':>18}", 2 * m * k * n / milliseconds / 1e6
+
+
+def channels_last_tensor(torch, x):
+    """The NCHW array x as a PyTorch tensor in channels-last memory, as cnnumpy's kernels hold it."""
+    return torch.from_numpy(np.ascontiguousarray(x)).contiguous(memory_format=torch.channels_last)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--input-shape", default="3,32,32")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--backward", action="store_true",
+                        help="also the weight gradient of each convolution")
     args = parser.parse_args()
     input_shape = tuple(int(size) for size in args.input_shape.split(","))
     try:
@@ -88,15 +130,8 @@ def main() -> None:
           f"convolution (ms)")
     print(f"{'input':>16} {'C_out':>5} {'k/s':>4} {'GEMM MxKxN':>18} {'im2col':>7} {'GEMM':>7} "
           f"{'GFLOP/s':>8} {'of 1024^3':>9} {'conv2d':>7} {'torch':>7} {'vs torch':>8}")
-    rng = np.random.default_rng(0)
-    for layer, shape in distinct_convolutions(model, input_shape, args.batch):
-        n, c, h, w = shape
-        x = to_nchw(np.ascontiguousarray(
-            rng.standard_normal((n, h, w, c), dtype=np.float32)))  # channels-last memory
+    for layer, x, x_pad, channels_last, _ in random_inputs(model, input_shape, args.batch):
         c_out, _, kh, kw = layer.W.shape
-        (_, pw), (_, sw) = pair(layer.padding), pair(layer.stride)
-        channels_last = use_channels_last_columns(c, kw, (w + 2 * pw - kw) // sw + 1)
-        x_pad = pad2d(x, layer.padding, channels_last)
         cols = np.ascontiguousarray(im2col(x_pad, (kh, kw), layer.stride, channels_last))
         w_mat = np.concatenate([_weight_matrix(layer.W, channels_last),
                                 np.zeros((c_out, 1), np.float32)], axis=1)
@@ -106,16 +141,50 @@ def main() -> None:
         t_gemm = median_ms(lambda: np.matmul(cols, w_mat.T, out=out), args.repeats)
         t_conv = median_ms(lambda: conv2d_forward(x, layer.W, None, layer.stride,
                                                   layer.padding), args.repeats)
-        gflops = 2 * cols.shape[0] * cols.shape[1] * c_out / t_gemm / 1e6
-        line = (f"{str(tuple(shape)):>16} {c_out:>5} {f'{kh}/{sw}':>4} "
-                f"{f'{cols.shape[0]}x{cols.shape[1]}x{c_out}':>18} {t_cols:7.1f} {t_gemm:7.1f} "
+        product, gflops = product_rate(cols.shape[0], cols.shape[1], c_out, t_gemm)
+        line = (f"{row_start(layer, x)} {product} {t_cols:7.1f} {t_gemm:7.1f} "
                 f"{gflops:8.0f} {gflops / rate:9.0%} {t_conv:7.1f}")
         if torch is not None:
-            tx = torch.from_numpy(np.ascontiguousarray(x)).to(memory_format=torch.channels_last)
-            tw = torch.from_numpy(layer.W)
+            tx, tw = channels_last_tensor(torch, x), torch.from_numpy(layer.W)
             t_torch = median_ms(lambda: torch.nn.functional.conv2d(
                 tx, tw, None, layer.stride, layer.padding), args.repeats)
             line += f" {t_torch:7.1f} {t_torch / t_conv:8.2f}"
+        print(line)
+    if args.backward:
+        weight_gradients(model, input_shape, args, torch)
+
+
+def weight_gradients(model, input_shape, args, torch) -> None:
+    """The weight gradient of each distinct convolution as `conv2d_backward` computes it
+    (im2col columns chunk by chunk, then colsᵀ · dout), the product alone on the whole batch's
+    columns, and PyTorch's (its `convolution_backward` asked for the weight and bias
+    gradients only)."""
+    print("\nweight gradient of each distinct convolution (ms)")
+    print(f"{'input':>16} {'C_out':>5} {'k/s':>4} {'colsT·dout':>18} {'dw':>7} {'GEMM':>7} "
+          f"{'GFLOP/s':>8} {'torch':>7} {'vs torch':>8}")
+    rng = np.random.default_rng(1)
+    for layer, x, x_pad, channels_last, out_shape in random_inputs(model, input_shape, args.batch):
+        c_out, _, kh, kw = layer.W.shape
+        dout = rng.standard_normal(out_shape, dtype=np.float32)  # (N, H_out, W_out, C_out)
+
+        def by_columns():
+            return sum(im2col(x_pad[chunk], (kh, kw), layer.stride, channels_last).T
+                       @ dout[chunk].reshape(-1, c_out)
+                       for chunk in image_chunks(x_pad, (kh, kw), layer.stride, channels_last))
+
+        cols = im2col(x_pad, (kh, kw), layer.stride, channels_last)
+        dout_rows = dout.reshape(-1, c_out)
+        t_dw = median_ms(by_columns, args.repeats)
+        t_gemm = median_ms(lambda: cols.T @ dout_rows, args.repeats)
+        product, gflops = product_rate(cols.shape[1], cols.shape[0], c_out, t_gemm)
+        line = f"{row_start(layer, x)} {product} {t_dw:7.1f} {t_gemm:7.1f} {gflops:8.0f}"
+        if torch is not None:
+            tx, tw = channels_last_tensor(torch, x), torch.from_numpy(layer.W)
+            tdout = channels_last_tensor(torch, to_nchw(dout))
+            t_torch = median_ms(lambda: torch.ops.aten.convolution_backward(
+                tdout, tx, tw, [c_out], list(pair(layer.stride)), list(pair(layer.padding)),
+                [1, 1], False, [0, 0], 1, [False, True, True]), args.repeats)
+            line += f" {t_torch:7.1f} {t_torch / t_dw:8.2f}"
         print(line)
 
 
