@@ -77,8 +77,11 @@ def main() -> None:
             optimizer = make(model)
             optimizer.block = block or model.num_parameters()
             row.append(time_steps(optimizer, args.repeats))
-        print(f"{name:14s}" + "".join(f"{seconds * 1e3:12.1f} ms" for seconds in row)
-              + f"   whole / best block: {row[0] / min(row[1:] or row):.2f}")
+        line = f"{name:14s}" + "".join(f"{seconds * 1e3:12.1f} ms" for seconds in row)
+        blocked = [seconds for block, seconds in zip(blocks, row) if block]
+        if 0 in blocks and blocked:
+            line += f"   whole / best block: {row[blocks.index(0)] / min(blocked):.2f}"
+        print(line)
 
 
 if __name__ == "__main__":

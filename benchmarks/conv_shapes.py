@@ -17,7 +17,7 @@ second command runs NumPy's own OpenBLAS kernel choice on machines that set
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for old OpenBLAS builds.
 
 With --backward, a second table: each convolution's weight gradient as `conv2d_backward`
-makes it (columns again, then colsᵀ · dout: a product of K x rows by rows x C_out, whose
+makes it (columns again, then colsᵀ · dout: a product of (K+1) x rows by rows x C_out, whose
 small output OpenBLAS computes at a fraction of its square-matrix rate), the product alone,
 and PyTorch's weight and bias gradients. Tried and dropped: dw from shifted views of the
 padded input (kH·kW products of C_in x rows by rows x C_out, no columns): the products are

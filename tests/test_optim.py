@@ -234,3 +234,24 @@ def test_a_parameter_not_contiguous_is_updated_whole(rng):
     np.testing.assert_array_equal(layer.W, before - 0.5)
     with pytest.raises(ValueError, match="parameter W is not contiguous"):
         opt.step(slice(0, 3))
+
+
+def test_state_set_from_elsewhere_is_updated_in_place(rng):
+    """A momentum buffer in Fortran order (set by hand, or made by code that keeps a
+    parameter's memory order) and an Adam state with one slot of two still take the update:
+    blocks are views of C-contiguous state, and a missing slot starts as at a first step."""
+    layer = one_parameter_layer(0.0)
+    layer.W = np.zeros((3, 4))
+    opt = cn.SGD(layer, lr=1.0, momentum=0.5)
+    opt.block = 5
+    opt.state["momentum_buffer"]["W"] = np.asfortranarray(np.ones((3, 4)))
+    opt.state["momentum_buffer"]["b"] = np.zeros(1)
+    set_gradients(layer, {"W": np.ones((3, 4)), "b": [0.0]})
+    opt.step()  # buf = 0.5·1 + 1 = 1.5
+    np.testing.assert_array_equal(opt.state["momentum_buffer"]["W"], 1.5)
+    np.testing.assert_array_equal(layer.W, -1.5)
+    adam = cn.Adam(one_parameter_layer(1.0), lr=0.1)
+    adam.state["exp_avg"]["W"] = np.zeros((1, 1))
+    set_gradients(adam.model, {"W": [[2.0]], "b": [0.0]})
+    adam.step()
+    assert adam.model.W[0, 0] == pytest.approx(0.9, abs=1e-7)

@@ -681,7 +681,7 @@ class Replicas:
             named = set().union(*self.group.gather(sorted(arrays), f"the optimizer's {slot}"))
             if named:  # every parameter has it once its part was updated on some rank
                 for name in params:
-                    arrays.setdefault(name, np.zeros_like(params[name]))
+                    arrays.setdefault(name, np.zeros(params[name].shape, params[name].dtype))
                 self._exchange([arrays[name] for name in params], f"the optimizer's {slot}")
 
     def _exchange(self, arrays: list[np.ndarray], what: str) -> None:

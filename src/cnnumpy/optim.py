@@ -34,7 +34,8 @@ class Optimizer:
     """Base of the optimizers: parameter walking, learning rate, step count, state (de)serialising.
 
     Subclasses set `slots` (the names of their per-parameter state arrays), implement
-    `_update(param, grad, slot)` and `hyperparameters()`.
+    `_update(param, grad, state, first)` and `hyperparameters()`, and may narrow
+    `slots_in_use()` (plain SGD keeps no momentum buffer).
     """
 
     slots: tuple[str, ...] = ()
@@ -65,8 +66,8 @@ class Optimizer:
 
     # Elements updated at a time: an update's temporaries (a few arrays of this many
     # elements) then stay in the L2 cache. SimpleCNN's 1.6 M float32 parameters updated
-    # whole stream every temporary through memory, about 3x the time of blocks of 32 K-64 K
-    # elements (benchmarks/bench_optim.py).
+    # whole stream every temporary through memory: 1.5-1.7 times the time of blocks of
+    # 32 K-64 K elements (benchmarks/bench_optim.py).
     block = 1 << 15
 
     def step(self, part: slice | None = None) -> None:
@@ -104,15 +105,17 @@ class Optimizer:
                              first)
 
     def _state_of(self, name: str, param: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
-        """Parameter `name`'s state arrays by slot (made with zeros, C-contiguous, the first
-        time), and whether they were just made: its first update, which some rules treat
-        apart."""
-        slots = self.slots_in_use()
-        first = bool(slots) and name not in self.state[slots[0]]
-        if first:
-            for slot in slots:
-                self.state[slot][name] = np.zeros(param.shape, param.dtype)
-        return {slot: self.state[slot][name] for slot in slots}, first
+        """Parameter `name`'s state arrays by slot, C-contiguous (the blocks of an update are
+        views of their flattened elements), and whether any was just made (with zeros): the
+        parameter's first update, which some rules treat apart."""
+        first = False
+        for slot in self.slots_in_use():
+            arrays = self.state[slot]
+            if name not in arrays:
+                arrays[name], first = np.zeros(param.shape, param.dtype), True
+            elif not arrays[name].flags.c_contiguous:  # set from elsewhere
+                arrays[name] = np.ascontiguousarray(arrays[name])
+        return {slot: self.state[slot][name] for slot in self.slots_in_use()}, first
 
     def slots_in_use(self) -> tuple[str, ...]:
         """The slots the update rule reads with the present hyperparameters."""
