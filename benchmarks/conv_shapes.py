@@ -170,7 +170,8 @@ def weight_gradients(model, input_shape, args, torch) -> None:
         def by_columns():
             return sum(im2col(x_pad[chunk], (kh, kw), layer.stride, channels_last).T
                        @ dout[chunk].reshape(-1, c_out)
-                       for chunk in image_chunks(x_pad, (kh, kw), layer.stride, channels_last))
+                       for chunk in image_chunks(x_pad, (kh, kw), layer.stride, channels_last,
+                                                 layer.W.nbytes))
 
         cols = im2col(x_pad, (kh, kw), layer.stride, channels_last)
         dout_rows = dout.reshape(-1, c_out)

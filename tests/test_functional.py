@@ -167,3 +167,35 @@ def test_input_gradient_by_convolution_is_col2ims(c_in, c_out, k, p):
             dx_pad[:, :, m:m + h_out, q:q + w_out] += np.einsum("nohw,oc->nchw", dout,
                                                                 w[:, :, m, q])
     np.testing.assert_allclose(dx, dx_pad[:, :, ph:ph + 7, pw:pw + 6], rtol=1e-12, atol=1e-12)
+
+
+def test_image_chunks_bound_the_columns_unless_the_weights_are_larger():
+    """Chunks of whole images in order: at most COLUMNS_BYTES of columns each, or twice the
+    weights' bytes where that is more (every product packs the weights)."""
+    big = np.empty((64, 34, 34, 16), np.float32)  # 1024 rows an image, 590 KB of columns
+    chunks = F.image_chunks(big, (3, 3), 1, True, weight_bytes=16 * 145 * 4)
+    assert [c.start for c in chunks] == list(range(0, 64, 7)) and chunks[-1].stop == 64
+    assert 7 * 1024 * (9 * 16) * 4 <= F.COLUMNS_BYTES
+    small = np.empty((40, 9, 9, 512), np.float32)  # 49 rows an image: 0.9 MB of columns
+    assert len(F.image_chunks(small, (3, 3), 1, True)) == 10  # 4 images in 4 MiB
+    weights = 512 * 4609 * 4  # 9 MB: 20 images' columns
+    chunks = F.image_chunks(small, (3, 3), 1, True, weight_bytes=weights)
+    assert [(c.start, c.stop) for c in chunks] == [(0, 20), (20, 40)]
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_a_convolution_in_chunks_is_the_one_chunk_convolution(channels_last, monkeypatch):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 3, 9, 8))
+    w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    results = []
+    per_image = 72 * 28 * 8  # bytes of one image's columns
+    for columns_bytes, chunks in ((2**30, 1), (1, 5), (2 * per_image, 3)):
+        monkeypatch.setattr(F.conv, "COLUMNS_BYTES", columns_bytes)
+        out, cache = F.conv2d_forward(x, w, b, 1, 1, channels_last=channels_last)
+        assert len(F.image_chunks(cache[0], (3, 3), 1, channels_last)) == chunks
+        dout = np.cos(out)
+        results.append((out, *F.conv2d_backward(dout, cache)))
+    for other in results[1:]:
+        for got, expected in zip(other, results[0]):
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
