@@ -3,13 +3,14 @@
     python benchmarks/accuracy_vs_torch.py [--model simplecnn|resnet20|...] [--epochs N]
                                            [--limit N] [--only cnnumpy|torch]
                                            [--init uniform|he] [--same-init]
-                                           [--state DIR]
+                                           [--random-erasing P] [--state DIR]
 
 Both train --model (default SimpleCNN: conv 32, pool, conv 64, pool, fc 512, fc 10) on
 Fashion-MNIST with the recipe of `cnnumpy train --model NAME`: SGD with Nesterov momentum 0.9
 and weight decay 5e-4, PyTorch's OneCycleLR peaking at the model's lr (momentum cycled
 0.95-0.85-0.95), batch 128, random crop (pad 2) and horizontal flip, the model's label
-smoothing and epochs (for resnet20: lr 0.1, label smoothing 0.1, 30 epochs), inputs
+smoothing and epochs (for resnet20: lr 0.1, label smoothing 0.1, 30 epochs), with
+--random-erasing P also random erasing (`cnnumpy.data.random_erasing`, the mean pixel), inputs
 normalised with the training set's mean and std. Models other than SimpleCNN run in PyTorch
 as `torch_mirror.mirror` of the cnnumpy model: the same architecture from the same initial
 weights (torchvision's initialisation), with PyTorch's own layers. The batches (order,
@@ -45,7 +46,7 @@ def cnnumpy_run(model, train, test, args):
     schedule = cn.OneCycle(args.lr, args.epochs * num_batches(train, args.batch_size))
     history = cn.fit(model, train, optimizer=optimizer, epochs=args.epochs,
                      batch_size=args.batch_size, schedule=schedule,
-                     label_smoothing=args.label_smoothing,
+                     label_smoothing=args.label_smoothing, random_erasing=args.random_erasing,
                      rng=np.random.default_rng(args.seed), progress=args.progress)
     metrics = cn.evaluate(model, test, history.normalization)
     return metrics["accuracy"], float(np.mean([entry["seconds"] for entry in history]))
@@ -83,7 +84,8 @@ def torch_run(torch, model, train, test, args):
     state = Path(args.state) if args.state else None
     if state and (state / "progress.json").exists():
         progress = json.loads((state / "progress.json").read_text())
-        if progress["settings"] != _settings(args):
+        # a state saved before --random-erasing existed had none
+        if {"random_erasing": 0.0, **progress["settings"]} != _settings(args):
             raise SystemExit(f"{state} holds a run with other settings: {progress['settings']}")
         saved = torch.load(state / "torch_state.pt", weights_only=True)
         if saved["epoch"] != len(progress["seconds"]):
@@ -101,7 +103,7 @@ def torch_run(torch, model, train, test, args):
         total_loss, steps = 0.0, 0
         for indices in iterate_batches(train, args.batch_size, rng):
             x = prepare_batch(train.images[indices], normalization, np.float32, rng=rng,
-                              crop_padding=2, flip=True)
+                              crop_padding=2, flip=True, erasing=args.random_erasing)
             loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(train.labels[indices]))
             optimizer.zero_grad()
             loss.backward()
@@ -124,8 +126,8 @@ def torch_run(torch, model, train, test, args):
 
 def _settings(args) -> dict:
     """What a saved PyTorch run must share with the command that continues it."""
-    keys = ("model", "epochs", "limit", "batch_size", "lr", "label_smoothing", "seed", "init",
-            "same_init")
+    keys = ("model", "epochs", "limit", "batch_size", "lr", "label_smoothing", "random_erasing",
+            "seed", "init", "same_init")
     return {key: getattr(args, key) for key in keys}
 
 
@@ -151,6 +153,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the model's)")
     parser.add_argument("--label-smoothing", type=float,
                         help="label smoothing (default: the model's)")
+    parser.add_argument("--random-erasing", type=float, metavar="P",
+                        help="probability of random erasing per training image, the "
+                             "augmentation of `cnnumpy train --random-erasing` (default: the "
+                             "model's, 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir")
     parser.add_argument("--only", choices=("cnnumpy", "torch"))
@@ -163,7 +169,7 @@ def main() -> None:
                                         "from what it holds")
     args = parser.parse_args()
     recipe = {**RECIPE, "lr": 0.05, **MODEL_RECIPES[args.model]}
-    for key in ("epochs", "lr", "label_smoothing"):
+    for key in ("epochs", "lr", "label_smoothing", "random_erasing"):
         if getattr(args, key) is None:
             setattr(args, key, recipe[key])
 
@@ -194,7 +200,8 @@ def main() -> None:
     if args.only != "torch":
         rows.append((f"cnnumpy {cn.__version__}", *cnnumpy_run(model, train, test, args)))
     print(f"{args.model} on Fashion-MNIST, {len(train)} training / {len(test)} test images, "
-          f"{args.epochs} epochs, lr {args.lr}, label smoothing {args.label_smoothing}")
+          f"{args.epochs} epochs, lr {args.lr}, label smoothing {args.label_smoothing}"
+          f"{f', random erasing {args.random_erasing}' if args.random_erasing else ''}")
     print(f"{'framework':<24}{'test accuracy':>15}{'s/epoch':>10}")
     for name, accuracy, seconds in rows:
         print(f"{name:<24}{accuracy:>15.4f}{seconds:>10.1f}")

@@ -87,7 +87,8 @@ def test_errors_are_one_line(data_dir, tmp_path, monkeypatch, capsys):
     for args in (["evaluate", "missing.npz"], ["evaluate", "broken.npz"],
                  ["predict", "broken.npz", "x.png"],
                  ["train", "--optimizer", "adam", "--momentum", "0.5"],
-                 ["train", "--resume", "r", "--lr", "0.1"]):
+                 ["train", "--resume", "r", "--lr", "0.1"],
+                 ["train", "--no-augment", "--random-erasing", "0.5"]):
         assert main(args) == 1, args
         stderr = capsys.readouterr().err
         assert stderr.startswith("cnnumpy: error: "), stderr

@@ -24,7 +24,7 @@ def toy_data(rng, count=96, size=8, classes=3):
 
 
 def toy_run(tmp_path, name, seed=0, model_seed=1, callbacks=(), resume=None, epochs=3,
-            epoch_callbacks=()):
+            epoch_callbacks=(), random_erasing=0.0):
     """A short seeded run on toy data: SGD Nesterov + one-cycle (momentum cycled) + augmentation."""
     data_rng = np.random.default_rng(123)
     train, val = toy_data(data_rng), toy_data(data_rng, count=30)
@@ -34,7 +34,7 @@ def toy_run(tmp_path, name, seed=0, model_seed=1, callbacks=(), resume=None, epo
                      schedule=cn.OneCycle(0.05, total_steps=epochs * 6),
                      rng=np.random.default_rng(seed), run_dir=tmp_path / name,
                      callbacks=callbacks, epoch_callbacks=epoch_callbacks, resume=resume,
-                     progress=False, verbose=False)
+                     random_erasing=random_erasing, progress=False, verbose=False)
     return model, history
 
 
@@ -60,15 +60,18 @@ def test_fit_learns_and_writes_metrics_and_checkpoints(tmp_path):
     assert mean.dtype == np.float32 and np.array_equal(last.arrays["normalization/std"], std)
 
 
-@pytest.mark.parametrize("stop_step", [8, 6])  # inside epoch 2; at the end of epoch 1
-def test_interrupt_and_resume_gives_identical_weights(tmp_path, stop_step):
-    straight, straight_history = toy_run(tmp_path, "straight")
-    _, stopped = toy_run(tmp_path, "resumed", callbacks=[stop_after(stop_step)])
+@pytest.mark.parametrize("stop_step, erasing", [(8, 0.0), (6, 0.0), (8, 0.5)])
+def test_interrupt_and_resume_gives_identical_weights(tmp_path, stop_step, erasing):
+    """Inside epoch 2 or at the end of epoch 1; with random erasing too."""
+    straight, straight_history = toy_run(tmp_path, "straight", random_erasing=erasing)
+    _, stopped = toy_run(tmp_path, "resumed", callbacks=[stop_after(stop_step)],
+                         random_erasing=erasing)
     assert stopped.status == "interrupted" and "last.npz" in stopped.message
     checkpoint = cn.load_checkpoint(tmp_path / "resumed" / LAST_FILE)
     assert checkpoint.metadata["progress"]["step"] == stop_step
     # different seeds and initial weights: everything must come from the checkpoint
-    resumed, history = toy_run(tmp_path, "resumed", seed=99, model_seed=98, resume=checkpoint)
+    resumed, history = toy_run(tmp_path, "resumed", seed=99, model_seed=98, resume=checkpoint,
+                               random_erasing=erasing)
     assert history.status == "completed"
     for name, value in straight.parameters().items():
         assert np.array_equal(resumed.parameters()[name], value), name
@@ -245,6 +248,26 @@ def test_edited_progress_is_refused(tmp_path, stopped_run, field, value, message
         cn.load_checkpoint(path)
 
 
+def test_random_erasing_changes_the_batches_and_older_runs_resume_without_it(tmp_path,
+                                                                           stopped_run):
+    """A run saved before random erasing existed (no such entry) resumes as a run without
+    it, and is refused by a run with it; erasing changes what is trained."""
+    from corruptions import write_npz
+
+    (metadata, arrays), _ = stopped_run
+    assert metadata["fit"]["random_erasing"] == 0.0
+    metadata = {**metadata, "fit": {k: v for k, v in metadata["fit"].items()
+                                    if k != "random_erasing"}}
+    path = write_npz(tmp_path / "old.npz", metadata, arrays)
+    with pytest.raises(ValueError, match=r"old\.npz: was written with settings .*"
+                                         r"'random_erasing': 0\.0.*'random_erasing': 0\.5"):
+        toy_run(tmp_path, "erasing", resume=path, random_erasing=0.5)
+    resumed, history = toy_run(tmp_path, "plain", resume=path)
+    assert history.status == "completed"
+    erased, _ = toy_run(tmp_path, "erased", random_erasing=0.5)
+    assert not np.array_equal(erased.parameters()["fc2.W"], resumed.parameters()["fc2.W"])
+
+
 def test_an_edited_checkpoint_is_refused_before_resuming(tmp_path, stopped_run):
     from corruptions import set_path, write_npz
 
@@ -278,6 +301,9 @@ def test_public_arguments_are_checked_at_the_boundary(tmp_path, rng):
         ({"schedule": 0.1}, TypeError, "schedule must be a cnnumpy.schedules.Schedule"),
         ({"augment": None}, ValueError, "augment must be True or False, got None"),
         ({"crop_padding": -1}, ValueError, "crop_padding must be an integer >= 0, got -1"),
+        ({"random_erasing": 1.5}, ValueError, r"random_erasing must be a finite number in "),
+        ({"random_erasing": 0.5, "augment": False}, ValueError,
+         "random_erasing=0.5 is an augmentation: it needs augment=True"),
         ({"normalization": (np.float32([np.nan]), np.float32([1]))}, ValueError,
          "normalization mean must be finite"),
         ({"normalization": "none"}, TypeError, "normalization must be a pair"),

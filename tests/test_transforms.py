@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cnnumpy.data import channel_stats, normalize, random_crop, random_hflip
+from cnnumpy.data import channel_stats, normalize, random_crop, random_erasing, random_hflip
 
 
 def uint8_batch(shape=(6, 3, 7, 5), seed=0):
@@ -106,3 +106,58 @@ def test_a_part_of_a_batch_gets_the_whole_batch_draws():
     with pytest.raises(ValueError, match="a part of 3 images starting at 8 does not fit in a "
                                          "batch of 10"):
         random_crop(batch[4:7], 1, np.random.default_rng(2), start=8, total=10)
+
+
+def erasing_loops(batch, rng, p, scale, ratio, value):
+    """Random erasing image by image, as torchvision's RandomErasing decides for one image,
+    from draws made in the order `random_erasing` documents."""
+    n, c, h, w = batch.shape
+    chosen = rng.random(n) < p
+    areas = h * w * rng.uniform(*scale, size=(n, 10))
+    ratios = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), size=(n, 10)))
+    tops, lefts = rng.random(n), rng.random(n)
+    out = batch.copy()
+    for i in range(n):
+        if not chosen[i]:
+            continue
+        for area, aspect in zip(areas[i], ratios[i]):
+            eh, ew = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+            if eh < h and ew < w:
+                top, left = int(tops[i] * (h - eh + 1)), int(lefts[i] * (w - ew + 1))
+                out[i, :, top:top + eh, left:left + ew] = np.asarray(value)[:, None, None]
+                break
+    return out
+
+
+@pytest.mark.parametrize("p, scale, ratio", [(0.5, (0.02, 0.33), (0.3, 3.3)),
+                                             (1.0, (0.3, 0.9), (0.2, 5.0)),
+                                             (1.0, (0.98, 1.0), (1.0, 1.0)), (0.0, (0.1, 0.2), (1, 1))])
+def test_random_erasing_is_the_per_image_rule(p, scale, ratio):
+    """The first of 10 attempts that fits is placed; with areas near the whole image none
+    fits and the images stay whole; p = 0 erases nothing. One value per channel."""
+    batch = uint8_batch((40, 3, 12, 9), seed=5)
+    value = [7, 8, 9]
+    got = random_erasing(batch, np.random.default_rng(6), p, scale, ratio, value)
+    expected = erasing_loops(batch, np.random.default_rng(6), p, scale, ratio, value)
+    np.testing.assert_array_equal(got, expected)
+    erased = (got != batch).any(axis=(1, 2, 3))
+    if p == 0.0 or scale[0] > 0.95:  # nothing to erase, or no rectangle fits
+        assert not erased.any()
+    else:  # with p = 1, all but the images whose 10 attempts were all too large
+        assert 5 < erased.sum() < 35 if p < 1 else erased.sum() > 30
+
+
+def test_random_erasing_covers_its_area_range_and_splits_like_the_batch():
+    batch = np.full((2000, 1, 28, 28), 200, np.uint8)
+    out = random_erasing(batch, np.random.default_rng(7), 0.5, value=0)
+    erased = (out == 0).any(axis=(1, 2, 3))
+    assert 0.45 < erased.mean() < 0.52  # p, less the draws where no attempt fits
+    share = (out == 0).sum(axis=(1, 2, 3))[erased] / (28 * 28)
+    assert 0.015 < share.min() < 0.03 and 0.3 < share.max() < 0.36  # rounding of h and w
+    part = random_erasing(batch[300:340], np.random.default_rng(7), 0.5, value=0,
+                          start=300, total=2000)
+    np.testing.assert_array_equal(part, out[300:340])
+    with pytest.raises(ValueError, match="value must be a number or one per channel"):
+        random_erasing(batch[:2], np.random.default_rng(0), value=[1, 2])
+    with pytest.raises(ValueError, match="scale must be"):
+        random_erasing(batch[:2], np.random.default_rng(0), scale=(0.5, 0.1))

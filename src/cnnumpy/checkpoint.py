@@ -334,6 +334,8 @@ MAX_METADATA_BYTES = 16 << 20      # its JSON metadata
 PROGRESS_COUNTERS = ("epoch", "batch", "step", "correct", "seen")
 PROGRESS_FIELDS = (*PROGRESS_COUNTERS, "loss_sum", "seconds", "best_score")
 FIT_FIELDS = ("batch_size", "augment", "crop_padding", "flip", "label_smoothing", "train_size")
+# Fit settings a run may lack: runs saved before random erasing existed had none.
+OPTIONAL_FIT_FIELDS = ("random_erasing",)
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
 MAX_EPOCHS = 1_000_000
 _FLOAT_DTYPES = ("float32", "float64")
@@ -443,13 +445,14 @@ def _check_run(m: dict) -> None:
     """The fields `fit` writes, against each other: settings, progress, history, RNG."""
     fit = m.get("fit")
     if fit is not None:
-        _dict("fit", fit, FIT_FIELDS, FIT_FIELDS)
+        _dict("fit", fit, FIT_FIELDS, FIT_FIELDS + OPTIONAL_FIT_FIELDS)
         check_integer("fit.batch_size", fit["batch_size"], 1)
         check_integer("fit.train_size", fit["train_size"], 1)
         check_integer("fit.crop_padding", fit["crop_padding"], 0, MAX_IMAGE_SIDE)
         check_bool("fit.augment", fit["augment"])
         check_bool("fit.flip", fit["flip"])
         check_number("fit.label_smoothing", fit["label_smoothing"], 0.0, 1.0)
+        check_number("fit.random_erasing", fit.get("random_erasing", 0.0), 0.0, 1.0)
     progress = m.get("progress")
     if progress is not None:
         if fit is None or "epochs" not in m:
@@ -575,14 +578,16 @@ TRAIN_SETTINGS_FIELDS = {
     "weight_decay": lambda name, v: check_number(name, v, 0.0),
     "label_smoothing": lambda name, v: check_number(name, v, 0.0, 1.0),
     "augment": check_bool,
+    "random_erasing": lambda name, v: check_number(name, v, 0.0, 1.0),
     "val_split": lambda name, v: check_number(name, v, 0.0, 1.0, high_open=True),
     "seed": lambda name, v: check_integer(name, v, 0),
     "limit": lambda name, v: v is None or check_integer(name, v, 1),
     "input_padding": lambda name, v: check_integer(name, v, 0, MAX_IMAGE_SIDE),
 }
-# Settings a run may lack: older runs had no `init`, and only SimpleCNN has one; momentum and
-# nesterov are SGD's only; input_padding is VGG's and AlexNet's (cli.MODEL_RECIPES).
-OPTIONAL_TRAIN_SETTINGS = ("init", "momentum", "nesterov", "input_padding")
+# Settings a run may lack: older runs had no `init` and no `random_erasing`, and only
+# SimpleCNN has an init; momentum and nesterov are SGD's only; input_padding is VGG's and
+# AlexNet's (cli.MODEL_RECIPES).
+OPTIONAL_TRAIN_SETTINGS = ("init", "momentum", "nesterov", "input_padding", "random_erasing")
 
 
 def _check_train_settings(settings, m: dict) -> None:
@@ -596,8 +601,10 @@ def _check_train_settings(settings, m: dict) -> None:
                               ("batch_size", "fit.batch_size", fit.get("batch_size")),
                               ("augment", "fit.augment", fit.get("augment")),
                               ("label_smoothing", "fit.label_smoothing",
-                               fit.get("label_smoothing"))):
-        if value is not None and settings[key] != value:
+                               fit.get("label_smoothing")),
+                              ("random_erasing", "fit.random_erasing",
+                               fit.get("random_erasing"))):
+        if value is not None and settings.get(key, 0.0) != value:
             raise ValueError(f"train_settings.{key} is {settings[key]!r} but {where} is "
                              f"{value!r}")
     optimizer = m.get("optimizer") or {}

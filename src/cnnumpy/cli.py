@@ -113,7 +113,7 @@ RECIPE = {
     "dataset": "fashion-mnist", "data_dir": None, "model": "simplecnn", "init": "uniform",
     "epochs": 15, "batch_size": 128, "lr": None, "optimizer": "sgd", "momentum": None,
     "nesterov": None, "schedule": "onecycle", "weight_decay": None, "label_smoothing": 0.0,
-    "augment": True, "val_split": 0.0, "seed": 0, "limit": None,
+    "augment": True, "random_erasing": 0.0, "val_split": 0.0, "seed": 0, "limit": None,
 }
 # What the default recipe changes for other models on Fashion-MNIST-sized images (28x28):
 # {registry name prefix: {setting: value}}; see the README's table. The CIFAR ResNets train
@@ -167,6 +167,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         help="label smoothing of the loss (default 0)")
     add("--augment", action=argparse.BooleanOptionalAction,
         help="random crop (2 px padding) and horizontal flip of training images (default on)")
+    add("--random-erasing", type=_number(0.0, 1.0), metavar="P",
+        help="with --augment, fill a random rectangle of each training image with the mean "
+             "pixel with probability P, as torchvision's RandomErasing (default 0: none)")
     add("--val-split", type=_fraction, help="fraction of the training images held out for "
                                             "per-epoch validation (default 0: none)")
     add("--seed", type=_seed, help="seed of initialisation, split, shuffling, augmentation "
@@ -195,6 +198,8 @@ def _train_settings(args) -> dict:
     settings = {**RECIPE, **MODEL_RECIPES[model], **given}
     if model != "simplecnn":
         del settings["init"]
+    if settings["random_erasing"] and not settings["augment"]:
+        raise ValueError("--random-erasing is an augmentation: it needs --augment")
     if settings["optimizer"] != "sgd" and "lr" not in given:  # the models' lr is SGD's
         settings["lr"] = None
     defaults = OPTIMIZER_DEFAULTS[settings["optimizer"]]
@@ -275,7 +280,8 @@ def _train(args, group) -> int:
         run_dir = args.resume
         checkpoint = load_checkpoint(run_dir / LAST_FILE)
         checkpoint.require("train_settings", "progress.epoch", "epochs")
-        settings = dict(checkpoint.metadata["train_settings"])
+        # runs saved before --random-erasing existed had none
+        settings = {"random_erasing": 0.0, **checkpoint.metadata["train_settings"]}
         if args.data_dir is not None:
             settings["data_dir"] = args.data_dir
         if checkpoint.metadata["progress"]["epoch"] >= checkpoint.metadata["epochs"]:
@@ -308,7 +314,8 @@ def _train(args, group) -> int:
             file=sys.stderr, flush=True)
     history = fit(model, train, val, optimizer=optimizer, epochs=settings["epochs"],
                   batch_size=settings["batch_size"], schedule=schedule,
-                  augment=settings["augment"], label_smoothing=settings["label_smoothing"],
+                  augment=settings["augment"], random_erasing=settings["random_erasing"],
+                  label_smoothing=settings["label_smoothing"],
                   rng=rng, run_dir=run_dir, resume=checkpoint, progress=not args.no_progress,
                   metadata={"train_settings": {**settings, "data_dir": _text(settings["data_dir"])}},
                   communicator=group)

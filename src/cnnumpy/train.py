@@ -42,7 +42,8 @@ from typing import Callable
 import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .data import channel_stats, normalize, num_batches, random_crop, random_hflip
+from .data import (channel_stats, normalize, num_batches, random_crop, random_erasing,
+                   random_hflip)
 from .data.transforms import check_normalization
 from . import workspace
 from .layers.activation import seed_dropout
@@ -51,7 +52,7 @@ from .distributed import fingerprint
 from .parallel import BatchParallel, blas_threads
 from .losses import CrossEntropyLoss, softmax
 from .schedules import Schedule
-from .validate import check_bool, check_integer, check_rng
+from .validate import check_bool, check_integer, check_number, check_rng
 
 METRICS_FILE = "metrics.jsonl"
 OTHER_RANK_STOPPED = "another rank was asked to stop"
@@ -128,14 +129,16 @@ def _check_data(data, what: str):
 
 
 def prepare_batch(images_uint8: np.ndarray, normalization, dtype, *, rng=None,
-                  crop_padding: int = 0, flip: bool = False,
+                  crop_padding: int = 0, flip: bool = False, erasing: float = 0.0,
                   split: BatchSplit | None = None) -> np.ndarray:
     """uint8 batch (N, C, H, W) -> normalised `dtype` batch, augmented first when rng is given.
 
     Augmentation works on the uint8 pixels, as torchvision's RandomCrop and RandomHorizontalFlip
-    before ToTensor and Normalize: the crop's padding is black, not the mean. With a `split`,
-    the images are the part of a global batch it says, and are augmented as they would be in
-    the whole batch (the draws are made for the whole batch).
+    before ToTensor and Normalize: the crop's padding is black, not the mean. Then, with
+    probability `erasing` per image, `random_erasing` fills a rectangle with the mean pixel
+    (rounded), which normalises to about 0: torchvision's RandomErasing(value=0) after
+    Normalize. With a `split`, the images are the part of a global batch it says, and are
+    augmented as they would be in the whole batch (the draws are made for the whole batch).
     """
     if rng is not None:
         start, total = (0, None) if split is None else (split.start, split.total)
@@ -143,6 +146,10 @@ def prepare_batch(images_uint8: np.ndarray, normalization, dtype, *, rng=None,
             images_uint8 = random_crop(images_uint8, crop_padding, rng, start=start, total=total)
         if flip:
             images_uint8 = random_hflip(images_uint8, rng, start=start, total=total)
+        if erasing:
+            images_uint8 = random_erasing(images_uint8, rng, erasing,
+                                          value=np.round(255 * np.asarray(normalization[0])),
+                                          start=start, total=total)
     mean, std = normalization
     return normalize(images_uint8, mean, std).astype(dtype, copy=False)
 
@@ -280,6 +287,7 @@ class LoopSettings:
     crop_padding: int
     flip: bool
     label_smoothing: float
+    random_erasing: float = 0.0
 
 
 class RunStopped(Exception):
@@ -369,7 +377,8 @@ class Trainer:
         """Continue from a checkpoint written by `save` (weights, optimizer, RNG, position)."""
         checkpoint.require("progress", "rng_state", "history", "fit")
         checkpoint.require_arrays("normalization/mean", "normalization/std")
-        stored = checkpoint.metadata["fit"]
+        # runs saved before random erasing existed had none
+        stored = {"random_erasing": 0.0, **checkpoint.metadata["fit"]}
         if stored != self.settings:
             raise checkpoint.error(f"was written with settings {stored}, this run has "
                                    f"{self.settings}")
@@ -477,7 +486,7 @@ class Trainer:
         rng = self.rng if self.loop.augment else None
         x = prepare_batch(self.train_images[indices], self.normalization, self.model.dtype,
                           rng=rng, crop_padding=self.loop.crop_padding, flip=self.loop.flip,
-                          split=split)
+                          erasing=self.loop.random_erasing, split=split)
         y = self.train_labels[indices]
         lr = self.schedule.apply(self.optimizer, p.step) if self.schedule else self.optimizer.lr
         loss, correct = math.nan, 0
@@ -561,7 +570,7 @@ def format_entry(entry: dict) -> str:
 
 def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size: int = 128,
         schedule=None, augment: bool = True, crop_padding: int = 2, flip: bool = True,
-        label_smoothing: float = 0.0, rng: np.random.Generator | None = None,
+        random_erasing: float = 0.0, label_smoothing: float = 0.0, rng: np.random.Generator | None = None,
         run_dir=None, normalization=None, resume=None,
         callbacks: tuple[Callable[[BatchInfo], bool | None], ...] = (),
         epoch_callbacks: tuple[Callable[[dict], bool | None], ...] = (),
@@ -578,8 +587,10 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
         epochs: total number of epochs (a resumed run counts the epochs already done).
         batch_size: images per optimizer step (the last batch of an epoch may be smaller).
         schedule: a `cnnumpy.schedules.Schedule` setting the lr at every step, or None.
-        augment: random crop (`crop_padding` black pixels) and horizontal flip (`flip`) of
-            training batches; validation batches are never augmented.
+        augment: random crop (`crop_padding` black pixels), horizontal flip (`flip`) and,
+            with probability `random_erasing` per image, a rectangle filled with the mean
+            pixel (`cnnumpy.data.random_erasing`; default 0: none) in training batches;
+            validation batches are never augmented.
         label_smoothing: ε of the cross-entropy (default 0).
         rng: the Generator for shuffling and augmentation (default: a fresh, unseeded one).
         run_dir: folder for metrics.jsonl, last.npz, best.npz (None: nothing written).
@@ -630,6 +641,10 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
     check_bool("augment", augment)
     check_bool("flip", flip)
     check_integer("crop_padding", crop_padding, 0)
+    random_erasing = check_number("random_erasing", random_erasing, 0.0, 1.0)
+    if random_erasing and not augment:
+        raise ValueError(f"random_erasing={random_erasing} is an augmentation: it needs "
+                         f"augment=True")
     if run_dir is not None and not str(run_dir):
         raise ValueError("run_dir must name a folder (or be None), got an empty path")
     for name, functions in (("callbacks", callbacks), ("epoch_callbacks", epoch_callbacks)):
@@ -653,7 +668,8 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
                 f"with BatchNorm, every batch must give each of the {group.size} ranks at least "
                 f"one image, but {len(images)} training images in batches of {batch_size} end "
                 f"with a batch of {tail}; change --limit or --batch-size")
-    loop = LoopSettings(epochs, batch_size, augment, crop_padding, flip, label_smoothing)
+    loop = LoopSettings(epochs, batch_size, augment, crop_padding, flip, label_smoothing,
+                        random_erasing)
     run = Trainer(model, optimizer=optimizer, schedule=schedule, train_data=train_data,
                   val_data=val_data, loop=loop, rng=rng, run_dir=run_dir,
                   normalization=normalization, metadata=metadata, workers=workers, group=group)

@@ -16,11 +16,11 @@ from .dataset import (CLASS_NAMES, FASHION_MNIST_CLASSES, MNIST_CLASSES, ImageDa
                       load_dataset)
 from .loader import iterate_batches, num_batches, train_val_split
 from .sources import DATASETS, DatasetNotFoundError, data_home, dataset_files
-from .transforms import channel_stats, normalize, random_crop, random_hflip
+from .transforms import channel_stats, normalize, random_crop, random_erasing, random_hflip
 
 __all__ = [
     "CIFAR10_CLASSES", "CLASS_NAMES", "DATASETS", "DatasetNotFoundError",
     "FASHION_MNIST_CLASSES", "ImageDataset", "MNIST_CLASSES", "channel_stats", "data_home",
     "dataset_files", "iterate_batches", "load_dataset", "normalize", "num_batches",
-    "random_crop", "random_hflip", "train_val_split",
+    "random_crop", "random_erasing", "random_hflip", "train_val_split",
 ]

@@ -1,4 +1,4 @@
-"""Batch transforms: per-channel statistics and normalisation, random crop and flip.
+"""Batch transforms: per-channel statistics and normalisation, random crop, flip and erasing.
 
 All functions take NCHW batches and are vectorised over the batch (no Python loop over
 images); randomness comes only from the `numpy.random.Generator` passed in.
@@ -140,3 +140,53 @@ def random_hflip(batch, rng, p=0.5, *, start=0, total=None):
     part, total = _part_of(batch, start, total)
     flip = rng.random(total)[part] < p
     return np.where(flip[:, None, None, None], batch[..., ::-1], batch)
+
+
+def random_erasing(batch, rng, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0, *,
+                   start=0, total=None):
+    """Fill one random rectangle of each image with `value`, with probability p (Zhong et
+    al., "Random Erasing Data Augmentation", AAAI 2020; the rule of torchvision's
+    RandomErasing).
+
+    For an image of H x W pixels chosen (one draw per image, u < p), up to 10 attempts
+    each draw an area a = H·W·U(scale) and an aspect ratio r = exp(U(log ratio)); the first
+    attempt whose rectangle h = round(√(a·r)) by w = round(√(a/r)) is smaller than the image
+    (h < H, w < W) is placed at a uniform top-left corner (i, j), i in [0, H - h], j in
+    [0, W - w], and out[n, :, i:i+h, j:j+w] = value; if none fits, the image stays whole.
+    value: a number, or one per channel. batch: (N, C, H, W), any dtype; returns a new array
+    of the same shape and dtype. Draws for the whole batch, in this order: u (N), the areas
+    (N x 10), the log ratios (N x 10), then the corners (N each for i and j, uniform in
+    [0, 1), scaled to the room each image has).
+
+    A part of a larger batch (`total` images, this part from image `start`) draws for the
+    whole batch and keeps its own images' draws (see random_crop).
+    """
+    _check_batch(batch)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p!r}")
+    if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+        raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {scale!r}")
+    if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio!r}")
+    part, total = _part_of(batch, start, total)
+    n, c, h, w = batch.shape
+    value = np.asarray(value, dtype=batch.dtype).reshape(-1)
+    if value.size not in (1, c):
+        raise ValueError(f"value must be a number or one per channel ({c}), got {value.size}")
+    chosen = rng.random(total)[part] < p
+    areas = h * w * rng.uniform(scale[0], scale[1], size=(total, 10))[part]
+    ratios = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), size=(total, 10)))[part]
+    heights = np.round(np.sqrt(areas * ratios)).astype(int)
+    widths = np.round(np.sqrt(areas / ratios)).astype(int)
+    fits = (heights < h) & (widths < w)
+    attempt = fits.argmax(axis=1)  # the first attempt that fits (0 if none: not chosen then)
+    chosen &= fits.any(axis=1)
+    rows = np.arange(n)
+    eh, ew = heights[rows, attempt], widths[rows, attempt]
+    top = (rng.random(total)[part] * (h - eh + 1)).astype(int)
+    left = (rng.random(total)[part] * (w - ew + 1)).astype(int)
+    y, x = np.arange(h), np.arange(w)
+    inside = (((y >= top[:, None]) & (y < (top + eh)[:, None]))[:, :, None]
+              & ((x >= left[:, None]) & (x < (left + ew)[:, None]))[:, None, :])
+    erase = (inside & chosen[:, None, None])[:, None]  # (N, 1, H, W)
+    return np.where(erase, value[None, :, None, None], batch)
