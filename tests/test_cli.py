@@ -140,6 +140,23 @@ def test_sigint_then_resume_matches_a_straight_run(data_dir, tmp_path):
         assert np.array_equal(resumed.parameters[name], value), name
 
 
+def test_random_erasing_is_stored_and_checked_on_both_sides(data_dir, tmp_path):
+    """`--random-erasing` goes into the run's settings and the fit's; a checkpoint edited so
+    that they disagree (or that lacks one of them) is refused with a message naming both."""
+    from corruptions import read_npz, write_npz
+
+    args = train_args(data_dir, tmp_path / "run", epochs=1) + ["--random-erasing", "0.5"]
+    assert main([str(arg) for arg in args]) == 0
+    metadata, arrays = read_npz(tmp_path / "run" / "last.npz")
+    assert metadata["train_settings"]["random_erasing"] == metadata["fit"]["random_erasing"] == 0.5
+    for where in ("fit", "train_settings"):
+        edited = json.loads(json.dumps(metadata))
+        del edited[where]["random_erasing"]  # as a run saved before the option: 0
+        with pytest.raises(ValueError, match=r"train_settings.random_erasing is 0.[05] but "
+                                             r"fit.random_erasing is 0.[05]"):
+            cn.load_checkpoint(write_npz(tmp_path / "edited.npz", edited, arrays))
+
+
 def test_every_stored_setting_has_a_check_in_the_checkpoint_schema():
     """A new option of `cnnumpy train` must say, in the checkpoint schema, what it allows:
     a resumed run takes its settings from the (untrusted) checkpoint."""

@@ -190,12 +190,18 @@ def test_a_convolution_in_chunks_is_the_one_chunk_convolution(channels_last, mon
     w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
     results = []
     per_image = 72 * 28 * 8  # bytes of one image's columns
-    for columns_bytes, chunks in ((2**30, 1), (1, 5), (2 * per_image, 3)):
+    made = []  # the images of each column matrix the kernels make
+    im2col = F.conv.im2col
+    monkeypatch.setattr(F.conv, "im2col", lambda x_pad, *args: made.append(len(x_pad))
+                        or im2col(x_pad, *args))
+    for columns_bytes, chunks in ((2**30, [5]), (1, [1] * 5), (2 * per_image, [2, 2, 1])):
         monkeypatch.setattr(F.conv, "COLUMNS_BYTES", columns_bytes)
+        made.clear()
         out, cache = F.conv2d_forward(x, w, b, 1, 1, channels_last=channels_last)
-        assert len(F.image_chunks(cache[0], (3, 3), 1, channels_last)) == chunks
+        assert made == chunks
         dout = np.cos(out)
         results.append((out, *F.conv2d_backward(dout, cache)))
+        assert made == chunks * 2  # backward makes them again (C_out > C_in: col2im's dx)
     for other in results[1:]:
         for got, expected in zip(other, results[0]):
             np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)

@@ -161,3 +161,9 @@ def test_random_erasing_covers_its_area_range_and_splits_like_the_batch():
         random_erasing(batch[:2], np.random.default_rng(0), value=[1, 2])
     with pytest.raises(ValueError, match="scale must be"):
         random_erasing(batch[:2], np.random.default_rng(0), scale=(0.5, 0.1))
+    for value in (300, 0.7, -1):  # uint8 pixels: whole numbers in [0, 255]
+        with pytest.raises(ValueError, match=r"value must be whole numbers in \[0, 255\]"):
+            random_erasing(batch[:2], np.random.default_rng(0), value=value)
+    floats = random_erasing(batch[:2].astype(np.float32), np.random.default_rng(0), 1.0,
+                            value=0.7)
+    assert set(np.unique(floats)) <= {np.float32(0.7), np.float32(200)}

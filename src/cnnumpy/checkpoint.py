@@ -597,16 +597,16 @@ def _check_train_settings(settings, m: dict) -> None:
     for key, value in settings.items():
         checks[key](f"train_settings.{key}", value)
     fit = m.get("fit") or {}
+    erasing = fit.get("random_erasing", 0.0) if fit else None  # none saved before it existed
     for key, where, value in (("epochs", "epochs", m.get("epochs")),
                               ("batch_size", "fit.batch_size", fit.get("batch_size")),
                               ("augment", "fit.augment", fit.get("augment")),
                               ("label_smoothing", "fit.label_smoothing",
                                fit.get("label_smoothing")),
-                              ("random_erasing", "fit.random_erasing",
-                               fit.get("random_erasing"))):
+                              ("random_erasing", "fit.random_erasing", erasing)):
         if value is not None and settings.get(key, 0.0) != value:
-            raise ValueError(f"train_settings.{key} is {settings[key]!r} but {where} is "
-                             f"{value!r}")
+            raise ValueError(f"train_settings.{key} is {settings.get(key, 0.0)!r} but {where} "
+                             f"is {value!r}")
     optimizer = m.get("optimizer") or {}
     if optimizer and OPTIMIZERS[settings["optimizer"]].__name__ != optimizer.get("name"):
         raise ValueError(f"train_settings.optimizer is {settings['optimizer']!r} but the "

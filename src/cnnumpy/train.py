@@ -147,8 +147,8 @@ def prepare_batch(images_uint8: np.ndarray, normalization, dtype, *, rng=None,
         if flip:
             images_uint8 = random_hflip(images_uint8, rng, start=start, total=total)
         if erasing:
-            images_uint8 = random_erasing(images_uint8, rng, erasing,
-                                          value=np.round(255 * np.asarray(normalization[0])),
+            mean_pixel = np.clip(np.round(255 * np.asarray(normalization[0], float)), 0, 255)
+            images_uint8 = random_erasing(images_uint8, rng, erasing, value=mean_pixel,
                                           start=start, total=total)
     mean, std = normalization
     return normalize(images_uint8, mean, std).astype(dtype, copy=False)

@@ -170,9 +170,15 @@ def random_erasing(batch, rng, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), valu
         raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio!r}")
     part, total = _part_of(batch, start, total)
     n, c, h, w = batch.shape
-    value = np.asarray(value, dtype=batch.dtype).reshape(-1)
-    if value.size not in (1, c):
-        raise ValueError(f"value must be a number or one per channel ({c}), got {value.size}")
+    value = np.asarray(value).reshape(-1)
+    if value.size not in (1, c) or not np.issubdtype(value.dtype, np.number):
+        raise ValueError(f"value must be a number or one per channel ({c}), got {value!r:.80}")
+    if np.issubdtype(batch.dtype, np.integer):
+        limits = np.iinfo(batch.dtype)
+        if not np.all((value == np.round(value)) & (limits.min <= value) & (value <= limits.max)):
+            raise ValueError(f"value must be whole numbers in [{limits.min}, {limits.max}] for "
+                             f"{batch.dtype} images, got {value}")
+    value = value.astype(batch.dtype)
     chosen = rng.random(total)[part] < p
     areas = h * w * rng.uniform(scale[0], scale[1], size=(total, 10))[part]
     ratios = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), size=(total, 10)))[part]

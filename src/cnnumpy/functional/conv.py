@@ -139,7 +139,7 @@ def conv2d_backward(dout, cache, input_grad=True):
     With dout_rows the (N*H_out*W_out, C_out) matrix of dout (channels-last memory):
     [dw_mat | db]ᵀ = colsᵀ · dout_rows (the ones column of cols sums dout into db), and
     dx = col2im(dout_rows · w_mat): the column gradient is summed back onto the padded input
-    (`col2im`). Chunk by chunk of images, as the forward pass; within a chunk the
+    (`col2im`). Chunk by chunk of images (`image_chunks`); within a chunk the
     columns are let go before the column gradient is made (which then takes their memory, see
     `cnnumpy.workspace`). colsᵀ · dout_rows rather than dout_rowsᵀ · cols: with the NCHW
     columns of a first layer (colsᵀ contiguous) OpenBLAS ran it 1.4 times faster.
