@@ -19,6 +19,7 @@ Notation for one parameter p with gradient g at step t = 1, 2, ...; λ is weight
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 from .validate import check_integer, check_number, kind
