@@ -334,8 +334,9 @@ MAX_METADATA_BYTES = 16 << 20      # its JSON metadata
 PROGRESS_COUNTERS = ("epoch", "batch", "step", "correct", "seen")
 PROGRESS_FIELDS = (*PROGRESS_COUNTERS, "loss_sum", "seconds", "best_score")
 FIT_FIELDS = ("batch_size", "augment", "crop_padding", "flip", "label_smoothing", "train_size")
-# Fit settings a run may lack: runs saved before random erasing existed had none.
-OPTIONAL_FIT_FIELDS = ("random_erasing",)
+# Fit settings a run may lack, with the value they had then: runs saved before random
+# erasing existed had none. A checkpoint read without them gets them (`_check_run`).
+OPTIONAL_FIT_FIELDS = {"random_erasing": 0.0}
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
 MAX_EPOCHS = 1_000_000
 _FLOAT_DTYPES = ("float32", "float64")
@@ -445,14 +446,16 @@ def _check_run(m: dict) -> None:
     """The fields `fit` writes, against each other: settings, progress, history, RNG."""
     fit = m.get("fit")
     if fit is not None:
-        _dict("fit", fit, FIT_FIELDS, FIT_FIELDS + OPTIONAL_FIT_FIELDS)
+        _dict("fit", fit, FIT_FIELDS, FIT_FIELDS + tuple(OPTIONAL_FIT_FIELDS))
+        for key, value in OPTIONAL_FIT_FIELDS.items():
+            fit.setdefault(key, value)
         check_integer("fit.batch_size", fit["batch_size"], 1)
         check_integer("fit.train_size", fit["train_size"], 1)
         check_integer("fit.crop_padding", fit["crop_padding"], 0, MAX_IMAGE_SIDE)
         check_bool("fit.augment", fit["augment"])
         check_bool("fit.flip", fit["flip"])
         check_number("fit.label_smoothing", fit["label_smoothing"], 0.0, 1.0)
-        check_number("fit.random_erasing", fit.get("random_erasing", 0.0), 0.0, 1.0)
+        check_number("fit.random_erasing", fit["random_erasing"], 0.0, 1.0)
     progress = m.get("progress")
     if progress is not None:
         if fit is None or "epochs" not in m:
@@ -594,19 +597,21 @@ def _check_train_settings(settings, m: dict) -> None:
     checks = TRAIN_SETTINGS_FIELDS
     required = [key for key in checks if key not in OPTIONAL_TRAIN_SETTINGS]
     _dict("train_settings", settings, required, checks)
+    for key, value in OPTIONAL_FIT_FIELDS.items():  # the same defaults as the fit's
+        settings.setdefault(key, value)
     for key, value in settings.items():
         checks[key](f"train_settings.{key}", value)
     fit = m.get("fit") or {}
-    erasing = fit.get("random_erasing", 0.0) if fit else None  # none saved before it existed
     for key, where, value in (("epochs", "epochs", m.get("epochs")),
                               ("batch_size", "fit.batch_size", fit.get("batch_size")),
                               ("augment", "fit.augment", fit.get("augment")),
                               ("label_smoothing", "fit.label_smoothing",
                                fit.get("label_smoothing")),
-                              ("random_erasing", "fit.random_erasing", erasing)):
-        if value is not None and settings.get(key, 0.0) != value:
-            raise ValueError(f"train_settings.{key} is {settings.get(key, 0.0)!r} but {where} "
-                             f"is {value!r}")
+                              ("random_erasing", "fit.random_erasing",
+                               fit.get("random_erasing"))):
+        if value is not None and settings[key] != value:
+            raise ValueError(f"train_settings.{key} is {settings[key]!r} but {where} is "
+                             f"{value!r}")
     optimizer = m.get("optimizer") or {}
     if optimizer and OPTIMIZERS[settings["optimizer"]].__name__ != optimizer.get("name"):
         raise ValueError(f"train_settings.optimizer is {settings['optimizer']!r} but the "

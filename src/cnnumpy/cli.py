@@ -280,8 +280,7 @@ def _train(args, group) -> int:
         run_dir = args.resume
         checkpoint = load_checkpoint(run_dir / LAST_FILE)
         checkpoint.require("train_settings", "progress.epoch", "epochs")
-        # runs saved before --random-erasing existed had none
-        settings = {"random_erasing": 0.0, **checkpoint.metadata["train_settings"]}
+        settings = dict(checkpoint.metadata["train_settings"])
         if args.data_dir is not None:
             settings["data_dir"] = args.data_dir
         if checkpoint.metadata["progress"]["epoch"] >= checkpoint.metadata["epochs"]:

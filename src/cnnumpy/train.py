@@ -377,8 +377,7 @@ class Trainer:
         """Continue from a checkpoint written by `save` (weights, optimizer, RNG, position)."""
         checkpoint.require("progress", "rng_state", "history", "fit")
         checkpoint.require_arrays("normalization/mean", "normalization/std")
-        # runs saved before random erasing existed had none
-        stored = {"random_erasing": 0.0, **checkpoint.metadata["fit"]}
+        stored = checkpoint.metadata["fit"]
         if stored != self.settings:
             raise checkpoint.error(f"was written with settings {stored}, this run has "
                                    f"{self.settings}")
