@@ -63,19 +63,22 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
         mean = Σ x / m,   var = Σ (x - mean)² / m,   x̂ = (x - mean) / √(var + eps),
         out = γ · x̂ + β,   over the m = N (·H·W) values of each channel
 
+    computed as out = (x - mean) · (γ / √(var + eps)) + β: five passes over the values (the
+    centred values, their squares in out's memory, the squares' sums, the scaling, the
+    shift). The cache keeps the centred values x - mean, from which backward gets x̂.
     Returns (out, cache, mean, var): the batch statistics, for the running averages.
     """
     total_sum = total_sum or _one_part_sum
     rows = _rows(x)
     sums = total_sum(np.append(_column_sums(rows), rows.dtype.type(len(rows))))
     count, mean = sums[-1], sums[:-1] / sums[-1]
-    xhat = _channelwise(np.subtract, rows, mean, workspace.empty_like(rows))  # x - mean
-    var = total_sum(np.einsum("ij,ij->j", xhat, xhat)) / count
+    centred = _channelwise(np.subtract, rows, mean, workspace.empty_like(rows))
+    out = np.multiply(centred, centred, out=workspace.empty_like(rows))  # the squares, for now
+    var = total_sum(_column_sums(out)) / count
     inv_std = 1 / np.sqrt(var + eps)
-    _channelwise(np.multiply, xhat, inv_std, xhat)
-    out = _channelwise(np.multiply, xhat, gamma, workspace.empty_like(rows))
+    _channelwise(np.multiply, centred, gamma * inv_std, out)
     _channelwise(np.add, out, beta, out)
-    return _like_input(out, x.shape), (xhat, gamma, inv_std, count, x.shape), mean, var
+    return _like_input(out, x.shape), (centred, gamma, inv_std, count, x.shape), mean, var
 
 
 def batchnorm_backward(dout, cache, total_sum=None):
@@ -86,19 +89,23 @@ def batchnorm_backward(dout, cache, total_sum=None):
 
     where dβ_all, dγ_all are the sums over the whole batch (every part). Returns
     (dx, dgamma, dbeta), the parameter gradients of this part's rows only (the parts' sums
-    add up to the whole batch's, as any parameter gradient's do).
+    add up to the whole batch's, as any parameter gradient's do). With the cached centred
+    values c = x - mean and s = 1 / √(var + eps) (so x̂ = c · s): dγ = s · Σ dout · c, and
+    dx = (c · (-s · dγ_all / m) + dout) · γs - γs · dβ_all / m, one pass per operation.
     """
     total_sum = total_sum or _one_part_sum
-    xhat, gamma, inv_std, count, x_shape = cache
+    centred, gamma, inv_std, count, x_shape = cache
     g = _rows(dout)
     dbeta = _column_sums(g)
-    dgamma = np.einsum("ij,ij->j", g, xhat)
+    dx = np.multiply(g, centred, out=workspace.empty_like(centred))  # dout · c, for now
+    dgamma = _column_sums(dx) * inv_std
     c = len(dbeta)
     both = total_sum(np.concatenate([dbeta, dgamma]))
-    dx = _channelwise(np.multiply, xhat, -both[c:] / count, workspace.empty_like(xhat))
+    scale = gamma * inv_std
+    _channelwise(np.multiply, centred, -inv_std * both[c:] / count, dx)
     dx += g
-    _channelwise(np.subtract, dx, both[:c] / count, dx)
-    _channelwise(np.multiply, dx, gamma * inv_std, dx)
+    _channelwise(np.multiply, dx, scale, dx)
+    _channelwise(np.subtract, dx, scale * both[:c] / count, dx)
     return _like_input(dx, x_shape), dgamma, dbeta
 
 
