@@ -205,3 +205,26 @@ def test_a_convolution_in_chunks_is_the_one_chunk_convolution(channels_last, mon
     for other in results[1:]:
         for got, expected in zip(other, results[0]):
             np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: rng.standard_normal((4, 6, 5, 3)).astype(np.float32).transpose(0, 3, 1, 2),
+    lambda rng: rng.standard_normal((4, 3, 5, 6)),                      # NCHW memory, float64
+    lambda rng: rng.standard_normal((4, 3, 5, 6)).astype(np.float32)[:, :, 1:, ::2],  # strided
+    lambda rng: rng.standard_normal((7, 13)).astype(np.float32),        # a size prime to 1024
+    lambda rng: np.zeros((0, 5), np.float32),
+])
+def test_relu_in_runs_of_memory_is_numpys_maximum(make, rng):
+    """`relu` takes contiguous values as rows against a row of zeros (a faster NumPy loop);
+    it must be np.maximum(x, 0) exactly, in x's memory layout, signs of zero, NaN and -inf
+    included."""
+    x = make(rng)
+    if x.size:
+        x.flat[:4] = [np.nan, -np.inf, -0.0, np.inf]
+    out = F.relu(x)
+    expected = np.maximum(x, 0)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(expected))
+    by_stride = lambda a: sorted(range(a.ndim), key=lambda axis: -abs(a.strides[axis]))
+    assert by_stride(out) == by_stride(x)  # x's memory layout (channels-last stays so)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import workspace
@@ -19,8 +21,20 @@ def matmul_wide_via_transpose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def relu(x):
-    """max(x, 0), elementwise, in x's memory layout."""
-    return np.maximum(x, 0, out=workspace.empty_like(x))
+    """max(x, 0), elementwise, in x's memory layout.
+
+    NumPy's `maximum` against the scalar 0 ran at a quarter of the speed of an addition
+    (float32, NumPy 2.4, AVX-512), against a row of zeros at half: so the values are taken in
+    memory order as rows of up to 1024, against one row of zeros (NaN stays NaN either way).
+    """
+    out = workspace.empty_like(x)
+    order = sorted(range(x.ndim), key=lambda axis: -abs(x.strides[axis]))  # outermost first
+    values, out_values = x.transpose(order), out.transpose(order)
+    if not (values.flags.c_contiguous and out_values.flags.c_contiguous) or x.size == 0:
+        return np.maximum(x, 0, out=out)
+    run = math.gcd(x.size, 1024)
+    np.maximum(values.reshape(-1, run), np.zeros(run, x.dtype), out=out_values.reshape(-1, run))
+    return out
 
 
 def relu_forward(x):
