@@ -44,6 +44,8 @@ def run(tmp_path_factory):
 
 
 def _check_png(path, size=(800, 400)):
+    """A drawn PNG of the size asked for (what goes into each drawing is checked by
+    test_plot_commands_draw_the_checkpoints_model_on_the_chosen_data)."""
     with Image.open(path) as png:
         pixels = np.asarray(png.convert("RGB"))
     assert pixels.shape[:2] == size[::-1] and pixels.std() > 0
@@ -80,6 +82,73 @@ def test_every_plot_kind(run, monkeypatch, capsys):
         _check_png(run / f"{kind}.png", size)
     assert main(["plot", "saliency", "run/best.npz", "pic.png"]) == 0
     _check_png(run / "saliency.png", (900, 320))  # the default name
+
+
+def test_plot_commands_draw_the_checkpoints_model_on_the_chosen_data(run, monkeypatch, capsys):
+    """What each `cnnumpy plot KIND` hands to the drawing function: the checkpoint's weights,
+    the image or test set it names, normalised as in training, the model's own predictions,
+    and the options (the pictures themselves are checked in test_plots.py)."""
+    from pathlib import Path
+
+    from cnnumpy import plots
+    from cnnumpy.data import load_dataset, normalize
+    from cnnumpy.data.images import load_images
+
+    drawn = {}
+
+    def recorder(name):
+        def draw(*args, **kwargs):
+            drawn[name] = (args, kwargs)
+            return Path(f"{name}.png")
+        return draw
+
+    for name in ("learning_curves", "first_layer_filters", "feature_maps",
+                 "confusion_matrix_plot", "confident_mistakes", "saliency_map",
+                 "receptive_field_plot"):
+        monkeypatch.setattr(plots, name, recorder(name))
+    monkeypatch.chdir(run)
+    saved = cn.load_checkpoint("run/best.npz").build_model()
+    test = load_dataset("fashion-mnist", "test", data_dir="data", download=False)
+    scaled = normalize(test.images, [0.4], [0.2])
+    probabilities = cn.predict_proba(saved, test.images, (0.4, 0.2))
+    data = ["--data-dir", "data"]
+
+    def model_is_saved(model):
+        state, saved_state = model.state_dict(), saved.state_dict()
+        assert list(state) == list(saved_state)
+        for name, value in state.items():
+            np.testing.assert_array_equal(value, saved_state[name])
+
+    assert main(["plot", "curves", "run"]) == 0
+    assert [e["val_acc"] for e in drawn["learning_curves"][0][0]] == pytest.approx([0.55, 0.65, 0.75])
+    assert main(["plot", "filters", "run/best.npz"]) == 0
+    model_is_saved(drawn["first_layer_filters"][0][0])
+    assert main(["plot", "features", "run/best.npz", "pic.png"]) == 0
+    (model, image, _), _ = drawn["feature_maps"]
+    model_is_saved(model)
+    np.testing.assert_array_equal(image, normalize(load_images(["pic.png"], (1, 28, 28))[1],
+                                                   [0.4], [0.2])[0])
+    assert main(["plot", "confusion", "run/best.npz", *data]) == 0
+    (labels, predicted, names, _), _ = drawn["confusion_matrix_plot"]
+    np.testing.assert_array_equal(labels, test.labels)
+    np.testing.assert_array_equal(predicted, probabilities.argmax(axis=1))
+    assert list(names) == list(FASHION_MNIST_CLASSES)
+    assert main(["plot", "mistakes", "run/best.npz", *data, "--count", "4"]) == 0
+    (images, labels, shown_probabilities, names, _), options = drawn["confident_mistakes"]
+    np.testing.assert_array_equal(images, test.images)
+    np.testing.assert_allclose(shown_probabilities, probabilities, rtol=1e-6)
+    assert options == {"count": 4}
+    assert main(["plot", "saliency", "run/best.npz", "test:2", *data, "--target", "Bag"]) == 0
+    (model, image, _), options = drawn["saliency_map"]
+    model_is_saved(model)
+    np.testing.assert_array_equal(image, scaled[2])
+    assert options["target"] == FASHION_MNIST_CLASSES.index("Bag")
+    assert main(["plot", "receptive-field", "run/best.npz", "test:0", *data, "--layer",
+                 "conv2", "--unit", "1,2", "--channel", "3"]) == 0
+    (model, image, _), options = drawn["receptive_field_plot"]
+    np.testing.assert_array_equal(image, scaled[0])
+    assert options == {"layer": "conv2", "unit": (1, 2), "channel": 3}
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("args, message", [
