@@ -228,3 +228,18 @@ def test_relu_in_runs_of_memory_is_numpys_maximum(make, rng):
     np.testing.assert_array_equal(np.signbit(out), np.signbit(expected))
     by_stride = lambda a: sorted(range(a.ndim), key=lambda axis: -abs(a.strides[axis]))
     assert by_stride(out) == by_stride(x)  # x's memory layout (channels-last stays so)
+
+
+@pytest.mark.parametrize("rows, c", [(4096, 16), (96, 3), (7, 5), (2048, 512)])
+@pytest.mark.parametrize("ufunc", [np.add, np.multiply, np.maximum])
+def test_channelwise_runs_are_plain_broadcasting(rows, c, ufunc, rng):
+    """`channelwise` reshapes contiguous rows into runs against a tiled vector: it must give
+    NumPy's broadcast exactly, contiguous or not (the second case has no run to make)."""
+    from cnnumpy.functional.channelwise import channelwise
+
+    matrix = rng.standard_normal((rows, 2 * c)).astype(np.float32)
+    vector = rng.standard_normal(c).astype(np.float32)
+    for values in (np.ascontiguousarray(matrix[:, :c]), matrix[:, ::2]):
+        out = np.empty((rows, c), np.float32)
+        assert channelwise(ufunc, values, vector, out) is out
+        np.testing.assert_array_equal(out, ufunc(values, vector))

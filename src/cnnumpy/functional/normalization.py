@@ -11,11 +11,10 @@ every part (`cnnumpy.parallel`); without it, the part is the whole batch.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import workspace
+from .channelwise import channelwise
 from .windowing import to_channels_last, to_nchw
 
 
@@ -35,20 +34,6 @@ def _like_input(rows: np.ndarray, x_shape) -> np.ndarray:
 def _one_part_sum(array: np.ndarray) -> np.ndarray:
     """The sum over the parts of a batch that is whole: the array itself."""
     return array
-
-
-def _channelwise(ufunc, rows: np.ndarray, vector: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """ufunc(rows, vector) into out, the (C,) vector broadcast along the rows. NumPy's loop
-    over a narrow row of C values costs more than the arithmetic (1.6-3 times as long at 16
-    channels), so contiguous rows are seen k at a time, as (M/k, k·C) with the vector tiled k
-    times: the same values, in longer runs."""
-    m, c = rows.shape
-    k = math.gcd(m, max(1, 1024 // c))
-    if k > 1 and rows.flags.c_contiguous and out.flags.c_contiguous:
-        ufunc(rows.reshape(m // k, k * c), np.tile(vector, k), out=out.reshape(m // k, k * c))
-    else:
-        ufunc(rows, vector, out=out)
-    return out
 
 
 def _column_sums(rows: np.ndarray) -> np.ndarray:
@@ -72,12 +57,12 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
     rows = _rows(x)
     sums = total_sum(np.append(_column_sums(rows), rows.dtype.type(len(rows))))
     count, mean = sums[-1], sums[:-1] / sums[-1]
-    centred = _channelwise(np.subtract, rows, mean, workspace.empty_like(rows))
+    centred = channelwise(np.subtract, rows, mean, workspace.empty_like(rows))
     out = np.multiply(centred, centred, out=workspace.empty_like(rows))  # the squares, for now
     var = total_sum(_column_sums(out)) / count
     inv_std = 1 / np.sqrt(var + eps)
-    _channelwise(np.multiply, centred, gamma * inv_std, out)
-    _channelwise(np.add, out, beta, out)
+    channelwise(np.multiply, centred, gamma * inv_std, out)
+    channelwise(np.add, out, beta, out)
     return _like_input(out, x.shape), (centred, gamma, inv_std, count, x.shape), mean, var
 
 
@@ -102,10 +87,10 @@ def batchnorm_backward(dout, cache, total_sum=None):
     c = len(dbeta)
     both = total_sum(np.concatenate([dbeta, dgamma]))
     scale = gamma * inv_std
-    _channelwise(np.multiply, centred, -inv_std * both[c:] / count, dx)
+    channelwise(np.multiply, centred, -inv_std * both[c:] / count, dx)
     dx += g
-    _channelwise(np.multiply, dx, scale, dx)
-    _channelwise(np.subtract, dx, scale * both[:c] / count, dx)
+    channelwise(np.multiply, dx, scale, dx)
+    channelwise(np.subtract, dx, scale * both[:c] / count, dx)
     return _like_input(dx, x_shape), dgamma, dbeta
 
 
@@ -115,6 +100,6 @@ def batchnorm_infer(x, gamma, beta, running_mean, running_var, eps):
     scale = gamma / np.sqrt(running_var + eps)
     shift = beta - running_mean * scale
     rows = _rows(x)
-    out = _channelwise(np.multiply, rows, scale.astype(x.dtype), workspace.empty_like(rows))
-    _channelwise(np.add, out, shift.astype(x.dtype), out)
+    out = channelwise(np.multiply, rows, scale.astype(x.dtype), workspace.empty_like(rows))
+    channelwise(np.add, out, shift.astype(x.dtype), out)
     return _like_input(out, x.shape)
