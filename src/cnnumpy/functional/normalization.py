@@ -48,9 +48,10 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
         mean = Σ x / m,   var = Σ (x - mean)² / m,   x̂ = (x - mean) / √(var + eps),
         out = γ · x̂ + β,   over the m = N (·H·W) values of each channel
 
-    computed as out = (x - mean) · (γ / √(var + eps)) + β: five passes over the values (the
-    centred values, their squares in out's memory, the squares' sums, the scaling, the
-    shift). The cache keeps the centred values x - mean, from which backward gets x̂.
+    computed as out = (x - mean) · (γ / √(var + eps)) + β: six passes over the values (the
+    sums for the mean, the centred values, their squares in out's memory, the squares' sums,
+    the scaling, the shift). The cache keeps the centred values x - mean, from which backward
+    gets x̂.
     Returns (out, cache, mean, var): the batch statistics, for the running averages.
     """
     total_sum = total_sum or _one_part_sum
