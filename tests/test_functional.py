@@ -198,10 +198,11 @@ def test_a_convolution_in_chunks_is_the_one_chunk_convolution(channels_last, mon
         monkeypatch.setattr(F.conv, "COLUMNS_BYTES", columns_bytes)
         made.clear()
         out, cache = F.conv2d_forward(x, w, b, 1, 1, channels_last=channels_last)
-        assert made == chunks
+        forward = [] if channels_last else chunks  # channels-last goes by kernel rows
+        assert made == forward
         dout = np.cos(out)
         results.append((out, *F.conv2d_backward(dout, cache)))
-        assert made == chunks * 2  # backward makes them again (C_out > C_in: col2im's dx)
+        assert made == forward + chunks  # backward makes them (C_out > C_in: col2im's dx)
     for other in results[1:]:
         for got, expected in zip(other, results[0]):
             np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
@@ -243,3 +244,41 @@ def test_channelwise_runs_are_plain_broadcasting(rows, c, ufunc, rng):
         out = np.empty((rows, c), np.float32)
         assert channelwise(ufunc, values, vector, out) is out
         np.testing.assert_array_equal(out, ufunc(values, vector))
+
+
+def test_a_convolution_by_kernel_rows_is_im2cols_in_any_chunks(monkeypatch):
+    """Stride-1 channels-last convolutions go by one product per kernel row: the same values
+    as im2col's one product (float64), whole or in chunks of images, with or without a
+    bias, for square, tall, wide and 1-row kernels and any padding."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 3, 9, 8))
+    for kernel, padding in (((3, 3), 1), ((5, 3), 2), ((2, 4), 0), ((1, 3), 1), ((3, 3), 0)):
+        w, b = rng.standard_normal((4, 3, *kernel)), rng.standard_normal(4)
+        x_pad = F.pad2d(x, padding, True)
+        cols = F.im2col(x_pad, kernel, 1, True)
+        n, h_out, w_out = 5, x_pad.shape[1] - kernel[0] + 1, x_pad.shape[2] - kernel[1] + 1
+        for bias in (b, None):
+            w_mat = F.conv._weight_matrix_with_bias(w, b if bias is not None else 0 * b, True)
+            expected = (cols @ w_mat.T).reshape(n, h_out, w_out, 4).transpose(0, 3, 1, 2)
+            for rows_bytes in (2**30, 1, 2 * x_pad[0].nbytes * kernel[1]):
+                monkeypatch.setattr(F.conv, "ROWS_BYTES", rows_bytes)
+                out = F.conv2d_by_kernel_rows(x_pad, w, bias)
+                np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+                assert out.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last memory
+
+
+def test_kernel_rows_are_used_while_a_kernel_rows_weights_fit_the_bound(monkeypatch):
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((2, 8, 6, 6)), rng.standard_normal((8, 8, 3, 3))
+    used = []
+    by_rows = F.conv.conv2d_by_kernel_rows
+    monkeypatch.setattr(F.conv, "conv2d_by_kernel_rows",
+                        lambda *args: used.append(True) or by_rows(*args))
+    expected, _ = F.conv2d_forward(x, w, None, 1, 1)  # 8 channels: channels-last, 1.5 KiB rows
+    assert used == [True]
+    monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", 3 * 8 * 8 * 8 - 1)
+    out, _ = F.conv2d_forward(x, w, None, 1, 1)
+    assert used == [True]  # by im2col, the same values
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    F.conv2d_forward(x, w, None, 2, 1)
+    assert used == [True]  # stride 2: im2col

@@ -37,8 +37,8 @@ vector, in long runs of memory).
 
 from .windowing import (batch_blocks, col2im, col2im_by_offset, pad2d, pair, to_channels_last,
                         to_nchw, unpad2d, windows)
-from .conv import (COLUMNS_BYTES, conv2d_backward, conv2d_forward, im2col, image_chunks,
-                   use_channels_last_columns)
+from .conv import (COLUMNS_BYTES, ROWS_BYTES, conv2d_backward, conv2d_by_kernel_rows,
+                   conv2d_forward, im2col, image_chunks, use_channels_last_columns)
 from .pooling import (POOL_BLOCK_BYTES, adaptive_avgpool2d_backward, adaptive_avgpool2d_forward,
                       adaptive_bounds, avgpool2d_backward, avgpool2d_forward, maxpool2d,
                       maxpool2d_backward, maxpool2d_forward)
