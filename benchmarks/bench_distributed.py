@@ -15,7 +15,9 @@ Fashion-MNIST images, BLAS held to one thread per rank:
     2 ranks sent    the same, the buffers sent by Reduce_scatter and Allgatherv (what ranks
                     on several machines do: `Group(node_memory=False)`)
     1 proc x2       one process, BatchParallel over 2 threads (the single-machine default),
-                    for reference
+                    for reference, not bound to one core (`--bind-to none`: Open MPI binds
+                    a job of one or two ranks core by core, and before this option the two
+                    threads shared one core)
 
 A step is the time between two of fit's callbacks on rank 0 (gather, augment, forward,
 backward, the gradient exchange, the optimizer step, the stop agreement); the figure is the median
@@ -123,8 +125,11 @@ def run_config(name: str, args) -> dict:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    # Open MPI binds each of 2 or fewer ranks to one core: a process with two worker threads
+    # must be let run on both
+    binding = ["--bind-to", "none"] if workers > 1 else []
     result = subprocess.run(
-        [mpirun, "-n", str(ranks), sys.executable, __file__, "--worker", "--workers",
+        [mpirun, "-n", str(ranks), *binding, sys.executable, __file__, "--worker", "--workers",
          str(workers), "--steps", str(args.steps), "--warmup", str(args.warmup),
          *([] if node_memory else ["--sent"])],
         capture_output=True, text=True, env=env, timeout=600)
