@@ -120,7 +120,8 @@ def test_plot_commands_draw_the_checkpoints_model_on_the_chosen_data(run, monkey
             np.testing.assert_array_equal(value, saved_state[name])
 
     assert main(["plot", "curves", "run"]) == 0
-    assert [e["val_acc"] for e in drawn["learning_curves"][0][0]] == pytest.approx([0.55, 0.65, 0.75])
+    history = drawn["learning_curves"][0][0]
+    assert [entry["val_acc"] for entry in history] == pytest.approx([0.55, 0.65, 0.75])
     assert main(["plot", "filters", "run/best.npz"]) == 0
     model_is_saved(drawn["first_layer_filters"][0][0])
     assert main(["plot", "features", "run/best.npz", "pic.png"]) == 0

@@ -231,7 +231,8 @@ def test_relu_in_runs_of_memory_is_numpys_maximum(make, rng):
     assert by_stride(out) == by_stride(x)  # x's memory layout (channels-last stays so)
 
 
-@pytest.mark.parametrize("rows, c", [(4096, 16), (3000, 16), (40000, 1), (96, 3), (7, 5), (2048, 512)])
+@pytest.mark.parametrize("rows, c", [(4096, 16), (3000, 16), (40000, 1), (96, 3), (7, 5),
+                                     (2048, 512)])
 @pytest.mark.parametrize("ufunc", [np.add, np.multiply, np.maximum])
 def test_channelwise_runs_are_plain_broadcasting(rows, c, ufunc, rng):
     """`channelwise` reshapes contiguous rows into runs against a tiled vector: it must give

@@ -90,8 +90,9 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     batch in turn). `channels_last` chooses the column layout (None: by
     `use_channels_last_columns`). A stride-1 convolution with channels-last columns, kernel
     rows to sum and a kernel row's weights within ROWS_WEIGHT_BYTES goes by
-    `conv2d_by_kernel_rows` instead (the same sums, a third of the copying for 3x3 kernels). The cache keeps the padded input, not the columns (C_in*kH*kW
-    times larger); backward copies the columns again.
+    `conv2d_by_kernel_rows` instead (the same sums, a third of the copying for 3x3 kernels).
+    The cache keeps the padded input, not the columns (C_in*kH*kW times larger); backward
+    copies the columns again.
     """
     c_out, c_in, kh, kw = w.shape
     if channels_last is None:
@@ -130,10 +131,10 @@ def conv2d_by_kernel_rows(x_pad, w, b):
     row, with no column matrix.
 
     x_pad: (N, H_pad, W_pad, C_in), w: (C_out, C_in, kH, kW), b: (C_out,) or None -> out:
-    (N, C_out, H_out, W_out), an NCHW view of channels-last memory, H_out = H_pad - kH + 1. With the
-    row matrix R[n, r, j] = (x_pad[n, r, j + q, c] for q < kW, c < C_in), kW·C_in values per
-    pixel of every padded row r (kW shifted copies of the input instead of im2col's kH·kW),
-    the output rows (i, j) of image n are
+    (N, C_out, H_out, W_out), an NCHW view of channels-last memory, H_out = H_pad - kH + 1.
+    With the row matrix R[n, r, j] = (x_pad[n, r, j + q, c] for q < kW, c < C_in), kW·C_in
+    values per pixel of every padded row r (kW shifted copies of the input instead of
+    im2col's kH·kW), the output rows (i, j) of image n are
 
         out[n, i, j] = Σ_m R[n, i + m, j] · W_m + b,   W_m[(q, c), o] = w[o, c, m, q],
 
