@@ -283,3 +283,37 @@ def test_kernel_rows_are_used_while_a_kernel_rows_weights_fit_the_bound(monkeypa
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
     F.conv2d_forward(x, w, None, 2, 1)
     assert used == [True]  # stride 2: im2col
+
+
+def test_kernel_rows_take_what_im2col_takes_and_leave_it_the_small_outputs(monkeypatch):
+    """Through conv2d_forward: a kW = 1 kernel, a bias given as a list or a scalar (im2col's
+    bias column took them) give im2col's values; a 1x1 output stays with im2col (each
+    image's product would be a matrix-vector product), and so does the input gradient of a
+    kernel larger than the output (col2im, not a convolution of a padded dout)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 4, 7, 6))
+    used, by_convolution = [], []
+    by_rows = F.conv.conv2d_by_kernel_rows
+    monkeypatch.setattr(F.conv, "conv2d_by_kernel_rows",
+                        lambda *args: used.append(True) or by_rows(*args))
+    as_convolution = F.conv.input_gradient_by_convolution
+    monkeypatch.setattr(F.conv, "input_gradient_by_convolution",
+                        lambda *args: by_convolution.append(True) or as_convolution(*args))
+    for kernel, bias in (((3, 1), [0.5, -1.0, 2.0, 0.25]), ((3, 3), 0.5)):
+        w = rng.standard_normal((4, 4, *kernel))
+        monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", 256 * 2**10)
+        out, _ = F.conv2d_forward(x, w, bias, 1, 1, channels_last=True)
+        monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", -1)
+        expected, _ = F.conv2d_forward(x, w, bias, 1, 1, channels_last=True)
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    assert used == [True, True]
+    monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", 256 * 2**10)
+    w = rng.standard_normal((4, 4, 7, 6))  # the whole image: a 1x1 output
+    out, cache = F.conv2d_forward(x, w, None, 1, 0, channels_last=True)
+    assert out.shape == (3, 4, 1, 1) and used == [True, True]
+    F.conv2d_backward(np.ones_like(out), cache)
+    assert by_convolution == []
+    w = rng.standard_normal((4, 4, 3, 3))
+    out, cache = F.conv2d_forward(x, w, None, 1, 1, channels_last=True)
+    F.conv2d_backward(np.ones_like(out), cache)
+    assert by_convolution == [True]

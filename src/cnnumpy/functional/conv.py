@@ -88,9 +88,9 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     a (C_out, K) matrix with b appended as a last column, out = cols · w_matᵀ: rows (n, i, j),
     i.e. the output directly in channels-last memory (computed for `image_chunks` of the
     batch in turn). `channels_last` chooses the column layout (None: by
-    `use_channels_last_columns`). A stride-1 convolution with channels-last columns, kernel
-    rows to sum and a kernel row's weights within ROWS_WEIGHT_BYTES goes by
-    `conv2d_by_kernel_rows` instead (the same sums, a third of the copying for 3x3 kernels).
+    `use_channels_last_columns`). A stride-1 convolution with channels-last columns and small
+    kernel rows (`_by_kernel_rows`) goes by `conv2d_by_kernel_rows` instead (the same sums, a
+    third of the copying for 3x3 kernels).
     The cache keeps the padded input, not the columns (C_in*kH*kW times larger); backward
     copies the columns again.
     """
@@ -100,8 +100,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
         channels_last = use_channels_last_columns(c_in, kw, (x.shape[3] + 2 * pw - kw) // sw + 1)
     x_pad = pad2d(x, padding, channels_last)
     cache = (x_pad, w, stride, padding, channels_last)
-    if channels_last and pair(stride) == (1, 1) and kh > 1 and \
-            kw * c_in * c_out * x.itemsize <= ROWS_WEIGHT_BYTES:
+    if channels_last and _by_kernel_rows(x_pad, w, stride):
         return conv2d_by_kernel_rows(x_pad, w, b), cache
     if b is None:  # a zero bias column: the columns keep one layout with or without a bias
         b = np.zeros(c_out, dtype=w.dtype)
@@ -124,6 +123,17 @@ ROWS_BYTES = 2 * 2**20
 # im2col: ResNet-20's 16-64 channels (at most 48 KiB) 5-20% faster, 64-128 channels at 28x28
 # to 56x56 (48-192 KiB) even, 512 channels at 7x7 (3 MiB) 40% slower.
 ROWS_WEIGHT_BYTES = 256 * 2**10
+
+
+def _by_kernel_rows(x_pad, w, stride) -> bool:
+    """Whether `conv2d_forward` takes a channels-last convolution by kernel rows: stride 1,
+    more than one kernel row, a kernel row's weights within ROWS_WEIGHT_BYTES, and outputs of
+    at least 2x2 (a 1x1 output makes each image's product a matrix-vector product, measured
+    twice as slow as im2col's one product)."""
+    c_out, c_in, kh, kw = w.shape
+    outputs = (x_pad.shape[1] - kh + 1) * (x_pad.shape[2] - kw + 1)
+    return (pair(stride) == (1, 1) and kh > 1 and outputs >= 4
+            and kw * c_in * c_out * x_pad.itemsize <= ROWS_WEIGHT_BYTES)
 
 
 def conv2d_by_kernel_rows(x_pad, w, b):
@@ -159,19 +169,23 @@ def conv2d_by_kernel_rows(x_pad, w, b):
             np.matmul(block, w_rows[m], out=total if m == 0 else term)
             if m:
                 total += term
-    if b is not None:
+        del rows, block, term  # let go, so that the next chunk may reuse their memory
+    if b is not None:  # (C_out,), or what broadcasts to it, as im2col's bias column takes
         flat = out.reshape(-1, c_out)
-        channelwise(np.add, flat, b.astype(out.dtype, copy=False), flat)
+        channelwise(np.add, flat, np.broadcast_to(np.asarray(b, out.dtype), (c_out,)), flat)
     return to_nchw(out)
 
 
-def _input_grad_as_convolution(w, stride, padding) -> bool:
+def _input_grad_as_convolution(w, stride, padding, dout_shape) -> bool:
     """Whether `conv2d_backward` makes dx by `input_gradient_by_convolution`. Its columns are
     kH·kW·C_out wide where col2im's are kH·kW·C_in, and col2im's strided additions cost
     most with few channels: measured (16-64 channels, 8x8 to 32x32 images, one thread) the
-    convolution took 0.4-0.6 times as long when C_out = C_in."""
+    convolution took 0.4-0.6 times as long when C_out = C_in. Not when the output is smaller
+    than the kernel: the full correlation pads dout by kH - 1 - pH on each side, and a 7x7
+    kernel on a 7x7 input (1x1 output) took 16 times as long as col2im."""
     (ph, pw), (kh, kw) = pair(padding), w.shape[2:]
-    return pair(stride) == (1, 1) and w.shape[0] <= w.shape[1] and ph < kh and pw < kw
+    return (pair(stride) == (1, 1) and w.shape[0] <= w.shape[1] and ph < kh and pw < kw
+            and dout_shape[2] >= kh and dout_shape[3] >= kw)
 
 
 def input_gradient_by_convolution(dout, w, padding):
@@ -208,7 +222,7 @@ def conv2d_backward(dout, cache, input_grad=True):
     """
     x_pad, w, stride, padding, channels_last = cache
     c_out, c_in, kh, kw = w.shape
-    if input_grad and _input_grad_as_convolution(w, stride, padding):
+    if input_grad and _input_grad_as_convolution(w, stride, padding, dout.shape):
         _, dw, db = conv2d_backward(dout, cache, input_grad=False)
         return input_gradient_by_convolution(dout, w, padding), dw, db
     n, _, h_out, w_out = dout.shape
