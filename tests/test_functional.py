@@ -198,11 +198,12 @@ def test_a_convolution_in_chunks_is_the_one_chunk_convolution(channels_last, mon
         monkeypatch.setattr(F.conv, "COLUMNS_BYTES", columns_bytes)
         made.clear()
         out, cache = F.conv2d_forward(x, w, b, 1, 1, channels_last=channels_last)
-        forward = [] if channels_last else chunks  # channels-last goes by kernel rows
-        assert made == forward
+        by_columns = [] if channels_last else chunks  # channels-last goes by kernel rows
+        assert made == by_columns
         dout = np.cos(out)
         results.append((out, *F.conv2d_backward(dout, cache)))
-        assert made == forward + chunks  # backward makes them (C_out > C_in: col2im's dx)
+        # backward makes them again for dw (C_out > C_in: dx by col2im, which needs none)
+        assert made == by_columns * 2
     for other in results[1:]:
         for got, expected in zip(other, results[0]):
             np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
@@ -317,3 +318,23 @@ def test_kernel_rows_take_what_im2col_takes_and_leave_it_the_small_outputs(monke
     out, cache = F.conv2d_forward(x, w, None, 1, 1, channels_last=True)
     F.conv2d_backward(np.ones_like(out), cache)
     assert by_convolution == [True]
+
+
+def test_weight_gradient_by_kernel_rows_is_im2cols_in_any_chunks(monkeypatch):
+    """Where forward went by kernel rows, the weight gradient does too (one product per
+    image and kernel row): im2col's dw and db (float64), whole or in chunks of images."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 3, 9, 8))
+    for kernel, padding in (((3, 3), 1), ((5, 3), 2), ((2, 4), 0), ((3, 1), 1)):
+        w = rng.standard_normal((4, 3, *kernel))
+        out, cache = F.conv2d_forward(x, w, None, 1, padding, channels_last=True)
+        dout = np.cos(out)
+        monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", -1)
+        _, dw, db = F.conv2d_backward(dout, cache, input_grad=False)  # im2col's
+        monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", 256 * 2**10)
+        for rows_bytes in (2**30, 1, 2 * cache[0][0].nbytes * kernel[1]):
+            monkeypatch.setattr(F.conv, "ROWS_BYTES", rows_bytes)
+            none, by_rows, db_by_rows = F.conv2d_backward(dout, cache, input_grad=False)
+            assert none is None and by_rows.shape == w.shape and by_rows.flags.c_contiguous
+            np.testing.assert_allclose(by_rows, dw, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(db_by_rows, db, rtol=1e-12, atol=1e-12)
