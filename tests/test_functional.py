@@ -334,7 +334,29 @@ def test_weight_gradient_by_kernel_rows_is_im2cols_in_any_chunks(monkeypatch):
         monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", 256 * 2**10)
         for rows_bytes in (2**30, 1, 2 * cache[0][0].nbytes * kernel[1]):
             monkeypatch.setattr(F.conv, "ROWS_BYTES", rows_bytes)
-            none, by_rows, db_by_rows = F.conv2d_backward(dout, cache, input_grad=False)
-            assert none is None and by_rows.shape == w.shape and by_rows.flags.c_contiguous
+            by_rows, db_by_rows = F.conv.weight_gradient_by_kernel_rows(dout, cache[0], *kernel)
+            assert by_rows.shape == w.shape and by_rows.flags.c_contiguous
             np.testing.assert_allclose(by_rows, dw, rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(db_by_rows, db, rtol=1e-12, atol=1e-12)
+    # float32 dout against a float64 input: float64 gradients, as im2col's product gives
+    dw32, db32 = F.conv.weight_gradient_by_kernel_rows(dout.astype(np.float32), cache[0], 3, 1)
+    assert dw32.dtype == db32.dtype == np.float64
+
+
+def test_weight_gradient_by_kernel_rows_only_with_enough_outputs(monkeypatch):
+    """conv2d_backward takes dw by kernel rows where forward did and an image has at least
+    ROWS_GRADIENT_OUTPUTS outputs (8x8 here), by im2col below (7x7: each image's product
+    would have an inner dimension of 49), with or without dx alike."""
+    rng = np.random.default_rng(10)
+    used = []
+    by_rows = F.conv.weight_gradient_by_kernel_rows
+    monkeypatch.setattr(F.conv, "weight_gradient_by_kernel_rows",
+                        lambda *args: used.append(True) or by_rows(*args))
+    for hw, expected in ((8, [True, True]), (7, [])):
+        used.clear()
+        x, w = rng.standard_normal((2, 8, hw, hw)), rng.standard_normal((8, 8, 3, 3))
+        out, cache = F.conv2d_forward(x, w, None, 1, 1, channels_last=True)
+        _, dw, _ = F.conv2d_backward(np.cos(out), cache)
+        _, dw_alone, _ = F.conv2d_backward(np.cos(out), cache, input_grad=False)
+        assert used == expected
+        np.testing.assert_array_equal(dw, dw_alone)

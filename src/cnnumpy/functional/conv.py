@@ -123,6 +123,10 @@ ROWS_BYTES = 2 * 2**20
 # im2col: ResNet-20's 16-64 channels (at most 48 KiB) 5-20% faster, 64-128 channels at 28x28
 # to 56x56 (48-192 KiB) even, 512 channels at 7x7 (3 MiB) 40% slower.
 ROWS_WEIGHT_BYTES = 256 * 2**10
+# The weight gradient by kernel rows makes one product per image, of kW·C_in x outputs by
+# outputs x C_out: with few outputs an image (2x2 to 7x7) its inner dimension is too short,
+# and it was 1.1-4.8 times slower than im2col's; at 8x8 and more (ResNet-20's), faster.
+ROWS_GRADIENT_OUTPUTS = 64
 
 
 def _by_kernel_rows(x_pad, w, stride) -> bool:
@@ -197,22 +201,26 @@ def weight_gradient_by_kernel_rows(dout, x_pad, kh, kw):
     Kernel row m's weights W_m met the rows R[n, i + m, j], so dW_m = Σ_n R_m[n]ᵀ · dout[n],
     with R_m[n] the block of R[n] from row m·W_out on and dout[n] as (H_out·W_out, C_out)
     rows: one product per image and kernel row, batched (`np.matmul` over the images of a
-    chunk), each small enough to stay in the cache. Measured (one thread, batch 64) against
+    chunk), each small enough to stay in the cache. A chunk's row matrix and its products
+    take at most ROWS_BYTES each. Measured (one thread, batch 64) against
     im2col's colsᵀ · dout: 5.8 against 11.2 ms at 16 channels (32x32), 4.3 against 6.3 at
     32 (16x16), 4.3 against 5.6 at 64 (8x8).
     """
     n, h_pad, w_pad, c_in = x_pad.shape
     c_out, h_out, w_out = dout.shape[1], h_pad - kh + 1, w_pad - kw + 1
     rows_of_dout = to_channels_last(dout).reshape(n, h_out * w_out, c_out)
-    grad = np.zeros((kh, kw * c_in, c_out), dout.dtype)  # dW_m as ((q, c), o)
-    for chunk in _row_chunks(x_pad, kw):
+    dtype = np.result_type(x_pad, dout)  # as im2col's product of the two
+    grad = np.zeros((kh, kw * c_in, c_out), dtype)  # dW_m as ((q, c), o)
+    # per image: its row matrix, and its share of each product's (images, kW·C_in, C_out)
+    per_image = max(h_pad * w_out, c_out) * kw * c_in * dtype.itemsize
+    for chunk in batch_blocks(n, per_image, ROWS_BYTES):
         rows = _kernel_row_matrix(x_pad[chunk], kw)
         for m in range(kh):
             block = rows[:, m * w_out : m * w_out + h_out * w_out]
             grad[m] += np.matmul(block.transpose(0, 2, 1), rows_of_dout[chunk]).sum(axis=0)
         del rows, block
     dw = np.ascontiguousarray(grad.reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1))
-    db = np.ones(n * h_out * w_out, dout.dtype) @ rows_of_dout.reshape(-1, c_out)
+    db = np.ones(n * h_out * w_out, dtype) @ rows_of_dout.reshape(-1, c_out)
     return dw, db
 
 
@@ -256,8 +264,9 @@ def conv2d_backward(dout, cache, input_grad=True):
     With input_grad=False, dx is None and neither dout_rows · w_mat nor col2im is computed
     (a model's first layer: nothing needs the gradient of the images).
 
-    Where forward went by kernel rows (`_by_kernel_rows`), dw and db do too
-    (`weight_gradient_by_kernel_rows`), with or without dx, and no columns are made. With
+    Where forward went by kernel rows (`_by_kernel_rows`) and the output has at least
+    ROWS_GRADIENT_OUTPUTS pixels an image, dw and db do too (`weight_gradient_by_kernel_rows`),
+    with or without dx, and no columns are made. With
     stride 1 and no more output than input channels (a ResNet's convolutions), dx is
     computed as a convolution (`input_gradient_by_convolution`), which was 1.5-2.5 times
     faster than col2im there.
@@ -267,7 +276,8 @@ def conv2d_backward(dout, cache, input_grad=True):
     if input_grad and _input_grad_as_convolution(w, stride, padding, dout.shape):
         _, dw, db = conv2d_backward(dout, cache, input_grad=False)
         return input_gradient_by_convolution(dout, w, padding), dw, db
-    by_rows = channels_last and _by_kernel_rows(x_pad, w, stride)
+    by_rows = (channels_last and _by_kernel_rows(x_pad, w, stride)
+               and dout.shape[2] * dout.shape[3] >= ROWS_GRADIENT_OUTPUTS)
     if by_rows:
         dw, db = weight_gradient_by_kernel_rows(dout, x_pad, kh, kw)
         if not input_grad:
