@@ -92,7 +92,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     kernel rows (`_by_kernel_rows`) goes by `conv2d_by_kernel_rows` instead (the same sums, a
     third of the copying for 3x3 kernels).
     The cache keeps the padded input, not the columns (C_in*kH*kW times larger); backward
-    copies the columns again.
+    makes the columns again where it needs them.
     """
     c_out, c_in, kh, kw = w.shape
     if channels_last is None:
@@ -160,7 +160,7 @@ def conv2d_by_kernel_rows(x_pad, w, b):
     h_out, w_out = h_pad - kh + 1, w_pad - kw + 1
     w_rows = w.transpose(2, 3, 1, 0).reshape(kh, kw * c_in, c_out)  # W_m, m = 0 .. kH-1
     out = workspace.empty((n, h_out, w_out, c_out), x_pad.dtype)
-    for chunk in _row_chunks(x_pad, kw):
+    for chunk in batch_blocks(n, h_pad * w_out * kw * c_in * x_pad.itemsize, ROWS_BYTES):
         images = chunk.stop - chunk.start
         rows = _kernel_row_matrix(x_pad[chunk], kw)
         total = out[chunk].reshape(images, h_out * w_out, c_out)
@@ -175,12 +175,6 @@ def conv2d_by_kernel_rows(x_pad, w, b):
         flat = out.reshape(-1, c_out)
         channelwise(np.add, flat, np.broadcast_to(np.asarray(b, out.dtype), (c_out,)), flat)
     return to_nchw(out)
-
-
-def _row_chunks(x_pad, kw) -> list[slice]:
-    """Chunks of whole images whose kernel-row matrices take at most ROWS_BYTES each."""
-    n, h_pad, w_pad, c_in = x_pad.shape
-    return batch_blocks(n, h_pad * (w_pad - kw + 1) * kw * c_in * x_pad.itemsize, ROWS_BYTES)
 
 
 def _kernel_row_matrix(x_pad, kw) -> np.ndarray:
@@ -202,9 +196,9 @@ def weight_gradient_by_kernel_rows(dout, x_pad, kh, kw):
     with R_m[n] the block of R[n] from row m·W_out on and dout[n] as (H_out·W_out, C_out)
     rows: one product per image and kernel row, batched (`np.matmul` over the images of a
     chunk), each small enough to stay in the cache. A chunk's row matrix and its products
-    take at most ROWS_BYTES each. Measured (one thread, batch 64) against
-    im2col's colsᵀ · dout: 5.8 against 11.2 ms at 16 channels (32x32), 4.3 against 6.3 at
-    32 (16x16), 4.3 against 5.6 at 64 (8x8).
+    take at most ROWS_BYTES each. Measured (one thread, batch 64) against im2col's
+    colsᵀ · dout: 5.8 against 11.2 ms at 16 channels (32x32), 4.3 against 6.3 at 32
+    (16x16), 4.3 against 5.6 at 64 (8x8).
     """
     n, h_pad, w_pad, c_in = x_pad.shape
     c_out, h_out, w_out = dout.shape[1], h_pad - kh + 1, w_pad - kw + 1
@@ -266,10 +260,9 @@ def conv2d_backward(dout, cache, input_grad=True):
 
     Where forward went by kernel rows (`_by_kernel_rows`) and the output has at least
     ROWS_GRADIENT_OUTPUTS pixels an image, dw and db do too (`weight_gradient_by_kernel_rows`),
-    with or without dx, and no columns are made. With
-    stride 1 and no more output than input channels (a ResNet's convolutions), dx is
-    computed as a convolution (`input_gradient_by_convolution`), which was 1.5-2.5 times
-    faster than col2im there.
+    with or without dx, and no columns are made. With stride 1 and no more output than input
+    channels (a ResNet's convolutions), dx is computed as a convolution
+    (`input_gradient_by_convolution`), which was 1.5-2.5 times faster than col2im there.
     """
     x_pad, w, stride, padding, channels_last = cache
     c_out, c_in, kh, kw = w.shape
