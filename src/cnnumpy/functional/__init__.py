@@ -32,7 +32,7 @@ read from (`col2im_by_offset` takes the window gradients one kernel offset at a 
 Modules, one family each: `windowing` (layout, padding, windows and their adjoint, shared by
 convolution and pooling), `conv`, `pooling`, `normalization`, `linear` (ReLU, dropout,
 flatten, fully connected), and `channelwise` (elementwise passes against a per-channel
-vector, in long runs of memory).
+vector, in long runs of memory, and column sums of narrow matrices).
 """
 
 from .windowing import (batch_blocks, col2im, col2im_by_offset, pad2d, pair, to_channels_last,

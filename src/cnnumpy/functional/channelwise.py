@@ -1,4 +1,5 @@
-"""Elementwise passes against a short vector, in long runs of memory.
+"""Elementwise passes against a short vector, in long runs of memory, and sums down the
+columns of a narrow matrix.
 
 BatchNorm adds and multiplies a per-channel vector along every row of a (rows, C) matrix;
 ReLU takes the maximum with 0. NumPy runs such a broadcast as one inner loop per row, and
@@ -42,3 +43,10 @@ def in_memory_order(x: np.ndarray, like: np.ndarray | None = None) -> np.ndarray
     order = sorted(range(x.ndim), key=lambda axis: -abs(strides[axis]))  # outermost first
     values = x.transpose(order)
     return values.reshape(-1, 1) if values.flags.c_contiguous else None
+
+
+def column_sums(rows: np.ndarray, dtype=None) -> np.ndarray:
+    """Σ over the (M, C) rows, per column, as a vector-matrix product (in `dtype`, by default
+    the rows'): NumPy's own sum along the long axis of a narrow matrix was 13 times slower
+    (16 channels)."""
+    return np.ones(len(rows), dtype=rows.dtype if dtype is None else dtype) @ rows

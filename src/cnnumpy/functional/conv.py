@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import workspace
-from .channelwise import channelwise
+from .channelwise import channelwise, column_sums
 from .windowing import (batch_blocks, col2im, pad2d, pair, to_channels_last, to_nchw, unpad2d,
                         windows)
 
@@ -214,7 +214,7 @@ def weight_gradient_by_kernel_rows(dout, x_pad, kh, kw):
             grad[m] += np.matmul(block.transpose(0, 2, 1), rows_of_dout[chunk]).sum(axis=0)
         del rows, block
     dw = np.ascontiguousarray(grad.reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1))
-    db = np.ones(n * h_out * w_out, dtype) @ rows_of_dout.reshape(-1, c_out)
+    db = column_sums(rows_of_dout.reshape(-1, c_out), dtype)
     return dw, db
 
 
