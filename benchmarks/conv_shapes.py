@@ -10,8 +10,9 @@ For every distinct convolution of the model (traced on one batch), the forward p
 N·H_out·W_out, K = C_in·kH·kW + 1) and its product with the (K, C_out) weight matrix, each
 timed alone (median of `--repeats`), the product's GFLOP/s against NumPy's square 1024 GEMM
 rate, the whole `conv2d_forward` (chunked over the batch, as the layers run it: stride-1
-convolutions with small kernel rows go by one product per kernel row instead,
-`conv2d_by_kernel_rows`, so their im2col and GEMM columns are the path not taken), and
+3x3 convolutions with 128 or more channels go by Winograd's F(2x2, 3x3), `conv2d_winograd`,
+and other stride-1 convolutions with small kernel rows by one product per kernel row,
+`conv2d_by_kernel_rows`, so for those the im2col and GEMM columns are the path not taken), and
 `torch.nn.functional.conv2d` on the same input (channels-last memory, as cnnumpy's); the last
 column, "vs torch", is PyTorch's time over cnnumpy's (1: as fast). One thread for both
 libraries: the question is what the arithmetic costs, not how it is spread over cores. The

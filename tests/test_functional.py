@@ -360,3 +360,64 @@ def test_weight_gradient_by_kernel_rows_only_with_enough_outputs(monkeypatch):
         _, dw_alone, _ = F.conv2d_backward(np.cos(out), cache, input_grad=False)
         assert used == expected
         np.testing.assert_array_equal(dw, dw_alone)
+
+
+def test_winograd_is_the_direct_convolution_for_any_size_padding_and_chunks(monkeypatch):
+    """F(2x2, 3x3) gives the loop convolution's values (float64, to rounding): even and odd
+    outputs (an odd one reads a row of zeros past the input and drops half a tile), 1x1
+    outputs, padding 0-2, with a bias or none, whole or one image at a time."""
+    from cnnumpy.functional.winograd import conv2d_winograd
+
+    rng = np.random.default_rng(11)
+    for hw, padding in (((8, 8), 1), ((7, 9), 1), ((5, 6), 0), ((4, 4), 2), ((3, 3), 0)):
+        x = rng.standard_normal((3, 4, *hw))
+        w, b = rng.standard_normal((5, 4, 3, 3)), rng.standard_normal(5)
+        for bias in (b, None):
+            expected = conv2d_loops(x, w, 0 * b if bias is None else b, (1, 1), F.pair(padding))
+            for chunk_bytes in (2**30, 1):
+                monkeypatch.setattr("cnnumpy.functional.winograd.WINOGRAD_BYTES", chunk_bytes)
+                out = conv2d_winograd(F.pad2d(x, padding, True), w, bias)
+                np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+                assert out.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last memory
+
+
+def test_winograd_in_float32_differs_from_the_direct_convolution_by_rounding():
+    """The transforms add up to 16 values and G has halves: in float32 the outputs stay
+    within a few units of rounding of the float64 convolution's, as the direct one's do."""
+    from cnnumpy.functional.winograd import conv2d_winograd
+
+    rng = np.random.default_rng(12)
+    x, w = rng.standard_normal((4, 64, 9, 9)), rng.standard_normal((32, 64, 3, 3)) / 24
+    exact = conv2d_loops(x, w, np.zeros(32), (1, 1), (1, 1))
+    out = conv2d_winograd(F.pad2d(x.astype(np.float32), 1, True), w.astype(np.float32), None)
+    assert out.dtype == np.float32
+    assert np.abs(out - exact).max() < 1e-5 * np.abs(exact).max()
+
+
+def test_winograd_serves_3x3_convolutions_with_many_channels_and_their_gradients(monkeypatch,
+                                                                                rng):
+    """conv2d_forward goes by Winograd for stride-1 3x3 kernels with at least
+    WINOGRAD_CHANNELS channels in and out and WINOGRAD_TILES output tiles, and by the
+    direct convolution otherwise (fewer channels or tiles, stride 2, 5x5); the input
+    gradient of such a layer, a convolution with the flipped kernel, goes by it too, and a
+    float64 gradient check of the layer passes."""
+    used = []
+    winograd = F.conv.conv2d_winograd
+    monkeypatch.setattr(F.conv, "conv2d_winograd", lambda *a: used.append(a[1].shape) or winograd(*a))
+    x, w = rng.standard_normal((2, 128, 8, 8)), rng.standard_normal((128, 128, 3, 3)) / 32
+    out, cache = F.conv2d_forward(x, w, None, 1, 1)  # 2 images of 4x4 tiles: 32 tiles
+    assert used == [] and F.conv.WINOGRAD_TILES > 32
+    monkeypatch.setattr(F.conv, "WINOGRAD_TILES", 32)
+    by_winograd, _ = F.conv2d_forward(x, w, None, 1, 1)
+    assert used == [(128, 128, 3, 3)]
+    np.testing.assert_allclose(by_winograd, out, rtol=1e-12, atol=1e-12)
+    F.conv2d_backward(np.cos(out), cache)  # dx: the flipped kernel, 128 -> 128 channels
+    assert len(used) == 2
+    for args in ((x[:, :64], w[:, :64], 1), (x, w, 2), (x, rng.standard_normal((128, 128, 5, 5)), 1)):
+        F.conv2d_forward(args[0], args[1], None, args[2], 1)
+    assert len(used) == 2  # 64 input channels, stride 2, a 5x5 kernel: direct
+    monkeypatch.setattr(F.conv, "WINOGRAD_CHANNELS", 2)
+    monkeypatch.setattr(F.conv, "WINOGRAD_TILES", 1)
+    layer = cn.Conv2D(3, 4, 3, padding=1, rng=rng, dtype=np.float64)
+    assert cn.gradient_check(layer, rng.standard_normal((2, 3, 5, 6)), rng=rng) < 1e-7
+    assert len(used) > 2

@@ -30,7 +30,8 @@ One windowing pair serves convolution and pooling:
 read from (`col2im_by_offset` takes the window gradients one kernel offset at a time).
 
 Modules, one family each: `windowing` (layout, padding, windows and their adjoint, shared by
-convolution and pooling), `conv`, `pooling`, `normalization`, `linear` (ReLU, dropout,
+convolution and pooling), `conv`, `winograd` (3x3 convolutions by Winograd's F(2x2, 3x3),
+which `conv` chooses for many channels), `pooling`, `normalization`, `linear` (ReLU, dropout,
 flatten, fully connected), and `channelwise` (elementwise passes against a per-channel
 vector, in long runs of memory, and column sums of narrow matrices).
 """
@@ -39,6 +40,7 @@ from .windowing import (batch_blocks, col2im, col2im_by_offset, pad2d, pair, to_
                         to_nchw, unpad2d, windows)
 from .conv import (COLUMNS_BYTES, ROWS_BYTES, conv2d_backward, conv2d_by_kernel_rows,
                    conv2d_forward, im2col, image_chunks, use_channels_last_columns)
+from .winograd import conv2d_winograd
 from .pooling import (POOL_BLOCK_BYTES, adaptive_avgpool2d_backward, adaptive_avgpool2d_forward,
                       adaptive_bounds, avgpool2d_backward, avgpool2d_forward, maxpool2d,
                       maxpool2d_backward, maxpool2d_forward)
