@@ -7,7 +7,10 @@ What it measures, with the default thread settings of both libraries:
 
 - images/s of a training step (forward, softmax cross-entropy, backward, SGD-momentum update)
   and of inference (forward only), for SimpleCNN at 3x32x32 (batch 64) and 1x28x28 (batch 128)
-  and ResNet-20 at 3x32x32 (batch 128). PyTorch runs the same architecture, built from the
+  and ResNet-20 at 3x32x32 (batch 128); for a model with BatchNorm, also a row "folded":
+  cnnumpy's inference with each BatchNorm folded into the convolution before it
+  (`cnnumpy.models.fold_batchnorm`, as `cnnumpy export --fold-batchnorm` deploys it; outputs
+  equal up to float rounding) against PyTorch's eager inference as before. PyTorch runs the same architecture, built from the
   cnnumpy model by `torch_mirror.py` (same weights; its BatchNorm is PyTorch's own).
   Each figure is the median of `--repeats` timed runs after `--warmup` untimed ones. The two
   frameworks take turns in blocks of `BLOCK` timed runs (which one goes first alternates), so
@@ -108,6 +111,14 @@ class CnnumpyRunner:
         out = self.passes.forward(self.x)  # no caches, as PyTorch's inference_mode
         self.model.train()
         return out
+
+    def folded_inference(self):
+        """Inference by a copy of the model with each BatchNorm folded into the convolution
+        before it (what `cnnumpy export --fold-batchnorm` writes); None without BatchNorm."""
+        if not any(isinstance(m, cn.BatchNorm2D) for m in self.model.modules()):
+            return None
+        folded = BatchParallel(cn.models.fold_batchnorm(self.model), WORKERS)
+        return lambda: folded.forward(self.x)
 
 
 # --------------------------------------------------------------------------- PyTorch side
@@ -331,23 +342,29 @@ def main() -> None:
             if not np.isclose(loss_ours, loss_theirs, rtol=1e-3):
                 raise RuntimeError(f"losses differ: cnnumpy {loss_ours}, torch {loss_theirs}")
         label = shape_label(name, input_shape, batch)
-        for mode in ("train", "infer"):
-            fns = {"cnnumpy": ours.train_step if mode == "train" else ours.infer}
+        for mode in ("train", "infer", "folded"):
+            cnnumpy_fn = {"train": ours.train_step, "infer": ours.infer,
+                          "folded": ours.folded_inference()}[mode]
+            if cnnumpy_fn is None:  # nothing to fold
+                continue
+            fns = {"cnnumpy": cnnumpy_fn}
             if theirs:
                 fns["torch"] = theirs.train_step if mode == "train" else theirs.infer
             secs = interleaved_medians(fns, args.warmup, args.repeats)
             rows.append((label, mode, {k: batch / s for k, s in secs.items()}))
+            if mode == "train":
+                train_rate = rows[-1][2]
         flops = layer_forward_flops(ours.model, input_shape)
         step_flops = 3 * sum(flops.values())
-        flop_rows.append((label, step_flops, rows[-2][2]))
+        flop_rows.append((label, step_flops, train_rate))
         if not args.no_layers:
             breakdowns.append((label, batch, flops, per_layer_times(ours, args.warmup,
                                                                     args.repeats)))
 
-    print(f"{'workload':<25}{'step':<7}{'cnnumpy img/s':>14}{'torch img/s':>13}{'ratio':>7}")
+    print(f"{'workload':<25}{'step':<8}{'cnnumpy img/s':>14}{'torch img/s':>13}{'ratio':>7}")
     for label, mode, rate in rows:
         torch_rate = rate.get("torch")
-        print(f"{label:<25}{mode:<7}{rate['cnnumpy']:>14.0f}"
+        print(f"{label:<25}{mode:<8}{rate['cnnumpy']:>14.0f}"
               + (f"{torch_rate:>13.0f}{rate['cnnumpy'] / torch_rate:>7.2f}" if torch_rate else ""))
 
     print("\nTraining step against the GEMM rate (useful FLOPs = 3 x forward multiply-adds)")

@@ -383,41 +383,71 @@ def test_winograd_is_the_direct_convolution_for_any_size_padding_and_chunks(monk
 
 def test_winograd_in_float32_differs_from_the_direct_convolution_by_rounding():
     """The transforms add up to 16 values and G has halves: in float32 the outputs stay
-    within a few units of rounding of the float64 convolution's, as the direct one's do."""
+    within 1e-5 (relative to the largest) of the exact float64 convolution's, and no further
+    from them than twice the direct float32 convolution's own difference, or 1e-6."""
     from cnnumpy.functional.winograd import conv2d_winograd
 
     rng = np.random.default_rng(12)
     x, w = rng.standard_normal((4, 64, 9, 9)), rng.standard_normal((32, 64, 3, 3)) / 24
     exact = conv2d_loops(x, w, np.zeros(32), (1, 1), (1, 1))
     out = conv2d_winograd(F.pad2d(x.astype(np.float32), 1, True), w.astype(np.float32), None)
+    direct, _ = F.conv2d_forward(x.astype(np.float32), w.astype(np.float32), None, 1, 1)
     assert out.dtype == np.float32
-    assert np.abs(out - exact).max() < 1e-5 * np.abs(exact).max()
+    scale = np.abs(exact).max()
+    assert np.abs(out - exact).max() < 1e-5 * scale
+    assert np.abs(out - exact).max() <= max(2 * np.abs(direct - exact).max(), 1e-6 * scale)
 
 
 def test_winograd_serves_3x3_convolutions_with_many_channels_and_their_gradients(monkeypatch,
                                                                                 rng):
     """conv2d_forward goes by Winograd for stride-1 3x3 kernels with at least
-    WINOGRAD_CHANNELS channels in and out and WINOGRAD_TILES output tiles, and by the
-    direct convolution otherwise (fewer channels or tiles, stride 2, 5x5); the input
-    gradient of such a layer, a convolution with the flipped kernel, goes by it too, and a
-    float64 gradient check of the layer passes."""
+    WINOGRAD_CHANNELS channels in and out and WINOGRAD_TILES output tiles (ceil(7 / 2)² = 16
+    an image for a 7x7 output), and by the direct convolution otherwise (fewer channels or
+    tiles, stride 2, 5x5), with the same values; the input gradient of such a layer, a
+    convolution with the flipped kernel, goes by it too, and a float64 gradient check of a
+    layer with both passes by Winograd passes."""
     used = []
     winograd = F.conv.conv2d_winograd
     monkeypatch.setattr(F.conv, "conv2d_winograd", lambda *a: used.append(a[1].shape) or winograd(*a))
-    x, w = rng.standard_normal((2, 128, 8, 8)), rng.standard_normal((128, 128, 3, 3)) / 32
+    x, w = rng.standard_normal((2, 128, 7, 7)), rng.standard_normal((128, 128, 3, 3)) / 32
+    monkeypatch.setattr(F.conv, "WINOGRAD_TILES", 33)
     out, cache = F.conv2d_forward(x, w, None, 1, 1)  # 2 images of 4x4 tiles: 32 tiles
-    assert used == [] and F.conv.WINOGRAD_TILES > 32
+    dx, dw, _ = F.conv2d_backward(np.cos(out), cache)
+    assert used == []
     monkeypatch.setattr(F.conv, "WINOGRAD_TILES", 32)
-    by_winograd, _ = F.conv2d_forward(x, w, None, 1, 1)
+    by_winograd, cache = F.conv2d_forward(x, w, None, 1, 1)
     assert used == [(128, 128, 3, 3)]
     np.testing.assert_allclose(by_winograd, out, rtol=1e-12, atol=1e-12)
-    F.conv2d_backward(np.cos(out), cache)  # dx: the flipped kernel, 128 -> 128 channels
+    dx_by_winograd, dw_too, _ = F.conv2d_backward(np.cos(out), cache)  # dx: flipped kernel
     assert len(used) == 2
+    np.testing.assert_allclose(dx_by_winograd, dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(dw_too, dw)
     for args in ((x[:, :64], w[:, :64], 1), (x, w, 2), (x, rng.standard_normal((128, 128, 5, 5)), 1)):
         F.conv2d_forward(args[0], args[1], None, args[2], 1)
     assert len(used) == 2  # 64 input channels, stride 2, a 5x5 kernel: direct
     monkeypatch.setattr(F.conv, "WINOGRAD_CHANNELS", 2)
     monkeypatch.setattr(F.conv, "WINOGRAD_TILES", 1)
-    layer = cn.Conv2D(3, 4, 3, padding=1, rng=rng, dtype=np.float64)
-    assert cn.gradient_check(layer, rng.standard_normal((2, 3, 5, 6)), rng=rng) < 1e-7
-    assert len(used) > 2
+    used.clear()
+    layer = cn.Conv2D(4, 4, 3, padding=1, rng=rng, dtype=np.float64)
+    assert cn.gradient_check(layer, rng.standard_normal((2, 4, 5, 6)), rng=rng) < 1e-7
+    assert used.count((4, 4, 3, 3)) > 2  # forward and the input gradient's convolution
+
+
+def test_winograd_takes_the_weights_and_biases_the_direct_convolution_takes(monkeypatch, rng):
+    """Integer weights (G's halves would round to 0 in their dtype), a float64 kernel for
+    a float32 input (the product in float64, as the direct one's), and a bias as a list or a
+    (1, C_out) row give the direct convolution's values."""
+    monkeypatch.setattr(F.conv, "WINOGRAD_CHANNELS", 1)
+    monkeypatch.setattr(F.conv, "WINOGRAD_TILES", 1)
+    x = rng.standard_normal((2, 3, 6, 5))
+    cases = ((x, rng.integers(-2, 3, (4, 3, 3, 3)), None),
+             (x.astype(np.float32), rng.standard_normal((4, 3, 3, 3)), None),
+             (x, rng.standard_normal((4, 3, 3, 3)), [0.5, -1.0, 2.0, 0.25]),
+             (x, rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((1, 4))))
+    for inputs, w, b in cases:
+        out, _ = F.conv2d_forward(inputs, w, b, 1, 1)
+        expected = conv2d_loops(inputs.astype(np.float64), w.astype(np.float64),
+                                np.zeros(4) if b is None else np.ravel(b), (1, 1), (1, 1))
+        assert out.dtype == inputs.dtype
+        tol = 1e-12 if inputs.dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import workspace
-from .channelwise import channelwise, column_sums
+from .channelwise import add_bias, column_sums
 from .windowing import (batch_blocks, col2im, pad2d, pair, to_channels_last, to_nchw, unpad2d,
                         windows)
-from .winograd import WINOGRAD_CHANNELS, WINOGRAD_TILES, conv2d_winograd
+from .winograd import conv2d_winograd
 
 
 def use_channels_last_columns(c_in: int, kw: int, w_out: int) -> bool:
@@ -134,6 +134,17 @@ ROWS_WEIGHT_BYTES = 256 * 2**10
 ROWS_GRADIENT_OUTPUTS = 64
 
 
+# Where `conv2d_forward` goes by Winograd (`_by_winograd`): at least WINOGRAD_CHANNELS input
+# and output channels, and WINOGRAD_TILES 2x2 output tiles in the batch. Measured (one
+# thread, float32, interleaved, medians of 9) against the direct convolution, Winograd took:
+# 64 channels at 56x56 (batch 16) 0.98 times as long, at 8x8 (batch 128) 1.17; 128 channels
+# at 28x28 (batch 16) 0.80, at 8x8 (batch 64) 0.82; 256 at 14x14 0.57-0.64; 512 at 7x7
+# (batch 16, 256 tiles) 0.80-0.83, at 4x4 (batch 8, 32 tiles: the kernels' transform,
+# 16·C_in·C_out values, is most of it) 1.06. `benchmarks/conv_shapes.py` shows it per model.
+WINOGRAD_CHANNELS = 128
+WINOGRAD_TILES = 128
+
+
 def _by_winograd(x_pad, w, stride) -> bool:
     """Whether `conv2d_forward` takes a channels-last convolution by `conv2d_winograd`: a 3x3
     kernel, stride 1, at least WINOGRAD_CHANNELS input and output channels, and at least
@@ -188,9 +199,8 @@ def conv2d_by_kernel_rows(x_pad, w, b):
             if m:
                 total += term
         del rows, block, term  # let go, so that the next chunk may reuse their memory
-    if b is not None:  # (C_out,), or what broadcasts to it, as im2col's bias column takes
-        flat = out.reshape(-1, c_out)
-        channelwise(np.add, flat, np.broadcast_to(np.asarray(b, out.dtype), (c_out,)), flat)
+    if b is not None:
+        add_bias(out, b)
     return to_nchw(out)
 
 
@@ -275,9 +285,9 @@ def conv2d_backward(dout, cache, input_grad=True):
     With input_grad=False, dx is None and neither dout_rows · w_mat nor col2im is computed
     (a model's first layer: nothing needs the gradient of the images).
 
-    Where forward went by kernel rows (`_by_kernel_rows`) and the output has at least
-    ROWS_GRADIENT_OUTPUTS pixels an image, dw and db do too (`weight_gradient_by_kernel_rows`),
-    with or without dx, and no columns are made. With stride 1 and no more output than input
+    Where kernel rows would serve forward (`_by_kernel_rows`, whether or not Winograd did)
+    and the output has at least ROWS_GRADIENT_OUTPUTS pixels an image, dw and db go by kernel
+    rows (`weight_gradient_by_kernel_rows`), with or without dx, and no columns are made. With stride 1 and no more output than input
     channels (a ResNet's convolutions), dx is computed as a convolution
     (`input_gradient_by_convolution`), which was 1.5-2.5 times faster than col2im there.
     """

@@ -20,10 +20,11 @@ transforms are additions and subtractions over strided views of the image (no
 multiplications but G's halves, exact in binary); the products do 16 multiply-adds per tile
 where the direct convolution does 36, 2.25 times fewer. The price is memory: V holds 16
 values per tile and input channel, four times the image, so the transforms are passes over
-four times the data, which pays off where the products dominate: many channels. Measured
-(one thread, ResNet-18's shapes at batch 16, against `conv2d_forward`'s kernel rows or
-im2col): see `WINOGRAD_CHANNELS`. Outputs equal the direct convolution's up to rounding
-(float32: relative differences near 1e-6; float64: 1e-15).
+four times the data, which pays off where the products dominate: many channels
+(`conv2d_forward` chooses it by `WINOGRAD_CHANNELS` and `WINOGRAD_TILES`, measured there).
+Outputs equal the direct convolution's up to rounding (relative differences near 1e-6 in
+float32, 1e-15 in float64); the kernels' transform is computed in the precision of the
+products, at least float32.
 """
 
 from __future__ import annotations
@@ -31,35 +32,28 @@ from __future__ import annotations
 import numpy as np
 
 from .. import workspace
-from .channelwise import channelwise
+from .channelwise import add_bias
 from .windowing import batch_blocks, to_nchw
 
-# The transform matrices of F(2x2, 3x3), as the module docstring writes them.
+# G of F(2x2, 3x3), as the module docstring writes it (Bᵀ and Aᵀ are the additions below).
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 # Bytes of V, the transformed input, for one chunk of images (the products' output M is as
 # large with as many output channels): chunks of 4 MiB ran slower than 16, whose products
 # repack U less often.
 WINOGRAD_BYTES = 16 * 2**20
-# Where `conv2d_forward` goes by Winograd (`_by_winograd` there): at least WINOGRAD_CHANNELS
-# input and output channels, and WINOGRAD_TILES output tiles in the batch. Measured (one
-# thread, float32, interleaved, medians of 9; `benchmarks/conv_shapes.py` shows the same per
-# model) against the direct convolution, Winograd took: 64 channels at 56x56 (batch 16) 0.98
-# times as long, at 8x8 (batch 128) 1.17; 128 channels at 28x28 (batch 16) 0.80, at 8x8
-# (batch 64) 0.82; 256 at 14x14 0.57-0.64; 512 at 7x7 (batch 16, 256 tiles) 0.80-0.83,
-# at 4x4 (batch 8, 32 tiles: the kernels' transform, 16·C_in·C_out values, is most of it) 1.06.
-WINOGRAD_CHANNELS = 128
-WINOGRAD_TILES = 128
 
 
-def transformed_kernel(w: np.ndarray) -> np.ndarray:
+def transformed_kernel(w: np.ndarray, dtype=None) -> np.ndarray:
     """U = G g Gᵀ for every (output, input) channel pair: (C_out, C_in, 3, 3) -> (16, C_out,
-    C_in), U[4a + b] the (a, b) entry of each transformed kernel. One product of the 16x9
-    matrix kron(G, G) with the kernels as (9, C_out·C_in) columns, read transposed from w's
-    own memory (no copy of w)."""
+    C_in), U[4a + b] the (a, b) entry of each transformed kernel, in `dtype` (by default w's,
+    at least float32: G's halves are not integers). One product of the 16x9 matrix
+    kron(G, G) with the kernels as (9, C_out·C_in) columns, read transposed from w's memory
+    (no copy of a contiguous w)."""
     c_out, c_in = w.shape[:2]
-    gg = np.kron(_G, _G).astype(w.dtype)  # (16, 9): (a, b) by (i, j)
-    return np.matmul(gg, w.reshape(c_out * c_in, 9).T).reshape(16, c_out, c_in)
+    gg = np.kron(_G, _G).astype(np.result_type(w.dtype if dtype is None else dtype, np.float32))
+    return np.matmul(gg, w.reshape(c_out * c_in, 9).T.astype(gg.dtype, copy=False)
+                     ).reshape(16, c_out, c_in)
 
 
 def conv2d_winograd(x_pad: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -70,7 +64,8 @@ def conv2d_winograd(x_pad: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> n
     The output is cut into 2x2 tiles, T_h x T_w of them (T_h = ceil(H_out / 2)); the 4x4
     input tile of tile (s, t) starts at padded pixel (2s, 2t), so neighbouring input tiles
     overlap by two pixels. An odd H_out (W_out) reads one row (column) of zeros past the
-    padded input; the outputs of that half-tile are dropped.
+    padded input (a copy of the input with that row and column added); the outputs of that
+    half-tile are dropped.
     """
     n, h_pad, w_pad, c_in = x_pad.shape
     c_out = w.shape[0]
@@ -82,19 +77,20 @@ def conv2d_winograd(x_pad: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> n
         grown[:, :, w_pad:] = 0
         grown[:, :h_pad, :w_pad] = x_pad
         x_pad = grown
-    u = transformed_kernel(w).transpose(0, 2, 1)  # (16, C_in, C_out), a view
+    # (16, C_in, C_out), a view; in the products' precision (a float64 kernel for a float32
+    # input gives a float64 product, as the direct convolution's)
+    u = transformed_kernel(w, np.result_type(x_pad, w)).transpose(0, 2, 1)
     out = workspace.empty((n, h_out, w_out, c_out), x_pad.dtype)
     per_image = 16 * tiles_h * tiles_w * max(c_in, c_out) * x_pad.itemsize
     for chunk in batch_blocks(n, per_image, WINOGRAD_BYTES):
         v = _transformed_input(x_pad[chunk], tiles_h, tiles_w)  # (4, 4, images, T_h, T_w, C_in)
         m = workspace.empty(v.shape[:-1] + (c_out,), x_pad.dtype)
         np.matmul(v.reshape(16, -1, c_in), u, out=m.reshape(16, -1, c_out))
-        del v  # let go, for the output's transform to reuse its memory
+        del v  # let go, for the next chunk to reuse its memory
         _inverse_transform(m, out[chunk])
         del m
-    if b is not None:  # (C_out,), or what broadcasts to it
-        flat = out.reshape(-1, c_out)
-        channelwise(np.add, flat, np.broadcast_to(np.asarray(b, out.dtype), (c_out,)), flat)
+    if b is not None:
+        add_bias(out, b)
     return to_nchw(out)
 
 
