@@ -343,8 +343,8 @@ def main() -> None:
                 raise RuntimeError(f"losses differ: cnnumpy {loss_ours}, torch {loss_theirs}")
         label = shape_label(name, input_shape, batch)
         for mode in ("train", "infer", "folded"):
-            cnnumpy_fn = {"train": ours.train_step, "infer": ours.infer,
-                          "folded": ours.folded_inference()}[mode]
+            cnnumpy_fn = (ours.train_step if mode == "train" else ours.infer
+                          if mode == "infer" else ours.folded_inference())
             if cnnumpy_fn is None:  # nothing to fold
                 continue
             fns = {"cnnumpy": cnnumpy_fn}

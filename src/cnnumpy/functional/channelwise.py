@@ -59,6 +59,9 @@ def add_bias(out: np.ndarray, b) -> None:
     c = out.shape[-1]
     bias = np.empty(c, out.dtype)
     bias[...] = b
+    if not out.flags.c_contiguous:  # a reshape would be a copy: add through the broadcast
+        np.add(out, bias, out=out)
+        return
     flat = out.reshape(-1, c)
     channelwise(np.add, flat, bias, flat)
 
