@@ -58,7 +58,7 @@ def add_bias(out: np.ndarray, b) -> None:
     convolution's weight matrix takes it."""
     c = out.shape[-1]
     bias = np.empty(c, out.dtype)
-    bias[...] = b
+    bias[...] = np.asarray(b)
     if not out.flags.c_contiguous:  # a reshape would be a copy: add through the broadcast
         np.add(out, bias, out=out)
         return
