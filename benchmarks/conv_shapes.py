@@ -19,12 +19,15 @@ libraries: the question is what the arithmetic costs, not how it is spread over 
 second command runs NumPy's own OpenBLAS kernel choice on machines that set
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for old OpenBLAS builds.
 
-With --backward, a second table: each convolution's weight gradient as `conv2d_backward`
-makes it (columns again, then colsᵀ · dout: a product of (K+1) x rows by rows x C_out, whose
-small output OpenBLAS computes at a fraction of its square-matrix rate), the product alone,
-and PyTorch's weight and bias gradients. Tried and dropped: dw from shifted views of the
-padded input (kH·kW products of C_in x rows by rows x C_out, no columns): the products are
-narrower still and ran no faster than the columns' copy plus one product.
+With --backward, a second table, the backward pass of each convolution: its weight gradient
+by im2col columns (columns again, then colsᵀ · dout: a product of (K+1) x rows by rows x
+C_out, whose small output OpenBLAS computes at a fraction of its square-matrix rate) and
+that product alone, the reference; the weight gradient as `conv2d_backward` makes it (by
+kernel rows, one product per image and kernel row, where forward would go that way) against
+PyTorch's weight and bias gradients; and the whole backward (dx too) against PyTorch's.
+Tried and dropped: dw from shifted views of the padded input (kH·kW products of C_in x rows
+by rows x C_out, no columns): the products are narrower still and ran no faster than the
+columns' copy plus one product.
 
 The product's width is C_out: with 16-64 output channels OpenBLAS's float32 GEMM runs at a
 fraction of its square-matrix rate, which bounds what an im2col convolution can reach.
@@ -45,7 +48,7 @@ import numpy as np  # noqa: E402
 
 import cnnumpy as cn  # noqa: E402
 from cnnumpy.functional.conv import (_weight_matrix, use_channels_last_columns,  # noqa: E402
-                                     conv2d_forward, im2col, image_chunks)
+                                     conv2d_backward, conv2d_forward, im2col, image_chunks)
 from cnnumpy.functional.windowing import pad2d, pair, to_nchw  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -158,13 +161,15 @@ def main() -> None:
 
 
 def weight_gradients(model, input_shape, args, torch) -> None:
-    """The weight gradient of each distinct convolution as `conv2d_backward` computes it
-    (im2col columns chunk by chunk, then colsᵀ · dout), the product alone on the whole batch's
-    columns, and PyTorch's (its `convolution_backward` asked for the weight and bias
-    gradients only)."""
-    print("\nweight gradient of each distinct convolution (ms)")
-    print(f"{'input':>16} {'C_out':>5} {'k/s':>4} {'colsT·dout':>18} {'dw':>7} {'GEMM':>7} "
-          f"{'GFLOP/s':>8} {'torch':>7} {'vs torch':>8}")
+    """The backward pass of each distinct convolution: the weight gradient by im2col columns
+    (chunk by chunk, then colsᵀ · dout, and the product alone on the whole batch's columns:
+    the reference), the weight gradient as `conv2d_backward` makes it (by kernel rows where
+    forward would go that way), and the whole backward (dx, dw and db, as a layer that is
+    not the first makes them); PyTorch's `convolution_backward` asked for the same."""
+    print("\nbackward of each distinct convolution (ms)")
+    print(f"{'input':>16} {'C_out':>5} {'k/s':>4} {'colsT·dout':>18} {'im2col':>7} {'GEMM':>7} "
+          f"{'GFLOP/s':>8} {'dw':>7} {'torch':>7} {'vs torch':>8} {'dx+dw':>7} {'torch':>7} "
+          f"{'vs torch':>8}")
     rng = np.random.default_rng(1)
     for layer, x, x_pad, channels_last, out_shape in random_inputs(model, input_shape, args.batch):
         c_out, _, kh, kw = layer.W.shape
@@ -178,17 +183,32 @@ def weight_gradients(model, input_shape, args, torch) -> None:
 
         cols = im2col(x_pad, (kh, kw), layer.stride, channels_last)
         dout_rows = dout.reshape(-1, c_out)
-        t_dw = median_ms(by_columns, args.repeats)
+        t_columns = median_ms(by_columns, args.repeats)
         t_gemm = median_ms(lambda: cols.T @ dout_rows, args.repeats)
         product, gflops = product_rate(cols.shape[1], cols.shape[0], c_out, t_gemm)
-        line = f"{row_start(layer, x)} {product} {t_dw:7.1f} {t_gemm:7.1f} {gflops:8.0f}"
+        del cols
+        _, cache = conv2d_forward(x, layer.W, np.zeros(c_out, np.float32), layer.stride,
+                                  layer.padding)
+        t_dw = median_ms(lambda: conv2d_backward(to_nchw(dout), cache, input_grad=False),
+                         args.repeats)
+        t_all = median_ms(lambda: conv2d_backward(to_nchw(dout), cache), args.repeats)
+        line = (f"{row_start(layer, x)} {product} {t_columns:7.1f} {t_gemm:7.1f} {gflops:8.0f}"
+                f" {t_dw:7.1f}")
         if torch is not None:
             tx, tw = channels_last_tensor(torch, x), torch.from_numpy(layer.W)
             tdout = channels_last_tensor(torch, to_nchw(dout))
-            t_torch = median_ms(lambda: torch.ops.aten.convolution_backward(
-                tdout, tx, tw, [c_out], list(pair(layer.stride)), list(pair(layer.padding)),
-                [1, 1], False, [0, 0], 1, [False, True, True]), args.repeats)
-            line += f" {t_torch:7.1f} {t_torch / t_dw:8.2f}"
+
+            def torch_backward(input_grad):
+                return torch.ops.aten.convolution_backward(
+                    tdout, tx, tw, [c_out], list(pair(layer.stride)), list(pair(layer.padding)),
+                    [1, 1], False, [0, 0], 1, [input_grad, True, True])
+
+            t_torch_dw = median_ms(lambda: torch_backward(False), args.repeats)
+            t_torch_all = median_ms(lambda: torch_backward(True), args.repeats)
+            line += (f" {t_torch_dw:7.1f} {t_torch_dw / t_dw:8.2f} {t_all:7.1f}"
+                     f" {t_torch_all:7.1f} {t_torch_all / t_all:8.2f}")
+        else:
+            line += f" {'':>7} {'':>8} {t_all:7.1f}"
         print(line)
 
 
