@@ -10,8 +10,9 @@ What it measures, with the default thread settings of both libraries:
   and ResNet-20 at 3x32x32 (batch 128); for a model with BatchNorm, also a row "folded":
   cnnumpy's inference with each BatchNorm folded into the convolution before it
   (`cnnumpy.models.fold_batchnorm`, as `cnnumpy export --fold-batchnorm` deploys it; outputs
-  equal up to float rounding) against PyTorch's eager inference as before. PyTorch runs the same architecture, built from the
-  cnnumpy model by `torch_mirror.py` (same weights; its BatchNorm is PyTorch's own).
+  equal up to float rounding) against PyTorch's eager inference as before. PyTorch runs the
+  same architecture, built from the cnnumpy model by `torch_mirror.py` (same weights; its
+  BatchNorm is PyTorch's own).
   Each figure is the median of `--repeats` timed runs after `--warmup` untimed ones. The two
   frameworks take turns in blocks of `BLOCK` timed runs (which one goes first alternates), so
   that a load spike from another process hits both alike; each block starts with one untimed

@@ -408,7 +408,8 @@ def test_winograd_serves_3x3_convolutions_with_many_channels_and_their_gradients
     layer with both passes by Winograd passes."""
     used = []
     winograd = F.conv.conv2d_winograd
-    monkeypatch.setattr(F.conv, "conv2d_winograd", lambda *a: used.append(a[1].shape) or winograd(*a))
+    monkeypatch.setattr(F.conv, "conv2d_winograd",
+                        lambda *a: used.append(a[1].shape) or winograd(*a))
     x, w = rng.standard_normal((2, 128, 7, 7)), rng.standard_normal((128, 128, 3, 3)) / 32
     monkeypatch.setattr(F.conv, "WINOGRAD_TILES", 33)
     out, cache = F.conv2d_forward(x, w, None, 1, 1)  # 2 images of 4x4 tiles: 32 tiles
@@ -422,8 +423,9 @@ def test_winograd_serves_3x3_convolutions_with_many_channels_and_their_gradients
     assert len(used) == 2
     np.testing.assert_allclose(dx_by_winograd, dx, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(dw_too, dw)
-    for args in ((x[:, :64], w[:, :64], 1), (x, w, 2), (x, rng.standard_normal((128, 128, 5, 5)), 1)):
-        F.conv2d_forward(args[0], args[1], None, args[2], 1)
+    w5 = rng.standard_normal((128, 128, 5, 5))
+    for inputs, kernel, stride in ((x[:, :64], w[:, :64], 1), (x, w, 2), (x, w5, 1)):
+        F.conv2d_forward(inputs, kernel, None, stride, 1)
     assert len(used) == 2  # 64 input channels, stride 2, a 5x5 kernel: direct
     monkeypatch.setattr(F.conv, "WINOGRAD_CHANNELS", 2)
     monkeypatch.setattr(F.conv, "WINOGRAD_TILES", 1)

@@ -1,5 +1,5 @@
-"""Elementwise passes against a short vector, in long runs of memory, and sums down the
-columns of a narrow matrix.
+"""Elementwise passes against a short vector, in long runs of memory (`channelwise`, and
+`add_bias` for a convolution's bias), and sums down the columns of a narrow matrix.
 
 BatchNorm adds and multiplies a per-channel vector along every row of a (rows, C) matrix;
 ReLU takes the maximum with 0. NumPy runs such a broadcast as one inner loop per row, and
@@ -64,4 +64,3 @@ def add_bias(out: np.ndarray, b) -> None:
         return
     flat = out.reshape(-1, c)
     channelwise(np.add, flat, bias, flat)
-

@@ -287,9 +287,10 @@ def conv2d_backward(dout, cache, input_grad=True):
 
     Where kernel rows would serve forward (`_by_kernel_rows`, whether or not Winograd did)
     and the output has at least ROWS_GRADIENT_OUTPUTS pixels an image, dw and db go by kernel
-    rows (`weight_gradient_by_kernel_rows`), with or without dx, and no columns are made. With stride 1 and no more output than input
-    channels (a ResNet's convolutions), dx is computed as a convolution
-    (`input_gradient_by_convolution`), which was 1.5-2.5 times faster than col2im there.
+    rows (`weight_gradient_by_kernel_rows`), with or without dx, and no columns are made.
+    With stride 1 and no more output than input channels (a ResNet's convolutions), dx is
+    computed as a convolution (`input_gradient_by_convolution`, which takes Winograd's way
+    where forward would), 1.5-2.5 times faster than col2im there.
     """
     x_pad, w, stride, padding, channels_last = cache
     c_out, c_in, kh, kw = w.shape
