@@ -343,21 +343,21 @@ def main() -> None:
             if not np.isclose(loss_ours, loss_theirs, rtol=1e-3):
                 raise RuntimeError(f"losses differ: cnnumpy {loss_ours}, torch {loss_theirs}")
         label = shape_label(name, input_shape, batch)
-        for mode in ("train", "infer", "folded"):
-            cnnumpy_fn = (ours.train_step if mode == "train" else ours.infer
-                          if mode == "infer" else ours.folded_inference())
-            if cnnumpy_fn is None:  # nothing to fold
+        ours_by_mode = {"train": ours.train_step, "infer": ours.infer,
+                        "folded": ours.folded_inference()}  # None: nothing to fold
+        rates = {}
+        for mode, cnnumpy_fn in ours_by_mode.items():
+            if cnnumpy_fn is None:
                 continue
             fns = {"cnnumpy": cnnumpy_fn}
             if theirs:
                 fns["torch"] = theirs.train_step if mode == "train" else theirs.infer
             secs = interleaved_medians(fns, args.warmup, args.repeats)
-            rows.append((label, mode, {k: batch / s for k, s in secs.items()}))
-            if mode == "train":
-                train_rate = rows[-1][2]
+            rates[mode] = {k: batch / s for k, s in secs.items()}
+            rows.append((label, mode, rates[mode]))
         flops = layer_forward_flops(ours.model, input_shape)
         step_flops = 3 * sum(flops.values())
-        flop_rows.append((label, step_flops, train_rate))
+        flop_rows.append((label, step_flops, rates["train"]))
         if not args.no_layers:
             breakdowns.append((label, batch, flops, per_layer_times(ours, args.warmup,
                                                                     args.repeats)))
