@@ -25,9 +25,12 @@ What it measures, with the default thread settings of both libraries:
 - the machine's float32 GEMM rate through NumPy (median of square 1024 products), the useful
   FLOPs of a training step (3 x the forward multiply-adds x 2 of the convolutions and linear
   layers: forward, dX and dW), and the fraction of the GEMM rate each framework reaches;
-- a per-layer breakdown of cnnumpy's forward and backward time (one whole-batch pass, every
-  leaf layer timed), next to each layer's GEMM time at the measured rate (the floor a
-  GEMM-bound layer cannot beat); for ResNet-20, summed by layer type;
+- a per-layer breakdown of cnnumpy's forward and backward time (one training pass over one
+  part of the batch as each worker of the step runs it: batch / workers images, BLAS on one
+  thread; every leaf layer timed), next to each layer's GEMM time at the one-thread rate
+  (the floor a GEMM-bound layer cannot beat); for ResNet-20, summed by layer type. The parts
+  run side by side on the cores, sharing caches and memory bandwidth, so the step takes
+  somewhat longer than one part alone;
 - peak memory of a training step. Method: a fresh subprocess per framework and shape imports
   only that framework, builds the model and the data (parameter gradients allocated), resets
   the kernel's peak-RSS counter (writes 5 to /proc/self/clear_refs), runs warm-up and timed
@@ -56,6 +59,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import contextlib
 from contextlib import contextmanager
 
 WORKERS = None  # cnnumpy's parts per batch (cnnumpy.parallel): default, the available CPUs
@@ -66,7 +70,7 @@ if "--threads" in sys.argv[:-1]:  # must precede the first import of NumPy
 import numpy as np  # noqa: E402
 
 import cnnumpy as cn  # noqa: E402
-from cnnumpy.parallel import BatchParallel  # noqa: E402
+from cnnumpy.parallel import BatchParallel, blas_threads  # noqa: E402
 
 try:
     import torch
@@ -244,19 +248,24 @@ def timed_leaves(model, methods=("forward", "backward")):
 
 
 def per_layer_times(runner: CnnumpyRunner, warmup: int, repeats: int):
-    """Median forward and backward seconds of every leaf layer in one whole-batch training
-    pass, [(name, type, forward, backward)] in the order forward runs them."""
-    model = runner.model
-    with timed_leaves(model) as (times, order, leaves):
+    """Median forward and backward seconds of every leaf layer in one training pass over one
+    part of the batch, as each worker of the training step runs it (`BatchParallel`: the
+    first batch / workers images, BLAS held to one thread when the batch is split; the parts
+    run side by side, one a core), [(name, type, forward, backward)] in the order forward
+    runs them, and the part's number of images."""
+    model, workers = runner.model, runner.passes.workers
+    part = -(-len(runner.x) // workers)
+    x, y = runner.x[:part], runner.y[:part]
+    blas = blas_threads(1) if workers > 1 else contextlib.nullcontext()
+    with timed_leaves(model) as (times, order, leaves), blas:
         fwd, bwd = times["forward"], times["backward"]
         for r in range(warmup + repeats):
             if r == warmup:
                 fwd.clear(), bwd.clear()
-            logits = model.forward(runner.x)
-            _, dlogits = runner.loss_and_grad(logits)
-            model.backward(dlogits, input_grad=False)
+            runner.criterion.forward(model.forward(x), y)
+            model.backward(runner.criterion.backward(), input_grad=False)
     return [(name, type(leaves[name]).__name__, statistics.median(fwd[name]),
-             statistics.median(bwd.get(name, [0.0]))) for name in order]
+             statistics.median(bwd.get(name, [0.0]))) for name in order], part
 
 
 def memory_child(framework: str, shape_index: int, steps: int) -> dict:
@@ -359,8 +368,10 @@ def main() -> None:
         step_flops = 3 * sum(flops.values())
         flop_rows.append((label, step_flops, rates["train"]))
         if not args.no_layers:
-            breakdowns.append((label, batch, flops, per_layer_times(ours, args.warmup,
-                                                                    args.repeats)))
+            layers, part = per_layer_times(ours, args.warmup, args.repeats)
+            with blas_threads(1) if ours.passes.workers > 1 else contextlib.nullcontext():
+                part_gflops = gemm_rate()  # the BLAS a part runs on
+            breakdowns.append((label, part, ours.passes.workers, part_gflops, flops, layers))
 
     print(f"{'workload':<25}{'step':<8}{'cnnumpy img/s':>14}{'torch img/s':>13}{'ratio':>7}")
     for label, mode, rate in rows:
@@ -380,7 +391,7 @@ def main() -> None:
                     else f"{achieved:>14.1f}{achieved / gflops:>8.0%}"
         print(line)
 
-    for label, batch, flops, layers in breakdowns:
+    for label, part, workers, part_gflops, flops, layers in breakdowns:
         by_type = len(layers) > 20  # a deep network: one row per layer type
         if by_type:
             grouped: dict = {}
@@ -392,11 +403,13 @@ def main() -> None:
             flops = {kind: entry[4] for kind, entry in grouped.items()}
             layers = [(kind, kind, f, b) for kind, _, f, b, _ in grouped.values()]
         total = sum(f + b for _, _, f, b in layers)
-        print(f"\ncnnumpy per layer{' type' if by_type else ''}, {label} (ms per batch; "
-              f"GEMM floor = FLOPs / GEMM rate)")
+        print(f"\ncnnumpy per layer{' type' if by_type else ''}, {label}: ms for one part of "
+              f"{part} images, as each of the step's {workers} workers runs it side by side "
+              f"(GEMM floor = FLOPs / the part's GEMM rate, {part_gflops:.0f} GFLOP/s)")
         print(f"{'layer':<20}{'forward':>9}{'backward':>10}{'share':>7}{'GEMM floor f+b':>16}")
         for name, _, f, b in layers:
-            floor = f"{3 * flops[name] * batch / gflops / 1e6:>16.2f}" if flops.get(name) else ""
+            floor = (f"{3 * flops[name] * part / part_gflops / 1e6:>16.2f}" if flops.get(name)
+                     else "")
             print(f"{name:<20}{f * 1e3:>9.2f}{b * 1e3:>10.2f}{(f + b) / total:>7.0%}{floor}")
         print(f"{'total':<20}{sum(f for _, _, f, _ in layers) * 1e3:>9.2f}"
               f"{sum(b for _, _, _, b in layers) * 1e3:>10.2f}")
