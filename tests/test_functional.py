@@ -251,10 +251,14 @@ def test_channelwise_runs_are_plain_broadcasting(rows, c, ufunc, rng):
 def test_a_convolution_by_kernel_rows_is_im2cols_in_any_chunks(monkeypatch):
     """Stride-1 channels-last convolutions go by one product per kernel row: the same values
     as im2col's one product (float64), whole or in chunks of images, with or without a
-    bias, for square, tall, wide and 1-row kernels and any padding."""
+    bias, for square, tall, wide and 1-row kernels and any padding, whether the input comes
+    padded or the padding is implied (a kernel wider than the input plus padding included)."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((5, 3, 9, 8))
-    for kernel, padding in (((3, 3), 1), ((5, 3), 2), ((2, 4), 0), ((1, 3), 1), ((3, 3), 0)):
+    wide = np.zeros((5, 9, 8, 6))
+    wide[..., ::2] = F.to_channels_last(x)  # x's pixels, channels 12 bytes apart
+    for kernel, padding in (((3, 3), 1), ((5, 3), 2), ((2, 4), 0), ((1, 3), 1), ((3, 3), 0),
+                            ((3, 5), (0, 2)), ((2, 3), (1, 3)), ((3, 3), (2, 1)), ((3, 9), 1)):
         w, b = rng.standard_normal((4, 3, *kernel)), rng.standard_normal(4)
         x_pad = F.pad2d(x, padding, True)
         cols = F.im2col(x_pad, kernel, 1, True)
@@ -267,6 +271,35 @@ def test_a_convolution_by_kernel_rows_is_im2cols_in_any_chunks(monkeypatch):
                 out = F.conv2d_by_kernel_rows(x_pad, w, bias)
                 np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
                 assert out.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last memory
+                # the padding implied, read from x itself: pixels packed, or strided
+                implied = F.conv2d_by_kernel_rows(F.to_channels_last(x), w, bias, padding)
+                np.testing.assert_allclose(implied, expected, rtol=1e-12, atol=1e-12)
+                strided = F.conv2d_by_kernel_rows(wide[..., ::2], w, bias, padding)
+                np.testing.assert_allclose(strided, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_inference_convolves_by_kernel_rows_without_a_padded_copy(monkeypatch):
+    """`conv2d` (no cache) gives conv2d_forward's output; by kernel rows it reads the input
+    with the padding implied, so no padded copy is made, also not for the input gradient
+    that is a convolution of dout. Stride 2, Winograd and im2col pad as before."""
+    rng = np.random.default_rng(17)
+    padded = []
+    pad2d = F.conv.pad2d
+    monkeypatch.setattr(F.conv, "pad2d", lambda *args: padded.append(args[1]) or pad2d(*args))
+    x, w = rng.standard_normal((2, 8, 6, 5)), rng.standard_normal((8, 8, 3, 3))
+    expected, cache = F.conv2d_forward(x, w, None, 1, 1)
+    assert padded == [1]  # the cache keeps the padded copy
+    np.testing.assert_allclose(F.conv2d(x, w, None, 1, 1), expected, rtol=1e-12, atol=1e-12)
+    dx_pads_before = len(padded)
+    F.conv2d_backward(np.ones_like(expected), cache)  # dx: a convolution of dout, padded by 1
+    assert len(padded) == dx_pads_before == 1
+    for stride, channels in ((2, 8), (1, F.conv.WINOGRAD_CHANNELS)):
+        w = rng.standard_normal((channels, 8 if channels == 8 else channels, 3, 3))
+        xi = rng.standard_normal((8, w.shape[1], 10, 10))
+        expected, _ = F.conv2d_forward(xi, w, None, stride, 1)
+        padded.clear()
+        np.testing.assert_allclose(F.conv2d(xi, w, None, stride, 1), expected, rtol=1e-10)
+        assert padded == [1]
 
 
 def test_kernel_rows_are_used_while_a_kernel_rows_weights_fit_the_bound(monkeypatch):

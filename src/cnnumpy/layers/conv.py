@@ -81,8 +81,7 @@ class Conv2D(Layer):
                                 self.padding)
 
     def _infer(self, x):
-        return F.conv2d_forward(x, self.W, self.b if self.bias else None, self.stride,
-                                self.padding)[0]
+        return F.conv2d(x, self.W, self.b if self.bias else None, self.stride, self.padding)
 
     def _backward(self, dout, cache, input_grad=True):
         dx, dW, db = F.conv2d_backward(dout, cache, input_grad)
