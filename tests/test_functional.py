@@ -232,6 +232,24 @@ def test_relu_in_runs_of_memory_is_numpys_maximum(make, rng):
     assert by_stride(out) == by_stride(x)  # x's memory layout (channels-last stays so)
 
 
+def test_column_sums_and_dots_are_sums_down_the_columns(rng):
+    """BatchNorm's statistics: Σ_rows a and Σ_rows a·b per column, for any dtype and for
+    strided rows (a channels-last view that is not contiguous)."""
+    from cnnumpy.functional.channelwise import column_dots, column_sums
+
+    for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        wide = rng.standard_normal((5000, 32)).astype(dtype)
+        for a in (np.ascontiguousarray(wide[:, :16]), wide[:, ::2]):
+            b = rng.standard_normal(a.shape).astype(dtype)
+            exact = a.astype(np.float64)
+            sums, dots = column_sums(a), column_dots(a, b)
+            assert sums.shape == dots.shape == (16,) and sums.dtype == dots.dtype == dtype
+            scale = np.abs(exact).sum(axis=0)
+            np.testing.assert_allclose(sums, exact.sum(axis=0), atol=tolerance * scale.max())
+            np.testing.assert_allclose(dots, (exact * b).sum(axis=0),
+                                       atol=tolerance * (np.abs(exact * b)).sum(axis=0).max())
+
+
 @pytest.mark.parametrize("rows, c", [(4096, 16), (3000, 16), (40000, 1), (96, 3), (7, 5),
                                      (2048, 512)])
 @pytest.mark.parametrize("ufunc", [np.add, np.multiply, np.maximum])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import workspace
-from .channelwise import channelwise, column_sums
+from .channelwise import channelwise, column_dots, column_sums
 from .windowing import to_channels_last, to_nchw
 
 
@@ -42,10 +42,10 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
         mean = Σ x / m,   var = Σ (x - mean)² / m,   x̂ = (x - mean) / √(var + eps),
         out = γ · x̂ + β,   over the m = N (·H·W) values of each channel
 
-    computed as out = (x - mean) · (γ / √(var + eps)) + β: six passes over the values (the
-    sums for the mean, the centred values, their squares in out's memory, the squares' sums,
-    the scaling, the shift). The cache keeps the centred values x - mean, from which backward
-    gets x̂.
+    computed as out = (x - mean) · (γ / √(var + eps)) + β in five passes over the values:
+    two that only read (the sums for the mean, the sums of the centred values' squares) and
+    three that write (the centred values, the scaling, the shift). The cache keeps the
+    centred values x - mean, from which backward gets x̂.
     Returns (out, cache, mean, var): the batch statistics, for the running averages.
     """
     total_sum = total_sum or _one_part_sum
@@ -53,10 +53,9 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
     sums = total_sum(np.append(column_sums(rows), rows.dtype.type(len(rows))))
     count, mean = sums[-1], sums[:-1] / sums[-1]
     centred = channelwise(np.subtract, rows, mean, workspace.empty_like(rows))
-    out = np.multiply(centred, centred, out=workspace.empty_like(rows))  # the squares, for now
-    var = total_sum(column_sums(out)) / count
+    var = total_sum(column_dots(centred, centred)) / count
     inv_std = 1 / np.sqrt(var + eps)
-    channelwise(np.multiply, centred, gamma * inv_std, out)
+    out = channelwise(np.multiply, centred, gamma * inv_std, workspace.empty_like(rows))
     channelwise(np.add, out, beta, out)
     return _like_input(out, x.shape), (centred, gamma, inv_std, count, x.shape), mean, var
 
@@ -71,18 +70,19 @@ def batchnorm_backward(dout, cache, total_sum=None):
     (dx, dgamma, dbeta), the parameter gradients of this part's rows only (the parts' sums
     add up to the whole batch's, as any parameter gradient's do). With the cached centred
     values c = x - mean and s = 1 / √(var + eps) (so x̂ = c · s): dγ = s · Σ dout · c, and
-    dx = (c · (-s · dγ_all / m) + dout) · γs - γs · dβ_all / m, one pass per operation.
+    dx = (c · (-s · dγ_all / m) + dout) · γs - γs · dβ_all / m: six passes over the values,
+    two that only read (the sums for dβ and dγ) and four that write dx.
     """
     total_sum = total_sum or _one_part_sum
     centred, gamma, inv_std, count, x_shape = cache
     g = _rows(dout)
     dbeta = column_sums(g)
-    dx = np.multiply(g, centred, out=workspace.empty_like(centred))  # dout · c, for now
-    dgamma = column_sums(dx) * inv_std
+    dgamma = column_dots(g, centred) * inv_std
     c = len(dbeta)
     both = total_sum(np.concatenate([dbeta, dgamma]))
     scale = gamma * inv_std
-    channelwise(np.multiply, centred, -inv_std * both[c:] / count, dx)
+    dx = channelwise(np.multiply, centred, -inv_std * both[c:] / count,
+                     workspace.empty_like(centred))
     dx += g
     channelwise(np.multiply, dx, scale, dx)
     channelwise(np.subtract, dx, scale * both[:c] / count, dx)
