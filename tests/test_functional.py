@@ -233,13 +233,13 @@ def test_relu_in_runs_of_memory_is_numpys_maximum(make, rng):
 
 
 def test_column_sums_and_dots_are_sums_down_the_columns(rng):
-    """BatchNorm's statistics: Σ_rows a and Σ_rows a·b per column, for any dtype and for
-    strided rows (a channels-last view that is not contiguous)."""
+    """BatchNorm's statistics: Σ_rows a and Σ_rows a·b per column, for any dtype, for
+    contiguous rows (in runs, with rows left over), strided rows, and too few for a run."""
     from cnnumpy.functional.channelwise import column_dots, column_sums
 
     for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-5)):
-        wide = rng.standard_normal((5000, 32)).astype(dtype)
-        for a in (np.ascontiguousarray(wide[:, :16]), wide[:, ::2]):
+        wide = rng.standard_normal((5000, 32)).astype(dtype)  # 5000 rows: runs and the rest
+        for a in (np.ascontiguousarray(wide[:, :16]), wide[:, ::2], wide[:100, :16].copy()):
             b = rng.standard_normal(a.shape).astype(dtype)
             exact = a.astype(np.float64)
             sums, dots = column_sums(a), column_dots(a, b)
