@@ -196,3 +196,63 @@ def test_fold_batchnorm_gives_the_eval_outputs():
     kinds = [type(m).__name__ for _, m in folded.named_layers()]
     assert "BatchNorm2D" not in kinds and kinds.count("Identity") == 21
     assert sum(isinstance(m, cn.BatchNorm2D) for m in model.modules()) == 21  # left as it was
+
+
+def test_inference_folds_each_batchnorm_into_its_convolution(monkeypatch):
+    """forward(x, keep_cache=False) in evaluation mode runs every Conv2D -> BatchNorm2D pair
+    as one convolution with the BatchNorm folded in: the outputs of the layers run in turn
+    (float64, up to rounding), in a residual network's blocks and downsample shortcuts and
+    in a VGG's Sequential. Not in training mode, and not while a trace records (it sees every
+    module's own output)."""
+    from cnnumpy import functional as F
+    from cnnumpy import trace
+
+    rng = np.random.default_rng(5)
+    calls = []
+    infer = F.batchnorm_infer
+    monkeypatch.setattr(F, "batchnorm_infer", lambda *args: calls.append(1) or infer(*args))
+    resnet = cn.models.resnet20(input_shape=(3, 32, 32), num_classes=4, rng=rng,
+                                dtype=np.float64)
+    vgg = cn.models.vgg11_bn(num_classes=4, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((16, 3, 32, 32))
+    # VGG's last six convolutions (8x8 and less) have more weights than outputs per channel,
+    # and keep their BatchNorm apart (see the next test)
+    for model, computed in ((resnet, 0), (vgg, 6)):
+        model.forward(x)  # running statistics away from their initial 0 and 1
+        for name, param in model.parameters().items():
+            if name.endswith(("gamma", "beta")):
+                param[...] = rng.uniform(0.5, 1.5, param.shape)
+        model.eval()
+        expected = model.forward(x)  # keep_cache=True: every layer as written
+        calls.clear()
+        np.testing.assert_allclose(model.forward(x, keep_cache=False), expected,
+                                   rtol=1e-10, atol=1e-12)
+        assert len(calls) == computed
+    recorded = trace.record(resnet, x)
+    bn = dict(resnet.named_modules())["layer1.0.bn1"]
+    call = recorded.call("layer1.0.bn1")
+    np.testing.assert_array_equal(call.output, infer(call.inputs[0], bn.gamma, bn.beta,
+                                                     bn.running_mean, bn.running_var, bn.eps))
+    resnet.train()
+    training = resnet.forward(x, keep_cache=False)  # batch statistics: BatchNorm runs
+    assert not np.allclose(training, expected)
+
+
+def test_inference_folds_a_batchnorm_only_where_the_outputs_outnumber_the_weights(monkeypatch):
+    """Folding is a pass over the weights: a convolution folds its BatchNorm only when each
+    output channel has more outputs (N·H_out·W_out) than weights (C_in·kH·kW), here 72."""
+    from cnnumpy import functional as F
+
+    rng = np.random.default_rng(6)
+    calls = []
+    infer = F.batchnorm_infer
+    monkeypatch.setattr(F, "batchnorm_infer", lambda *args: calls.append(1) or infer(*args))
+    model = cn.Sequential([cn.Conv2D(8, 4, 3, padding=1, rng=rng, dtype=np.float64),
+                           cn.BatchNorm2D(4, dtype=np.float64)]).eval()
+    model[1].running_var[...] = rng.uniform(0.5, 2, 4)
+    for images, size, computed in ((1, 8, 1), (2, 6, 1), (1, 9, 0), (18, 2, 1), (19, 2, 0)):
+        x = rng.standard_normal((images, 8, size, size))
+        calls.clear()
+        np.testing.assert_allclose(model.forward(x, keep_cache=False), model.forward(x),
+                                   rtol=1e-12, atol=1e-12)
+        assert len(calls) == 1 + computed  # the forward with caches computes it too

@@ -44,7 +44,8 @@ from .winograd import conv2d_winograd
 from .pooling import (POOL_BLOCK_BYTES, adaptive_avgpool2d_backward, adaptive_avgpool2d_forward,
                       adaptive_bounds, avgpool2d_backward, avgpool2d_forward, maxpool2d,
                       maxpool2d_backward, maxpool2d_forward)
-from .normalization import batchnorm_backward, batchnorm_forward, batchnorm_infer
+from .normalization import (batchnorm_backward, batchnorm_folded, batchnorm_forward,
+                            batchnorm_infer)
 from .linear import (dropout_backward, dropout_forward, dropout_mask, flatten_backward,
                      flatten_forward, linear_backward, linear_forward, matmul_wide_via_transpose,
                      relu, relu_backward, relu_forward)

@@ -98,3 +98,19 @@ def batchnorm_infer(x, gamma, beta, running_mean, running_var, eps):
     out = channelwise(np.multiply, rows, scale.astype(x.dtype), workspace.empty_like(rows))
     channelwise(np.add, out, shift.astype(x.dtype), out)
     return _like_input(out, x.shape)
+
+
+def batchnorm_folded(w, b, gamma, beta, running_mean, running_var, eps):
+    """The weights and bias of a convolution (or linear map) w·x + b followed by BatchNorm in
+    evaluation mode, folded into one: with s = γ / √(running_var + eps) per output channel,
+
+        W' = s · W  (each output channel's weights scaled),   b' = s · b + β - running_mean · s
+
+    in w's dtype; b None counts as zeros. W' x + b' equals the two maps applied in turn up to
+    float rounding."""
+    scale = gamma / np.sqrt(running_var + eps)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    bias = 0 if b is None else b
+    folded_w = (w * scale.reshape(shape)).astype(w.dtype, copy=False)
+    folded_b = (bias * scale + beta - running_mean * scale).astype(w.dtype, copy=False)
+    return folded_w, folded_b

@@ -260,6 +260,16 @@ class Layer(Module):
         return self.window
 
     def forward(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
+        self._check_input(x)
+        self.cache = None  # the last step's cache is dead: free it before making the next one
+        if not keep_cache:
+            return self._infer(x)
+        out, cache = self._forward(x)
+        self.cache = (x.shape, x.dtype, cache)
+        return out
+
+    def _check_input(self, x) -> None:
+        """A clear error for an input this layer cannot take (type, dtype, shape)."""
         name = type(self).__name__
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{name} expects a NumPy array, got {type(x).__name__}")
@@ -279,12 +289,6 @@ class Layer(Module):
             self.output_shape(x.shape[1:])
         except ValueError as err:
             raise _shape_error(self, str(err), x.shape) from None
-        self.cache = None  # the last step's cache is dead: free it before making the next one
-        if not keep_cache:
-            return self._infer(x)
-        out, cache = self._forward(x)
-        self.cache = (x.shape, x.dtype, cache)
-        return out
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         name = type(self).__name__

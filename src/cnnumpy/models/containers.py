@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import trace, workspace
-from ..layers import Add, MaxPool2D, Module, ReLU
+from ..layers import Add, BatchNorm2D, Conv2D, MaxPool2D, Module, ReLU
 
 
 _inside = threading.local()  # how many Sequential.forward calls this thread is inside
@@ -34,6 +34,30 @@ def input_checked():
         _inside.depth -= 1
 
 
+def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.ndarray:
+    """x through `modules` one after the other. For inference (keep_cache=False) outside a
+    recorded trace, a Conv2D directly followed by a BatchNorm2D of its output channels in
+    evaluation mode runs as one convolution with the BatchNorm folded in
+    (`Conv2D.infer_with_batchnorm`): the same outputs up to float rounding, one pass over
+    them fewer. A trace sees every module run as written."""
+    fuse = not keep_cache and trace.active_recorder() is None
+    i = 0
+    while i < len(modules):
+        module, following = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+        if fuse and _folds_at_inference(module, following):
+            x = module.infer_with_batchnorm(x, following)
+            i += 2
+        else:
+            x = module(x, keep_cache=keep_cache)
+            i += 1
+    return x
+
+
+def _folds_at_inference(conv: Module, bn: Module | None) -> bool:
+    return (type(conv) is Conv2D and type(bn) is BatchNorm2D and not bn.training
+            and bn.num_features == conv.out_channels and bn.gamma.dtype == conv.W.dtype)
+
+
 class Sequential(Module):
     """Layers applied one after the other; backward runs them in reverse.
 
@@ -45,7 +69,8 @@ class Sequential(Module):
     written order as long as the activations hold no NaN (a window [5, NaN] passes its
     gradient to the 5 when ReLU comes first, to nobody when pooling does: NaN > 0 is false);
     only the caches each of the two layers keeps differ. Set `commute_relu_pool = False` to
-    run the layers as written.
+    run the layers as written. For inference in evaluation mode, a Conv2D followed by a
+    BatchNorm2D runs as one convolution (`run_in_order`).
 
     Args:
         layers: a list of modules (named "0", "1", ...) or a dict of name -> module.
@@ -112,11 +137,9 @@ class Sequential(Module):
         self._executed = [layer for _, layer in self.execution_order()]
         _inside.depth = getattr(_inside, "depth", 0) + 1
         try:
-            for layer in self._executed:
-                x = layer(x, keep_cache=keep_cache)
+            return run_in_order(self._executed, x, keep_cache)
         finally:
             _inside.depth -= 1
-        return x
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Run every layer's backward in reverse order; returns the gradient for the input.
@@ -144,7 +167,8 @@ class Residual(Module):
     identity, or a module named `downsample` (a 1x1 convolution and BatchNorm where the shape
     changes); an `Add` named `add` joins the two, then `activation` (named `relu`; None for
     none). Backward sends the gradient of the sum down both paths and adds the two input
-    gradients, the exact derivative of the sum.
+    gradients, the exact derivative of the sum. Both paths run by `run_in_order` (for
+    inference, each convolution with its BatchNorm folded in).
 
     Args:
         main: dict of name -> module, run in order.
@@ -196,9 +220,7 @@ class Residual(Module):
         return shape
 
     def forward(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
-        out = x
-        for name in self._main:
-            out = getattr(self, name)(out, keep_cache=keep_cache)
+        out = run_in_order([getattr(self, name) for name in self._main], x, keep_cache)
         short = x if self.downsample is None else self.downsample(x, keep_cache=keep_cache)
         out = self.add(out, short, keep_cache=keep_cache)
         return out if self.relu is None else self.relu(out, keep_cache=keep_cache)

@@ -10,6 +10,11 @@ so `fold_batchnorm(model)` returns a copy of the model in which every Conv2D dir
 by a BatchNorm2D (in a Sequential or a residual block's main path) carries W' and b', and
 the BatchNorm is replaced by an `Identity`: one pass over the activations less per pair, the
 same outputs up to float rounding. Names stay (the BatchNorm's name now holds the Identity).
+
+Inference folds on its own: `forward(x, keep_cache=False)` in evaluation mode runs each such
+pair as one convolution, folding at every call (`Conv2D.infer_with_batchnorm`, where the
+outputs outnumber the weights). A folded copy pays that once, and is what `cnnumpy export
+--fold-batchnorm` writes to ONNX.
 """
 
 from __future__ import annotations
@@ -18,19 +23,18 @@ import copy
 
 import numpy as np
 
+from .. import functional as F
 from ..layers import BatchNorm2D, Conv2D, Identity, Module
 from .containers import Residual, Sequential
 
 
 def _folded(conv: Conv2D, bn: BatchNorm2D) -> Conv2D:
     """A copy of `conv` whose output is bn(conv(x)) in evaluation mode."""
-    scale = bn.gamma / np.sqrt(bn.running_var + bn.eps)  # s, per output channel
-    bias = conv.b if conv.bias else np.zeros_like(scale)
     folded = copy.copy(conv)
     folded.param_names = ("W", "b")
     folded.cache = None
-    folded.W = (conv.W * scale[:, None, None, None]).astype(conv.W.dtype)
-    folded.b = (bias * scale + bn.beta - bn.running_mean * scale).astype(conv.W.dtype)
+    folded.W, folded.b = F.batchnorm_folded(conv.W, conv.b if conv.bias else None, bn.gamma,
+                                            bn.beta, bn.running_mean, bn.running_var, bn.eps)
     folded.dW, folded.db = np.zeros_like(folded.W), np.zeros_like(folded.b)
     return folded
 
