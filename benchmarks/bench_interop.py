@@ -65,14 +65,17 @@ def seeded_resnet18(torch):
 
 
 def time_per_layer_type(model, x, repeats: int = 3) -> dict[str, float]:
-    """Median seconds of each leaf's forward (inference, whole batch), summed by type."""
-    with timed_leaves(model, ("forward",)) as (times, _, leaves):
+    """Median seconds of each leaf's forward (inference, whole batch), summed by type; a
+    convolution that ran with its BatchNorm folded in counts as "Conv2D+BatchNorm2D"."""
+    methods = ("forward", "infer_with_batchnorm")
+    with timed_leaves(model, methods) as (times, _, leaves):
         for _ in range(repeats):
             model(x, keep_cache=False)
     by_type: dict[str, float] = {}
-    for name, samples in times["forward"].items():
-        kind = type(leaves[name]).__name__
-        by_type[kind] = by_type.get(kind, 0.0) + statistics.median(samples)
+    for method, suffix in zip(methods, ("", "+BatchNorm2D")):
+        for name, samples in times[method].items():
+            kind = type(leaves[name]).__name__ + suffix
+            by_type[kind] = by_type.get(kind, 0.0) + statistics.median(samples)
     return by_type
 
 

@@ -219,7 +219,7 @@ def layer_forward_flops(model, input_shape) -> dict:
 
 @contextmanager
 def timed_leaves(model, methods=("forward", "backward")):
-    """Inside the block, every leaf layer's `methods` record their seconds: yields
+    """Inside the block, every leaf layer's `methods` (those it has) record their seconds: yields
     ({method: {leaf name: [seconds, ...]}}, [leaf names in the order forward first ran them],
     {leaf name: leaf}); the methods are restored on exit."""
     times = {method: {} for method in methods}
@@ -236,15 +236,17 @@ def timed_leaves(model, methods=("forward", "backward")):
             return out
         return run
 
+    wrapped = [(leaf, method) for leaf in leaves.values() for method in methods
+               if hasattr(leaf, method)]  # a method some leaves lack: theirs only
     for name, leaf in leaves.items():
         for method in methods:
-            setattr(leaf, method, timed(name, getattr(leaf, method), times[method]))
+            if hasattr(leaf, method):
+                setattr(leaf, method, timed(name, getattr(leaf, method), times[method]))
     try:
         yield times, order, leaves
     finally:
-        for leaf in leaves.values():
-            for method in methods:
-                delattr(leaf, method)
+        for leaf, method in wrapped:
+            delattr(leaf, method)
 
 
 def per_layer_times(runner: CnnumpyRunner, warmup: int, repeats: int):

@@ -88,18 +88,25 @@ class Conv2D(Layer):
         evaluation mode: its fixed affine map per channel folded into the weights and bias
         (`F.batchnorm_folded`: W' = s·W, b' = s·b + β - running_mean·s), so the output takes
         one pass (the bias) where BatchNorm's scaling and shift took two. Equal to the two
-        layers in turn up to float rounding. Folding is a pass over the weights, so it is
-        done only where the output has more values per channel than the weights have per
-        output channel (N·H_out·W_out > C_in·kH·kW: ResNet-20 on a batch, not ResNet-18's
-        last layers on one image); elsewhere the two layers run in turn. Keeps no cache."""
+        layers in turn up to float rounding. Keeps no cache."""
         self._check_input(x)
         self.cache = bn.cache = None
-        _, h_out, w_out = self.output_shape(x.shape[1:])
-        if len(x) * h_out * w_out <= self.W[0].size:
-            return bn(self(x, keep_cache=False), keep_cache=False)
         w, b = F.batchnorm_folded(self.W, self.b if self.bias else None, bn.gamma, bn.beta,
                                   bn.running_mean, bn.running_var, bn.eps)
         return F.conv2d(x, w, b, self.stride, self.padding)
+
+    def folding_pays(self, x) -> bool:
+        """Whether `infer_with_batchnorm` saves time on x: folding is a pass over the weights,
+        which pays where each output channel has more outputs than weights
+        (N·H_out·W_out > C_in·kH·kW: ResNet-20 on a batch, not ResNet-18's last layers on one
+        image). False for an input this layer cannot take (its forward says why)."""
+        if not isinstance(x, np.ndarray) or x.ndim != 4:
+            return False
+        try:
+            _, h_out, w_out = self.output_shape(x.shape[1:])
+        except ValueError:
+            return False
+        return len(x) * h_out * w_out > self.W[0].size
 
     def _backward(self, dout, cache, input_grad=True):
         dx, dW, db = F.conv2d_backward(dout, cache, input_grad)

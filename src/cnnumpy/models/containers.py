@@ -38,13 +38,13 @@ def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.n
     """x through `modules` one after the other. For inference (keep_cache=False) outside a
     recorded trace, a Conv2D directly followed by a BatchNorm2D of its output channels in
     evaluation mode runs as one convolution with the BatchNorm folded in
-    (`Conv2D.infer_with_batchnorm`): the same outputs up to float rounding, one pass over
-    them fewer. A trace sees every module run as written."""
+    (`Conv2D.infer_with_batchnorm`, where `Conv2D.folding_pays`): the same outputs up to
+    float rounding, one pass over them fewer. A trace sees every module run as written."""
     fuse = not keep_cache and trace.active_recorder() is None
     i = 0
     while i < len(modules):
         module, following = modules[i], modules[i + 1] if i + 1 < len(modules) else None
-        if fuse and _folds_at_inference(module, following):
+        if fuse and _folds_at_inference(module, following) and module.folding_pays(x):
             x = module.infer_with_batchnorm(x, following)
             i += 2
         else:
