@@ -200,17 +200,20 @@ def test_fold_batchnorm_gives_the_eval_outputs():
 
 def test_inference_folds_each_batchnorm_into_its_convolution(monkeypatch):
     """forward(x, keep_cache=False) in evaluation mode runs every Conv2D -> BatchNorm2D pair
-    as one convolution with the BatchNorm folded in: the outputs of the layers run in turn
-    (float64, up to rounding), in a residual network's blocks and downsample shortcuts and
-    in a VGG's Sequential. Not in training mode, and not while a trace records (it sees every
-    module's own output)."""
+    as one convolution with the BatchNorm folded in, and the ReLU after it: the outputs of
+    the layers run in turn (float64, up to rounding), in a residual network's blocks and
+    downsample shortcuts and in a VGG's Sequential. Not in training mode, and not while a
+    trace records (it sees every module's own output)."""
     from cnnumpy import functional as F
     from cnnumpy import trace
 
     rng = np.random.default_rng(5)
-    calls = []
+    calls, relus = [], []
     infer = F.batchnorm_infer
     monkeypatch.setattr(F, "batchnorm_infer", lambda *args: calls.append(1) or infer(*args))
+    relu_forward = cn.ReLU.forward
+    monkeypatch.setattr(cn.ReLU, "forward",
+                        lambda self, *args, **kw: relus.append(1) or relu_forward(self, *args, **kw))
     resnet = cn.models.resnet20(input_shape=(3, 32, 32), num_classes=4, rng=rng,
                                 dtype=np.float64)
     vgg = cn.models.vgg11_bn(num_classes=4, rng=rng, dtype=np.float64)
@@ -225,9 +228,12 @@ def test_inference_folds_each_batchnorm_into_its_convolution(monkeypatch):
         model.eval()
         expected = model.forward(x)  # keep_cache=True: every layer as written
         calls.clear()
+        relus.clear()
         np.testing.assert_allclose(model.forward(x, keep_cache=False), expected,
                                    rtol=1e-10, atol=1e-12)
         assert len(calls) == computed
+        if model is resnet:  # the ReLU after each folded pair goes too; a block's last stays
+            assert len(relus) == 9
     recorded = trace.record(resnet, x)
     bn = dict(resnet.named_modules())["layer1.0.bn1"]
     call = recorded.call("layer1.0.bn1")
@@ -256,3 +262,23 @@ def test_inference_folds_a_batchnorm_only_where_the_outputs_outnumber_the_weight
         np.testing.assert_allclose(model.forward(x, keep_cache=False), model.forward(x),
                                    rtol=1e-12, atol=1e-12)
         assert len(calls) == 1 + computed  # the forward with caches computes it too
+
+
+def test_inference_runs_a_relu_after_a_convolution_in_it(monkeypatch):
+    """Without BatchNorm, a Conv2D -> ReLU pair runs as one convolution for inference too:
+    exactly the two layers' outputs, whichever way the convolution goes (kernel rows, where
+    the ReLU goes chunk by chunk, or im2col with a stride of 2). A ReLU before max-pooling
+    runs after it (`commute_relu_pool`), so that one is not taken in."""
+    rng = np.random.default_rng(7)
+    relus = []
+    relu_forward = cn.ReLU.forward
+    monkeypatch.setattr(cn.ReLU, "forward",
+                        lambda self, *args, **kw: relus.append(1) or relu_forward(self, *args, **kw))
+    model = cn.Sequential([cn.Conv2D(3, 8, 3, padding=1, rng=rng), cn.ReLU(),
+                           cn.Conv2D(8, 8, 3, stride=2, padding=1, rng=rng), cn.ReLU(),
+                           cn.Conv2D(8, 8, 3, padding=1, rng=rng), cn.ReLU(), cn.MaxPool2D(2)])
+    x = rng.standard_normal((5, 3, 12, 12)).astype(np.float32)
+    expected = model.forward(x)
+    relus.clear()
+    np.testing.assert_array_equal(model.forward(x, keep_cache=False), expected)
+    assert len(relus) == 1  # the last, after the pooling

@@ -83,23 +83,30 @@ class Conv2D(Layer):
     def _infer(self, x):
         return F.conv2d(x, self.W, self.b if self.bias else None, self.stride, self.padding)
 
-    def infer_with_batchnorm(self, x: np.ndarray, bn) -> np.ndarray:
-        """bn(self(x)) for inference, bn a BatchNorm2D of this layer's output channels in
-        evaluation mode: its fixed affine map per channel folded into the weights and bias
+    def infer_fused(self, x: np.ndarray, bn=None, relu: bool = False) -> np.ndarray:
+        """For inference, this layer followed by `bn` (a BatchNorm2D of its output channels
+        in evaluation mode, or None) and then, with relu=True, a ReLU, as one convolution.
+        BatchNorm's fixed affine map per channel is folded into the weights and bias
         (`F.batchnorm_folded`: W' = s·W, b' = s·b + β - running_mean·s), so the output takes
-        one pass (the bias) where BatchNorm's scaling and shift took two. Equal to the two
-        layers in turn up to float rounding. Keeps no cache."""
+        one pass (the bias) where BatchNorm's scaling and shift took two; the bias and the
+        ReLU go onto the output chunk by chunk while it is in the cache (`F.conv2d`), where
+        ReLU alone made a new array. Equal to the layers in turn up to float rounding (with no
+        BatchNorm, exactly). Keeps no cache."""
         self._check_input(x)
-        self.cache = bn.cache = None
-        w, b = F.batchnorm_folded(self.W, self.b if self.bias else None, bn.gamma, bn.beta,
-                                  bn.running_mean, bn.running_var, bn.eps)
-        return F.conv2d(x, w, b, self.stride, self.padding)
+        self.cache = None
+        w, b = self.W, self.b if self.bias else None
+        if bn is not None:
+            bn.cache = None
+            w, b = F.batchnorm_folded(w, b, bn.gamma, bn.beta, bn.running_mean,
+                                      bn.running_var, bn.eps)
+        return F.conv2d(x, w, b, self.stride, self.padding, relu=relu)
 
     def folding_pays(self, x) -> bool:
-        """Whether `infer_with_batchnorm` saves time on x: folding is a pass over the weights,
-        which pays where each output channel has more outputs than weights
-        (N·H_out·W_out > C_in·kH·kW: ResNet-20 on a batch, not ResNet-18's last layers on one
-        image). False for an input this layer cannot take (its forward says why)."""
+        """Whether folding a BatchNorm into this layer (`infer_fused`) saves time on x: it is a
+        pass over the weights, which pays where each output channel has more outputs than
+        weights (N·H_out·W_out > C_in·kH·kW: ResNet-20 on a batch, not ResNet-18's last
+        layers on one image). False for an input this layer cannot take (its forward says
+        why)."""
         if not isinstance(x, np.ndarray) or x.ndim != 4:
             return False
         try:

@@ -36,26 +36,32 @@ def input_checked():
 
 def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.ndarray:
     """x through `modules` one after the other. For inference (keep_cache=False) outside a
-    recorded trace, a Conv2D directly followed by a BatchNorm2D of its output channels in
-    evaluation mode runs as one convolution with the BatchNorm folded in
-    (`Conv2D.infer_with_batchnorm`, where `Conv2D.folding_pays`): the same outputs up to
-    float rounding, one pass over them fewer. A trace sees every module run as written."""
+    recorded trace, a Conv2D runs as one convolution with what directly follows it: a
+    BatchNorm2D of its output channels in evaluation mode (folded into its weights, where
+    `Conv2D.folding_pays`), then a ReLU (`Conv2D.infer_fused`): the same outputs up to float
+    rounding, fewer passes over them. A trace sees every module run as written."""
     fuse = not keep_cache and trace.active_recorder() is None
     i = 0
     while i < len(modules):
-        module, following = modules[i], modules[i + 1] if i + 1 < len(modules) else None
-        if fuse and _folds_at_inference(module, following) and module.folding_pays(x):
-            x = module.infer_with_batchnorm(x, following)
-            i += 2
-        else:
-            x = module(x, keep_cache=keep_cache)
-            i += 1
+        module = modules[i]
+        if fuse and type(module) is Conv2D:
+            following = modules[i + 1 : i + 3]
+            bn = following[0] if following and _folds_at_inference(module, following[0]) \
+                and module.folding_pays(x) else None
+            after = following[1 if bn is not None else 0 :][:1]
+            relu = bool(after) and type(after[0]) is ReLU
+            if bn is not None or relu:
+                x = module.infer_fused(x, bn, relu)
+                i += 1 + (bn is not None) + relu
+                continue
+        x = module(x, keep_cache=keep_cache)
+        i += 1
     return x
 
 
-def _folds_at_inference(conv: Module, bn: Module | None) -> bool:
-    return (type(conv) is Conv2D and type(bn) is BatchNorm2D and not bn.training
-            and bn.num_features == conv.out_channels and bn.gamma.dtype == conv.W.dtype)
+def _folds_at_inference(conv: Conv2D, bn: Module) -> bool:
+    return (type(bn) is BatchNorm2D and not bn.training and bn.num_features == conv.out_channels
+            and bn.gamma.dtype == conv.W.dtype)
 
 
 class Sequential(Module):

@@ -12,8 +12,8 @@ the BatchNorm is replaced by an `Identity`: one pass over the activations less p
 same outputs up to float rounding. Names stay (the BatchNorm's name now holds the Identity).
 
 Inference folds on its own: `forward(x, keep_cache=False)` in evaluation mode runs each such
-pair as one convolution, folding at every call (`Conv2D.infer_with_batchnorm`, where the
-outputs outnumber the weights). A folded copy pays that once, and is what `cnnumpy export
+pair as one convolution, folding at every call (`Conv2D.infer_fused`, where the outputs
+outnumber the weights). A folded copy pays that once, and is what `cnnumpy export
 --fold-batchnorm` writes to ONNX.
 """
 
