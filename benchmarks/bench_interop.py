@@ -8,8 +8,9 @@ by `cnnumpy.interop.from_torch`, exported by `cnnumpy.interop.to_onnx` for ONNX 
 each of the three runs inference on one batch of 3x224x224 float32 images:
 
 - cnnumpy: `BatchParallel(model).forward(x)` in evaluation mode (the batch over the cores,
-  no caches), as `cnnumpy predict` and `evaluate` run a model; and the same with every
-  BatchNorm folded into the convolution before it (`cnnumpy.models.fold_batchnorm`, what
+  no caches), as `cnnumpy predict` and `evaluate` run a model, folding each BatchNorm into
+  the convolution before it at every call where that pays (`Conv2D.infer_fused`); and a copy
+  with every BatchNorm folded once beforehand (`cnnumpy.models.fold_batchnorm`, what
   `cnnumpy export --fold-batchnorm` writes for deployment);
 - PyTorch: `net(x)` under `torch.inference_mode()`, its default threads;
 - ONNX Runtime: `InferenceSession.run` of the exported file, CPU provider, default options.

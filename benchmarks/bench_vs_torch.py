@@ -7,8 +7,9 @@ What it measures, with the default thread settings of both libraries:
 
 - images/s of a training step (forward, softmax cross-entropy, backward, SGD-momentum update)
   and of inference (forward only), for SimpleCNN at 3x32x32 (batch 64) and 1x28x28 (batch 128)
-  and ResNet-20 at 3x32x32 (batch 128); for a model with BatchNorm, also a row "folded":
-  cnnumpy's inference with each BatchNorm folded into the convolution before it
+  and ResNet-20 at 3x32x32 (batch 128). cnnumpy's inference ("infer") folds each BatchNorm
+  into the convolution before it at every call, where that pays (`Conv2D.infer_fused`); for
+  a model with BatchNorm, the row "folded" times a copy folded once beforehand
   (`cnnumpy.models.fold_batchnorm`, as `cnnumpy export --fold-batchnorm` deploys it; outputs
   equal up to float rounding) against PyTorch's eager inference as before. PyTorch runs the
   same architecture, built from the cnnumpy model by `torch_mirror.py` (same weights; its
@@ -236,16 +237,14 @@ def timed_leaves(model, methods=("forward", "backward")):
             return out
         return run
 
-    wrapped = [(leaf, method) for leaf in leaves.values() for method in methods
+    wrapped = [(name, leaf, method) for name, leaf in leaves.items() for method in methods
                if hasattr(leaf, method)]  # a method some leaves lack: theirs only
-    for name, leaf in leaves.items():
-        for method in methods:
-            if hasattr(leaf, method):
-                setattr(leaf, method, timed(name, getattr(leaf, method), times[method]))
+    for name, leaf, method in wrapped:
+        setattr(leaf, method, timed(name, getattr(leaf, method), times[method]))
     try:
         yield times, order, leaves
     finally:
-        for leaf, method in wrapped:
+        for _, leaf, method in wrapped:
             delattr(leaf, method)
 
 

@@ -232,8 +232,8 @@ def test_inference_folds_each_batchnorm_into_its_convolution(monkeypatch):
         np.testing.assert_allclose(model.forward(x, keep_cache=False), expected,
                                    rtol=1e-10, atol=1e-12)
         assert len(calls) == computed
-        if model is resnet:  # the ReLU after each folded pair goes too; a block's last stays
-            assert len(relus) == 9
+        if model is resnet:  # each ReLU runs in the convolution before it, or over its
+            assert relus == []  # block's sum in place
     recorded = trace.record(resnet, x)
     bn = dict(resnet.named_modules())["layer1.0.bn1"]
     call = recorded.call("layer1.0.bn1")
@@ -282,3 +282,44 @@ def test_inference_runs_a_relu_after_a_convolution_in_it(monkeypatch):
     relus.clear()
     np.testing.assert_array_equal(model.forward(x, keep_cache=False), expected)
     assert len(relus) == 1  # the last, after the pooling
+
+
+def test_fused_inference_keeps_inputs_and_errors_and_clears_caches():
+    """Inference that fuses (a convolution with its BatchNorm and ReLU, a residual block's sum
+    and ReLU in place) leaves its input as it was, adds in place only over an array the
+    block made (not over an Identity's, which is its input), clears the caches of the modules
+    it runs inside others (their backward then says so), and meets bad input with the errors
+    the layers give one by one."""
+    rng = np.random.default_rng(8)
+    model = cn.models.resnet20(input_shape=(3, 16, 16), num_classes=4, rng=rng)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    model.forward(x)  # caches everywhere, from a training pass
+    model.eval()
+    kept = x.copy()
+    expected = model.forward(x)
+    np.testing.assert_allclose(model.forward(x, keep_cache=False), expected, rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_array_equal(x, kept)
+    modules = dict(model.named_modules())
+    for name in ("bn1", "relu", "layer1.0.bn1", "layer1.0.relu"):
+        assert modules[name].cache is None, name
+    with pytest.raises(RuntimeError, match="before forward"):
+        modules["layer1.0.relu"].backward(np.ones((4, 16, 16, 16), np.float32))
+    for bad, error in ((x[:, :2], ValueError), (x.astype(np.float64), TypeError),
+                       (x[0], ValueError), (x[:0], ValueError)):
+        with pytest.raises(error) as cached:
+            model.forward(bad)
+        with pytest.raises(error) as fused:
+            model.forward(bad, keep_cache=False)
+        assert str(fused.value) == str(cached.value)
+    bn = modules["layer1.0.bn1"]
+    bn.running_mean, bn.running_var = (bn.running_mean.astype(np.float64),  # set by hand,
+                                       bn.running_var.astype(np.float64))   # another dtype
+    with pytest.raises(TypeError, match="float64 parameters but got a float32 input"):
+        model.forward(x, keep_cache=False)
+
+    identity = cn.Residual({"same": cn.models.Identity()})
+    y = rng.standard_normal((2, 3, 4, 4))
+    out = identity.forward(y, keep_cache=False)
+    np.testing.assert_array_equal(out, np.maximum(2 * y, 0))
+    assert not np.shares_memory(out, y) and (y < 0).any()  # y itself unchanged: not clipped

@@ -19,10 +19,11 @@ Blocks are per thread; at most `MAX_BLOCKS` blocks and `MAX_BYTES` bytes are kep
 `release()` lets go of the calling thread's blocks. Arrays under `MIN_BYTES` come from
 `np.empty`: glibc's allocator, for one, serves such sizes from memory it already holds once
 it has seen them freed (its threshold for fresh mappings grows with the blocks freed). Not
-reliably from 1 MiB up: ResNet-20's inference (64 images, one thread) met 2,400 page faults
-a pass with arrays under 4 MiB left to it (im2col's columns of the stride-2 convolutions,
-kernel-row matrices of 2 MiB), none with 1 MiB; a training step over two threads (128
-images) met 14,000 and 7,000-11,000.
+reliably from 1 MiB up: with `MIN_BYTES` at 4 MiB, ResNet-20's inference (64 images, one
+thread) met 2,400 page faults a pass (im2col's columns of the stride-2 convolutions,
+kernel-row matrices of 2 MiB), with 1 MiB none; a training step over two threads (128
+images) met 14,000 with 4 MiB and 7,000-11,000 with 1 MiB (with 1 MiB, more of a step's
+arrays compete for the `MAX_BLOCKS` kept blocks, and the ones beyond them are fresh).
 """
 
 from __future__ import annotations

@@ -23,6 +23,13 @@ class ReLU(Layer):
     def _infer(self, x):
         return F.relu(x)
 
+    def infer_in_place(self, x: np.ndarray) -> np.ndarray:
+        """max(x, 0) written over x and returned, for inference (no cache) where x is an
+        array that nothing else holds."""
+        self._check_input(x)
+        self.cache = None
+        return F.relu(x, out=x)
+
     def _backward(self, dout, cache):
         return F.relu_backward(dout, cache)
 

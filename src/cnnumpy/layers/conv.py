@@ -85,18 +85,21 @@ class Conv2D(Layer):
 
     def infer_fused(self, x: np.ndarray, bn=None, relu: bool = False) -> np.ndarray:
         """For inference, this layer followed by `bn` (a BatchNorm2D of its output channels
-        in evaluation mode, or None) and then, with relu=True, a ReLU, as one convolution.
-        BatchNorm's fixed affine map per channel is folded into the weights and bias
-        (`F.batchnorm_folded`: W' = s·W, b' = s·b + β - running_mean·s), so the output takes
-        one pass (the bias) where BatchNorm's scaling and shift took two; the bias and the
-        ReLU go onto the output chunk by chunk while it is in the cache (`F.conv2d`), where
-        ReLU alone made a new array. Equal to the layers in turn up to float rounding (with no
-        BatchNorm, exactly). Keeps no cache."""
+        and dtype in evaluation mode, or None) and then, with relu=True, a ReLU, as one
+        convolution. The BatchNorm is folded into the weights and bias
+        (`F.batchnorm_folded`), so the output takes one pass (the bias) where BatchNorm's
+        scaling and shift took two; the bias and the ReLU go onto the output chunk by chunk
+        while it is in the cache (`F.conv2d`), where ReLU alone made a new array. Equal to
+        the layers in turn up to float rounding (with no BatchNorm, exactly). Keeps no
+        cache; the caller clears the others' (`models.containers.run_in_order`)."""
         self._check_input(x)
         self.cache = None
         w, b = self.W, self.b if self.bias else None
         if bn is not None:
-            bn.cache = None
+            if bn.training or bn.num_features != self.out_channels or bn.dtype != self.dtype:
+                raise ValueError(f"can fold only a BatchNorm2D of {self.out_channels} "
+                                 f"{self.dtype} channels in evaluation mode, got {bn!r} "
+                                 f"({bn.dtype}, training={bn.training})")
             w, b = F.batchnorm_folded(w, b, bn.gamma, bn.beta, bn.running_mean,
                                       bn.running_var, bn.eps)
         return F.conv2d(x, w, b, self.stride, self.padding, relu=relu)

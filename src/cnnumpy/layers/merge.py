@@ -21,6 +21,20 @@ class Add(Module):
     cache = None
 
     def forward(self, a: np.ndarray, b: np.ndarray, keep_cache: bool = True) -> np.ndarray:
+        self._check_inputs(a, b)
+        self.cache = a.shape if keep_cache else None
+        return np.add(a, b, out=workspace.empty_like(a))
+
+    def add_into(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """a + b written over a and returned, for inference (no cache) where a is an array
+        that nothing else holds, such as a residual block's freshly computed main path: one
+        pass where a new array takes a pass and fresh memory."""
+        self._check_inputs(a, b)
+        self.cache = None
+        return np.add(a, b, out=a)
+
+    @staticmethod
+    def _check_inputs(a, b) -> None:
         for x in (a, b):
             if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
                 raise TypeError(f"Add expects two floating-point NumPy arrays, got "
@@ -28,8 +42,6 @@ class Add(Module):
         if a.shape != b.shape or a.dtype != b.dtype:
             raise ValueError(f"Add expects two arrays of one shape and dtype, got {a.shape} "
                              f"{a.dtype} and {b.shape} {b.dtype}")
-        self.cache = a.shape if keep_cache else None
-        return np.add(a, b, out=workspace.empty_like(a))
 
     def backward(self, dout: np.ndarray, input_grad: bool = True):
         """(da, db) = (dout, dout): the same array twice, not to be changed in place."""

@@ -31,7 +31,9 @@ class Module:
     Composite modules only route arrays between their children (the arithmetic happens in
     leaves, `Add` included), so a recorded forward pass (`cnnumpy.trace`) is the whole
     computation. Call a child as `child(x)`, not `child.forward(x)`: the call is what a trace
-    records.
+    records. (For inference outside a trace, `Sequential` and `Residual` run a Conv2D with the
+    BatchNorm2D and ReLU after it as one convolution, and a residual block's sum and ReLU in
+    place: then those modules' `forward` is not called, see `models.containers`.)
     """
 
     training = True

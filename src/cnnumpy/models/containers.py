@@ -36,32 +36,51 @@ def input_checked():
 
 def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.ndarray:
     """x through `modules` one after the other. For inference (keep_cache=False) outside a
-    recorded trace, a Conv2D runs as one convolution with what directly follows it: a
-    BatchNorm2D of its output channels in evaluation mode (folded into its weights, where
-    `Conv2D.folding_pays`), then a ReLU (`Conv2D.infer_fused`): the same outputs up to float
-    rounding, fewer passes over them. A trace sees every module run as written."""
+    recorded trace, a Conv2D runs as one convolution with what directly follows it
+    (`_fused_with`): a BatchNorm2D folded into its weights, then a ReLU
+    (`Conv2D.infer_fused`), the same outputs up to float rounding with fewer passes over
+    them. The modules taken in are not called (a wrapper around their `forward` does not see
+    them); their caches are cleared, as their own forward would. A trace sees every module
+    run as written."""
     fuse = not keep_cache and trace.active_recorder() is None
     i = 0
     while i < len(modules):
         module = modules[i]
-        if fuse and type(module) is Conv2D:
-            following = modules[i + 1 : i + 3]
-            bn = following[0] if following and _folds_at_inference(module, following[0]) \
-                and module.folding_pays(x) else None
-            after = following[1 if bn is not None else 0 :][:1]
-            relu = bool(after) and type(after[0]) is ReLU
-            if bn is not None or relu:
-                x = module.infer_fused(x, bn, relu)
-                i += 1 + (bn is not None) + relu
-                continue
-        x = module(x, keep_cache=keep_cache)
-        i += 1
+        taken = _fused_with(module, modules[i + 1 : i + 3], x) if fuse else []
+        if taken:
+            for joined in taken:
+                joined.cache = None
+            bn = taken[0] if type(taken[0]) is BatchNorm2D else None
+            x = module.infer_fused(x, bn, relu=type(taken[-1]) is ReLU)
+        else:
+            x = module(x, keep_cache=keep_cache)
+        i += 1 + len(taken)
     return x
 
 
-def _folds_at_inference(conv: Conv2D, bn: Module) -> bool:
-    return (type(bn) is BatchNorm2D and not bn.training and bn.num_features == conv.out_channels
-            and bn.gamma.dtype == conv.W.dtype)
+def _fused_with(module: Module, following: list[Module], x) -> list[Module]:
+    """The modules after `module` that inference runs inside it, when it is a Conv2D: a
+    BatchNorm2D it can fold (in evaluation mode, of its output channels and dtype, where
+    `Conv2D.folding_pays`), then a ReLU; [] for none."""
+    if type(module) is not Conv2D:
+        return []
+    taken, rest = [], list(following)
+    bn = rest[0] if rest else None
+    if (type(bn) is BatchNorm2D and not bn.training and bn.num_features == module.out_channels
+            and bn.dtype == module.dtype and module.folding_pays(x)):
+        taken.append(rest.pop(0))
+    if rest and type(rest[0]) is ReLU:
+        taken.append(rest[0])
+    return taken
+
+
+def _fresh(out, last: Module, x: np.ndarray, short: np.ndarray) -> bool:
+    """Whether `out`, what module `last` returned, is a new array that nothing else holds:
+    a convolution's or BatchNorm's output (those make one), sharing no memory with the
+    block's input or shortcut."""
+    return (type(last) in (Conv2D, BatchNorm2D) and isinstance(out, np.ndarray)
+            and out.flags.writeable and not np.may_share_memory(out, x)
+            and not np.may_share_memory(out, short))
 
 
 class Sequential(Module):
@@ -226,10 +245,17 @@ class Residual(Module):
         return shape
 
     def forward(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
-        out = run_in_order([getattr(self, name) for name in self._main], x, keep_cache)
+        main = [getattr(self, name) for name in self._main]
+        out = run_in_order(main, x, keep_cache)
         short = x if self.downsample is None else self.downsample(x, keep_cache=keep_cache)
-        out = self.add(out, short, keep_cache=keep_cache)
-        return out if self.relu is None else self.relu(out, keep_cache=keep_cache)
+        if keep_cache or trace.active_recorder() is not None or not _fresh(out, main[-1], x, short):
+            out = self.add(out, short, keep_cache=keep_cache)
+            return out if self.relu is None else self.relu(out, keep_cache=keep_cache)
+        # inference: the sum, then ReLU, over the main path's new output in place
+        out = self.add.add_into(out, short)
+        if type(self.relu) is ReLU:
+            return self.relu.infer_in_place(out)
+        return out if self.relu is None else self.relu(out, keep_cache=False)
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         if self.relu is not None:
