@@ -68,13 +68,13 @@ def seeded_resnet18(torch):
 def time_per_layer_type(model, x, repeats: int = 3) -> dict[str, float]:
     """Median seconds of each leaf's forward (inference, whole batch), summed by type; a
     convolution that ran with the BatchNorm and ReLU after it (`Conv2D.infer_fused`) counts
-    as "Conv2D fused"."""
-    methods = ("forward", "infer_fused")
+    as "Conv2D fused", a residual block's sum and ReLU taken in place as "... in place"."""
+    methods = ("forward", "infer_fused", "add_into", "infer_in_place")
     with timed_leaves(model, methods) as (times, _, leaves):
         for _ in range(repeats):
             model(x, keep_cache=False)
     by_type: dict[str, float] = {}
-    for method, suffix in zip(methods, ("", " fused")):
+    for method, suffix in zip(methods, ("", " fused", " in place", " in place")):
         for name, samples in times[method].items():
             kind = type(leaves[name]).__name__ + suffix
             by_type[kind] = by_type.get(kind, 0.0) + statistics.median(samples)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import workspace
-from .channelwise import add_bias, column_sums
+from .channelwise import channelwise, column_sums
 from .linear import relu as relu_into
 from .windowing import (batch_blocks, col2im, pad2d, pair, to_channels_last, to_nchw, unpad2d,
                         windows)
@@ -122,7 +122,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
 def conv2d(x, w, b, stride=1, padding=0, channels_last=None, relu=False):
     """The output of `conv2d_forward` without a cache, for inference (and for an input
     gradient that is itself a convolution): by kernel rows, the input is read with its
-    padding implied (`_kernel_row_matrix`), without the padded copy that a cache keeps.
+    padding implied (`_fill_kernel_rows`), without the padded copy that a cache keeps.
     Measured (one thread, 64 images of 32x32x16 float32): the padded copy took 0.3-1 ms of
     a 6 ms convolution. relu=True: max(out, 0) as well, in place (by kernel rows, a chunk of
     images at a time while its outputs are in the cache), for a ReLU that follows."""
@@ -209,7 +209,7 @@ def conv2d_by_kernel_rows(x, w, b, padding=0, relu=False):
 
     and R[n, i + m, j] for all (i, j) is one contiguous block of R[n] (rows m·W_out on): kH
     matrix products over views, summed. Chunks of whole images keep R within ROWS_BYTES;
-    R takes the zeros of the padding itself (`_kernel_row_matrix`). The bias, and with
+    R takes the zeros of the padding itself (`_kernel_row_buffer`). The bias, and with
     relu=True max(out, 0), go onto each chunk's outputs while they are in the cache.
     """
     n, h, width, c_in = x.shape
@@ -219,46 +219,68 @@ def conv2d_by_kernel_rows(x, w, b, padding=0, relu=False):
     h_out = h_pad - kh + 1
     w_rows = w.transpose(2, 3, 1, 0).reshape(kh, kw * c_in, c_out)  # W_m, m = 0 .. kH-1
     out = workspace.empty((n, h_out, w_out, c_out), x.dtype)
-    for chunk in batch_blocks(n, h_pad * w_out * kw * c_in * x.itemsize, ROWS_BYTES):
+    chunks = batch_blocks(n, h_pad * w_out * kw * c_in * x.itemsize, ROWS_BYTES)
+    step = chunks[0].stop  # images in a chunk; the last may have fewer
+    # one row matrix and one product's buffer for every chunk: their padding zeros are
+    # written once, and each chunk makes a few calls less (with the batch split over
+    # threads, every NumPy call is a handoff of the interpreter's lock)
+    rows = _kernel_row_buffer(step, x.shape[1:], kw, (ph, pw), x.dtype)
+    terms = workspace.empty((step, h_out * w_out, c_out), x.dtype) if kh > 1 else None
+    bias, zeros = np.empty(c_out, x.dtype), np.zeros(c_out, x.dtype)
+    if b is not None:
+        bias[...] = np.asarray(b)  # what assigns to a (C_out,) vector, as for `add_bias`
+    for chunk in chunks:
         images = chunk.stop - chunk.start
-        rows = _kernel_row_matrix(x[chunk], kw, (ph, pw))
+        chunk_rows = _fill_kernel_rows(x[chunk], rows[:images], kw, (ph, pw))
         total = out[chunk].reshape(images, h_out * w_out, c_out)
-        term = workspace.empty(total.shape, x.dtype) if kh > 1 else None
         for m in range(kh):
-            block = rows[:, m * w_out : m * w_out + h_out * w_out]  # R[n, i + m, j]
-            np.matmul(block, w_rows[m], out=total if m == 0 else term)
+            block = chunk_rows[:, m * w_out : m * w_out + h_out * w_out]  # R[n, i + m, j]
+            np.matmul(block, w_rows[m], out=total if m == 0 else terms[:images])
             if m:
-                total += term
+                total += terms[:images]
+        flat = total.reshape(-1, c_out)
         if b is not None:
-            add_bias(total, b)
+            channelwise(np.add, flat, bias, flat)
         if relu:
-            relu_into(total, out=total)
-        del rows, block, term  # let go, so that the next chunk may reuse their memory
+            channelwise(np.maximum, flat, zeros, flat)
     return to_nchw(out)
 
 
-def _kernel_row_matrix(x, kw, padding=(0, 0)) -> np.ndarray:
-    """R of `conv2d_by_kernel_rows` for x padded with (pH, pW) zeros, without padding x:
-    (N, H, W, C_in) -> (N, H_pad·W_out, kW·C_in), H_pad = H + 2pH, W_out = W + 2pW - kW + 1,
-    R[n, r·W_out + j] = (x_pad[n, r, j + q, c] for q < kW, c < C_in).
+def _kernel_row_buffer(images, image_shape, kw, padding, dtype) -> np.ndarray:
+    """Memory for the row matrix R of `conv2d_by_kernel_rows` for `images` images of
+    `image_shape` (H, W, C_in) padded with (pH, pW) zeros, R[n, r·W_out + j] =
+    (x_pad[n, r, j + q, c] for q < kW, c < C_in): (images, H_pad, W_out, kW·C_in), with
+    H_pad = H + 2pH, W_out = W + 2pW - kW + 1 and the values that come from the padding
+    already zero (the pH rows above and below, and the pW columns on each side, whose
+    inside values `_fill_kernel_rows` writes)."""
+    h, width, c_in = image_shape
+    ph, pw = padding
+    w_out = width + 2 * pw - kw + 1
+    rows = workspace.empty((images, h + 2 * ph, w_out, kw * c_in), dtype)
+    whole = max(width - kw + 1, 0)  # columns pW .. pW + whole - 1 read no padding
+    rows[:, :ph] = 0
+    rows[:, ph + h :] = 0
+    rows[:, :, :pw] = 0
+    rows[:, :, pw + whole :] = 0
+    return rows
+
+
+def _fill_kernel_rows(x, rows, kw, padding) -> np.ndarray:
+    """Write x's values into R's memory from `_kernel_row_buffer` (rows, for len(x) images)
+    and return R as (N, H_pad·W_out, kW·C_in).
 
     The columns j whose pixels all lie inside x are one copy of x's 1 x kW `windows`: in
     channels-last memory the kW pixels from (i, j) on are kW·C_in consecutive values, which
     NumPy copies as one run (48 values with 16 channels) where copying shift by shift moves
     runs of C_in. Measured (one thread, 64 images of 34x34x16 float32): 0.65 ms against
-    1.66. The pW columns on each side that reach into the padding are copied shift by
-    shift, next to zeros; the pH rows above and below are zeros.
+    1.66. The pW columns on each side that reach into the padding take their inside values
+    shift by shift, next to the buffer's zeros.
     """
     n, h, width, c_in = x.shape
     ph, pw = padding
-    w_out = width + 2 * pw - kw + 1
-    rows = workspace.empty((n, h + 2 * ph, w_out, kw * c_in), x.dtype)
-    rows[:, :ph] = 0
-    rows[:, ph + h :] = 0
+    w_out = rows.shape[2]
     inside = rows[:, ph : ph + h]
-    whole = max(width - kw + 1, 0)  # columns pW .. pW + whole - 1 read no padding
-    inside[:, :, :pw] = 0
-    inside[:, :, pw + whole :] = 0
+    whole = max(width - kw + 1, 0)
     if whole:  # the 1 x kW windows of x, (N, H, whole, kW, C_in), into R's (kW, C_in) values
         target = inside[:, :, pw : pw + whole].reshape(n, h, whole, kw, c_in)
         target[...] = windows(x, (1, kw), 1, channels_last=True)[:, :, :, 0]
@@ -267,7 +289,7 @@ def _kernel_row_matrix(x, kw, padding=(0, 0)) -> np.ndarray:
             lo, hi = max(start, pw - q), min(stop, width + pw - q)
             if lo < hi:
                 inside[:, :, lo:hi, q * c_in : (q + 1) * c_in] = x[:, :, lo + q - pw : hi + q - pw]
-    return rows.reshape(n, (h + 2 * ph) * w_out, kw * c_in)
+    return rows.reshape(n, rows.shape[1] * w_out, kw * c_in)
 
 
 def weight_gradient_by_kernel_rows(dout, x_pad, kh, kw):
@@ -289,12 +311,13 @@ def weight_gradient_by_kernel_rows(dout, x_pad, kh, kw):
     grad = np.zeros((kh, kw * c_in, c_out), dtype)  # dW_m as ((q, c), o)
     # per image: its row matrix, and its share of each product's (images, kW·C_in, C_out)
     per_image = max(h_pad * w_out, c_out) * kw * c_in * dtype.itemsize
-    for chunk in batch_blocks(n, per_image, ROWS_BYTES):
-        rows = _kernel_row_matrix(x_pad[chunk], kw)
+    chunks = batch_blocks(n, per_image, ROWS_BYTES)
+    buffer = _kernel_row_buffer(chunks[0].stop, x_pad.shape[1:], kw, (0, 0), x_pad.dtype)
+    for chunk in chunks:
+        rows = _fill_kernel_rows(x_pad[chunk], buffer[: chunk.stop - chunk.start], kw, (0, 0))
         for m in range(kh):
             block = rows[:, m * w_out : m * w_out + h_out * w_out]
             grad[m] += np.matmul(block.transpose(0, 2, 1), rows_of_dout[chunk]).sum(axis=0)
-        del rows, block
     dw = np.ascontiguousarray(grad.reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1))
     db = column_sums(rows_of_dout.reshape(-1, c_out), dtype)
     return dw, db
