@@ -1,11 +1,13 @@
 """Data-parallel training over MPI ranks on one machine: 1 rank against 2, SimpleCNN 1x28x28.
 
     python benchmarks/bench_distributed.py [--rounds 3] [--steps 30] [--warmup 5] [--json F]
+                                           [--model resnet20]
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_distributed.py
 
 Needs the extra `mpi` (mpi4py, Open MPI's mpirun) and Fashion-MNIST. Each configuration is an
 MPI job (`mpirun -n P` of this script with --worker) that trains SimpleCNN (1x28x28, PyTorch's
-uniform initialisation, SGD Nesterov, crop + flip) with `cnnumpy.fit` on global batches of 128
+uniform initialisation; or with --model a zoo model such as resnet20, its own initialisation;
+SGD Nesterov, crop + flip) with `cnnumpy.fit` on global batches of 128
 Fashion-MNIST images, BLAS held to one thread per rank:
 
     1 rank          one process, BatchParallel off (workers=1)
@@ -85,8 +87,13 @@ def worker(args) -> None:
     group = TimedGroup(timeout=300, node_memory=not args.sent)
     steps = args.warmup + args.steps
     train = load_dataset("fashion-mnist", "train").subset(slice(0, BATCH * steps))
-    model = cn.SimpleCNN(train.sample_shape, train.num_classes, rng=np.random.default_rng(0),
-                         init="uniform")
+    if args.model == "simplecnn":
+        model = cn.SimpleCNN(train.sample_shape, train.num_classes,
+                             rng=np.random.default_rng(0), init="uniform")
+    else:  # a zoo model at the images' shape, its own initialisation
+        model = getattr(cn.models, args.model)(input_shape=train.sample_shape,
+                                               num_classes=train.num_classes,
+                                               rng=np.random.default_rng(0))
     opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     opt.step = timed("update", opt.step)
     stamps: list[float] = []
@@ -131,7 +138,7 @@ def run_config(name: str, args) -> dict:
     result = subprocess.run(
         [mpirun, "-n", str(ranks), *binding, sys.executable, __file__, "--worker", "--workers",
          str(workers), "--steps", str(args.steps), "--warmup", str(args.warmup),
-         *([] if node_memory else ["--sent"])],
+         "--model", args.model, *([] if node_memory else ["--sent"])],
         capture_output=True, text=True, env=env, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed: {result.stderr}")
@@ -148,6 +155,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--model", default="simplecnn",
+                        help="simplecnn (default), or a zoo model such as resnet20, built at "
+                             "1x28x28 with its own initialisation")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--sent", action="store_true", help=argparse.SUPPRESS)
