@@ -234,6 +234,12 @@ def test_inference_folds_each_batchnorm_into_its_convolution(monkeypatch):
         assert len(calls) == computed
         if model is resnet:  # each ReLU runs in the convolution before it, or over its
             assert relus == []  # block's sum in place
+    folded = cn.models.fold_batchnorm(resnet)  # Identity where each BatchNorm was
+    expected = resnet.forward(x)
+    relus.clear()
+    np.testing.assert_allclose(folded.forward(x, keep_cache=False), expected,
+                               rtol=1e-10, atol=1e-12)
+    assert relus == []  # Conv2D -> Identity -> ReLU runs as one convolution too
     recorded = trace.record(resnet, x)
     bn = dict(resnet.named_modules())["layer1.0.bn1"]
     call = recorded.call("layer1.0.bn1")

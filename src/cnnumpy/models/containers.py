@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import trace, workspace
-from ..layers import Add, BatchNorm2D, Conv2D, MaxPool2D, Module, ReLU
+from ..layers import Add, BatchNorm2D, Conv2D, Identity, MaxPool2D, Module, ReLU
 
 
 _inside = threading.local()  # how many Sequential.forward calls this thread is inside
@@ -46,12 +46,12 @@ def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.n
     i = 0
     while i < len(modules):
         module = modules[i]
-        taken = _fused_with(module, modules[i + 1 : i + 3], x) if fuse else []
+        taken = _fused_with(module, modules[i + 1 :], x) if fuse else []
         if taken:
             for joined in taken:
                 joined.cache = None
-            bn = taken[0] if type(taken[0]) is BatchNorm2D else None
-            x = module.infer_fused(x, bn, relu=type(taken[-1]) is ReLU)
+            kinds = {type(joined): joined for joined in taken}
+            x = module.infer_fused(x, kinds.get(BatchNorm2D), relu=ReLU in kinds)
         else:
             x = module(x, keep_cache=keep_cache)
         i += 1 + len(taken)
@@ -61,23 +61,32 @@ def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.n
 def _fused_with(module: Module, following: list[Module], x) -> list[Module]:
     """The modules after `module` that inference runs inside it, when it is a Conv2D: a
     BatchNorm2D it can fold (in evaluation mode, of its output channels and dtype, where
-    `Conv2D.folding_pays`), then a ReLU; [] for none."""
+    `Conv2D.folding_pays`), then a ReLU, and any Identity before or between them (what
+    `fold_batchnorm` leaves of a BatchNorm); [] for none."""
     if type(module) is not Conv2D:
         return []
-    taken, rest = [], list(following)
-    bn = rest[0] if rest else None
-    if (type(bn) is BatchNorm2D and not bn.training and bn.num_features == module.out_channels
-            and bn.dtype == module.dtype and module.folding_pays(x)):
-        taken.append(rest.pop(0))
-    if rest and type(rest[0]) is ReLU:
-        taken.append(rest[0])
+    taken = []
+
+    def take(kind, fits=lambda found: True) -> None:
+        while len(taken) < len(following) and type(following[len(taken)]) is Identity:
+            taken.append(following[len(taken)])
+        found = following[len(taken)] if len(taken) < len(following) else None
+        if type(found) is kind and fits(found):
+            taken.append(found)
+
+    take(BatchNorm2D, lambda bn: not bn.training and bn.num_features == module.out_channels
+         and bn.dtype == module.dtype and module.folding_pays(x))
+    take(ReLU)
+    while taken and type(taken[-1]) is Identity:  # none after the last one taken in
+        taken.pop()
     return taken
 
 
-def _fresh(out, last: Module, x: np.ndarray, short: np.ndarray) -> bool:
-    """Whether `out`, what module `last` returned, is a new array that nothing else holds:
-    a convolution's or BatchNorm's output (those make one), sharing no memory with the
-    block's input or shortcut."""
+def _fresh(out, main: list[Module], x: np.ndarray, short: np.ndarray) -> bool:
+    """Whether `out`, what the modules `main` returned, is a new array that nothing else
+    holds: the output of a convolution or BatchNorm (those make one) after any Identity,
+    sharing no memory with the block's input or shortcut."""
+    last = next((module for module in reversed(main) if type(module) is not Identity), None)
     return (type(last) in (Conv2D, BatchNorm2D) and isinstance(out, np.ndarray)
             and out.flags.writeable and not np.may_share_memory(out, x)
             and not np.may_share_memory(out, short))
@@ -248,7 +257,7 @@ class Residual(Module):
         main = [getattr(self, name) for name in self._main]
         out = run_in_order(main, x, keep_cache)
         short = x if self.downsample is None else self.downsample(x, keep_cache=keep_cache)
-        if keep_cache or trace.active_recorder() is not None or not _fresh(out, main[-1], x, short):
+        if keep_cache or trace.active_recorder() is not None or not _fresh(out, main, x, short):
             out = self.add(out, short, keep_cache=keep_cache)
             return out if self.relu is None else self.relu(out, keep_cache=keep_cache)
         # inference: the sum, then ReLU, over the main path's new output in place
