@@ -276,7 +276,8 @@ def test_a_convolution_by_kernel_rows_is_im2cols_in_any_chunks(monkeypatch):
     wide = np.zeros((5, 9, 8, 6))
     wide[..., ::2] = F.to_channels_last(x)  # x's pixels, channels 16 bytes apart
     for kernel, padding in (((3, 3), 1), ((5, 3), 2), ((2, 4), 0), ((1, 3), 1), ((3, 3), 0),
-                            ((3, 5), (0, 2)), ((2, 3), (1, 3)), ((3, 3), (2, 1)), ((3, 9), 1)):
+                            ((3, 5), (0, 2)), ((2, 3), (1, 3)), ((3, 3), (2, 1)), ((3, 9), 1),
+                            ((3, 17), (1, 6))):  # much wider than the input: pW > W_out
         w, b = rng.standard_normal((4, 3, *kernel)), rng.standard_normal(4)
         x_pad = F.pad2d(x, padding, True)
         cols = F.im2col(x_pad, kernel, 1, True)
@@ -308,6 +309,7 @@ def test_inference_convolves_by_kernel_rows_without_a_padded_copy(monkeypatch):
     expected, cache = F.conv2d_forward(x, w, None, 1, 1)
     assert padded == [1]  # the cache keeps the padded copy
     np.testing.assert_allclose(F.conv2d(x, w, None, 1, 1), expected, rtol=1e-12, atol=1e-12)
+    assert F.conv2d(x[:0], w, None, 1, 1).shape == (0, 8, 6, 5)  # an empty batch, no chunks
     dx_pads_before = len(padded)
     F.conv2d_backward(rng.standard_normal(expected.shape), cache)  # dx: dout convolved, padded by 1
     assert len(padded) == dx_pads_before == 1

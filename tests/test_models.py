@@ -202,8 +202,9 @@ def test_inference_folds_each_batchnorm_into_its_convolution(monkeypatch):
     """forward(x, keep_cache=False) in evaluation mode runs every Conv2D -> BatchNorm2D pair
     as one convolution with the BatchNorm folded in, and the ReLU after it: the outputs of
     the layers run in turn (float64, up to rounding), in a residual network's blocks and
-    downsample shortcuts and in a VGG's Sequential. Not in training mode, and not while a
-    trace records (it sees every module's own output)."""
+    downsample shortcuts, in a VGG's Sequential and in the copy `fold_batchnorm` makes (an
+    Identity where each BatchNorm was). Not in training mode, and not while a trace records
+    (it sees every module's own output)."""
     from cnnumpy import functional as F
     from cnnumpy import trace
 
@@ -329,3 +330,24 @@ def test_fused_inference_keeps_inputs_and_errors_and_clears_caches():
     out = identity.forward(y, keep_cache=False)
     np.testing.assert_array_equal(out, np.maximum(2 * y, 0))
     assert not np.shares_memory(out, y) and (y < 0).any()  # y itself unchanged: not clipped
+
+
+@pytest.mark.parametrize("after, taken", [
+    (["Identity", "BatchNorm2D", "Identity", "ReLU"], [0, 1, 2, 3]),
+    (["BatchNorm2D", "ReLU", "ReLU"], [0, 1]),
+    (["Identity", "MaxPool2D"], []),
+    (["Identity", "training BatchNorm2D", "ReLU"], []),
+    (["ReLU", "Identity"], [0]),
+])
+def test_inference_takes_into_a_convolution_what_follows_it(after, taken):
+    """What inference runs inside a Conv2D: a foldable BatchNorm2D, then a ReLU, through any
+    Identity between; a BatchNorm in training mode stops it (it must run on the batch)."""
+    from cnnumpy.models.containers import _fused_with
+
+    conv = cn.Conv2D(2, 2, 3, padding=1)
+    make = {"Identity": cn.models.Identity, "ReLU": cn.ReLU, "MaxPool2D": lambda: cn.MaxPool2D(2),
+            "BatchNorm2D": lambda: cn.BatchNorm2D(2).eval(),
+            "training BatchNorm2D": lambda: cn.BatchNorm2D(2)}
+    following = [make[name]() for name in after]
+    x = np.zeros((4, 2, 8, 8), np.float32)  # 256 outputs a channel, 18 weights: folding pays
+    assert _fused_with(conv, following, x) == [following[i] for i in taken]

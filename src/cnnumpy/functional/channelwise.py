@@ -76,13 +76,19 @@ def column_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return sums
 
 
-def add_bias(out: np.ndarray, b) -> None:
-    """out += b for channels-last out (..., C) in place, b a per-channel bias: a (C,) vector, or
-    whatever assigns to one (a list, a scalar, a (1, C) row), as the bias column of a
-    convolution's weight matrix takes it."""
-    c = out.shape[-1]
-    bias = np.empty(c, out.dtype)
+def bias_vector(b, c: int, dtype) -> np.ndarray:
+    """A per-channel bias as a (C,) vector of `dtype`, from a (C,) vector or whatever assigns
+    to one (a list, a scalar, a (1, C) row), as the bias column of a convolution's weight
+    matrix takes it."""
+    bias = np.empty(c, dtype)
     bias[...] = np.asarray(b)
+    return bias
+
+
+def add_bias(out: np.ndarray, b) -> None:
+    """out += b for channels-last out (..., C) in place, b a per-channel bias (`bias_vector`)."""
+    c = out.shape[-1]
+    bias = bias_vector(b, c, out.dtype)
     if not out.flags.c_contiguous:  # a reshape would be a copy: add through the broadcast
         np.add(out, bias, out=out)
         return

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import workspace
-from .channelwise import channelwise, column_sums
+from .channelwise import bias_vector, channelwise, column_sums
 from .linear import relu as relu_into
 from .windowing import (batch_blocks, col2im, pad2d, pair, to_channels_last, to_nchw, unpad2d,
                         windows)
@@ -220,15 +220,15 @@ def conv2d_by_kernel_rows(x, w, b, padding=0, relu=False):
     w_rows = w.transpose(2, 3, 1, 0).reshape(kh, kw * c_in, c_out)  # W_m, m = 0 .. kH-1
     out = workspace.empty((n, h_out, w_out, c_out), x.dtype)
     chunks = batch_blocks(n, h_pad * w_out * kw * c_in * x.itemsize, ROWS_BYTES)
-    step = chunks[0].stop  # images in a chunk; the last may have fewer
-    # one row matrix and one product's buffer for every chunk: their padding zeros are
-    # written once, and each chunk makes a few calls less (with the batch split over
-    # threads, every NumPy call is a handoff of the interpreter's lock)
+    step = chunks[0].stop if chunks else 0  # images in a chunk; the last may have fewer
+    # one row matrix (step, H_pad, W_out, kW·C_in) and one product buffer (step, H_out·W_out,
+    # C_out) for every chunk: the padding's zeros are written once, and each chunk makes
+    # fewer NumPy calls (with the batch split over threads, each call on a large array lets
+    # go of the interpreter's lock and takes it back)
     rows = _kernel_row_buffer(step, x.shape[1:], kw, (ph, pw), x.dtype)
     terms = workspace.empty((step, h_out * w_out, c_out), x.dtype) if kh > 1 else None
-    bias, zeros = np.empty(c_out, x.dtype), np.zeros(c_out, x.dtype)
-    if b is not None:
-        bias[...] = np.asarray(b)  # what assigns to a (C_out,) vector, as for `add_bias`
+    bias = None if b is None else bias_vector(b, c_out, x.dtype)
+    zeros = np.zeros(c_out, x.dtype) if relu else None
     for chunk in chunks:
         images = chunk.stop - chunk.start
         chunk_rows = _fill_kernel_rows(x[chunk], rows[:images], kw, (ph, pw))
@@ -238,8 +238,8 @@ def conv2d_by_kernel_rows(x, w, b, padding=0, relu=False):
             np.matmul(block, w_rows[m], out=total if m == 0 else terms[:images])
             if m:
                 total += terms[:images]
-        flat = total.reshape(-1, c_out)
-        if b is not None:
+        flat = total.reshape(-1, c_out)  # the chunk's outputs, a row of C_out a pixel
+        if bias is not None:
             channelwise(np.add, flat, bias, flat)
         if relu:
             channelwise(np.maximum, flat, zeros, flat)
@@ -284,7 +284,7 @@ def _fill_kernel_rows(x, rows, kw, padding) -> np.ndarray:
     if whole:  # the 1 x kW windows of x, (N, H, whole, kW, C_in), into R's (kW, C_in) values
         target = inside[:, :, pw : pw + whole].reshape(n, h, whole, kw, c_in)
         target[...] = windows(x, (1, kw), 1, channels_last=True)[:, :, :, 0]
-    for start, stop in ((0, pw), (pw + whole, w_out)):
+    for start, stop in ((0, min(pw, w_out)), (pw + whole, w_out)):
         for q in range(kw):  # output columns j in [lo, hi) read pixel j + q - pW of x
             lo, hi = max(start, pw - q), min(stop, width + pw - q)
             if lo < hi:

@@ -36,10 +36,10 @@ def input_checked():
 
 def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.ndarray:
     """x through `modules` one after the other. For inference (keep_cache=False) outside a
-    recorded trace, a Conv2D runs as one convolution with what directly follows it
-    (`_fused_with`): a BatchNorm2D folded into its weights, then a ReLU
-    (`Conv2D.infer_fused`), the same outputs up to float rounding with fewer passes over
-    them. The modules taken in are not called (a wrapper around their `forward` does not see
+    recorded trace, a Conv2D runs as one convolution with what follows it (`_fused_with`: a
+    BatchNorm2D folded into its weights, then a ReLU, with any Identity before or between
+    them; `Conv2D.infer_fused`), the same outputs up to float rounding with fewer passes
+    over them. The modules taken in are not called (a wrapper around their `forward` does not see
     them); their caches are cleared, as their own forward would. A trace sees every module
     run as written."""
     fuse = not keep_cache and trace.active_recorder() is None
