@@ -1,4 +1,4 @@
-"""Data-parallel training over MPI ranks on one machine: 1 rank against 2, SimpleCNN 1x28x28.
+"""Data-parallel training over MPI ranks on one machine: 1 rank against 2, SimpleCNN (or --model) 1x28x28.
 
     python benchmarks/bench_distributed.py [--rounds 3] [--steps 30] [--warmup 5] [--json F]
                                            [--model resnet20]
@@ -6,7 +6,8 @@
 
 Needs the extra `mpi` (mpi4py, Open MPI's mpirun) and Fashion-MNIST. Each configuration is an
 MPI job (`mpirun -n P` of this script with --worker) that trains SimpleCNN (1x28x28, PyTorch's
-uniform initialisation; or with --model a zoo model such as resnet20, its own initialisation;
+uniform initialisation; or with --model a zoo model such as resnet20, its own initialisation,
+whose BatchNorms also sum their statistics over the ranks or the threads at every layer;
 SGD Nesterov, crop + flip) with `cnnumpy.fit` on global batches of 128
 Fashion-MNIST images, BLAS held to one thread per rank:
 
@@ -32,7 +33,7 @@ rank's half of the gradients to this rank's, and a barrier after the update; sen
 buffer of gradients, the loss sum, writing the half back, and after the update the
 Allgatherv of the new parameters into their flat buffer), both including the wait for the
 slower rank; for "sent", the two MPI calls alone and the Reduce_scatter and Allgatherv of
-the same 6.5 MB buffer right after a Barrier (the transfer alone, no waiting); the stop
+the same buffer (SimpleCNN's 6.5 MB) right after a Barrier (the transfer alone, no waiting); the stop
 agreement; and the SGD update, which each rank makes for its half of the parameters.
 
 `--json F` writes the figures for benchmarks/scaling_model.py --measured F.
@@ -49,6 +50,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cnnumpy.registry import MODELS, model_class
 
 # name: (ranks, workers, node memory)
 CONFIGS = {"1 rank": (1, 1, True), "2 ranks": (2, 1, True), "2 ranks sent": (2, 1, False),
@@ -91,9 +94,9 @@ def worker(args) -> None:
         model = cn.SimpleCNN(train.sample_shape, train.num_classes,
                              rng=np.random.default_rng(0), init="uniform")
     else:  # a zoo model at the images' shape, its own initialisation
-        model = getattr(cn.models, args.model)(input_shape=train.sample_shape,
-                                               num_classes=train.num_classes,
-                                               rng=np.random.default_rng(0))
+        model = model_class(args.model)(input_shape=train.sample_shape,
+                                        num_classes=train.num_classes,
+                                        rng=np.random.default_rng(0))
     opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     opt.step = timed("update", opt.step)
     stamps: list[float] = []
@@ -155,9 +158,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the figures to this file")
-    parser.add_argument("--model", default="simplecnn",
-                        help="simplecnn (default), or a zoo model such as resnet20, built at "
-                             "1x28x28 with its own initialisation")
+    parser.add_argument("--model", default="simplecnn", type=str.lower,
+                        choices=sorted(MODELS),
+                        help="simplecnn (default, PyTorch's uniform initialisation), or a zoo "
+                             "model that takes 1x28x28 images, such as resnet20 (its own)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--sent", action="store_true", help=argparse.SUPPRESS)
@@ -200,7 +204,8 @@ def main() -> None:
           + ", ".join(f"{name} {BATCH / best[name]:.0f}" for name in CONFIGS)
           + f"; ratio 2 ranks / 1 rank {best['1 rank'] / best['2 ranks']:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"rounds": rounds, "batch": BATCH}, indent=1))
+        args.json.write_text(json.dumps({"rounds": rounds, "batch": BATCH,
+                                         "model": args.model}, indent=1))
 
 
 if __name__ == "__main__":

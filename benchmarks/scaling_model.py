@@ -205,7 +205,11 @@ def main() -> None:
                   + "".join(f"{f'P={p} x{s:.1f} | {h}':>18}" for p, s, h in cells))
 
     if args.measured:
-        rounds = json.loads(args.measured.read_text())["rounds"]
+        measured = json.loads(args.measured.read_text())
+        if measured.get("model", "simplecnn") != "simplecnn":
+            raise SystemExit(f"{args.measured} measured {measured['model']}; this model is "
+                             f"SimpleCNN's (run bench_distributed.py without --model)")
+        rounds = measured["rounds"]
         print("\nThe model against the measured 2-rank step on this machine, the buffers sent "
               "(Open MPI's shared-memory transport):")
         for number, figures in enumerate(rounds, start=1):
