@@ -39,9 +39,9 @@ def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.n
     recorded trace, a Conv2D runs as one convolution with what follows it (`_fused_with`: a
     BatchNorm2D folded into its weights, then a ReLU, with any Identity before or between
     them; `Conv2D.infer_fused`), the same outputs up to float rounding with fewer passes
-    over them. The modules taken in are not called (a wrapper around their `forward` does not see
-    them); their caches are cleared, as their own forward would. A trace sees every module
-    run as written."""
+    over them. The modules taken in are not called (a wrapper around their `forward` does
+    not see them); their caches are cleared, as their own forward would. A trace sees every
+    module run as written."""
     fuse = not keep_cache and trace.active_recorder() is None
     i = 0
     while i < len(modules):
@@ -103,8 +103,8 @@ class Sequential(Module):
     written order as long as the activations hold no NaN (a window [5, NaN] passes its
     gradient to the 5 when ReLU comes first, to nobody when pooling does: NaN > 0 is false);
     only the caches each of the two layers keeps differ. Set `commute_relu_pool = False` to
-    run the layers as written. For inference in evaluation mode, a Conv2D followed by a
-    BatchNorm2D runs as one convolution (`run_in_order`).
+    run the layers as written. For inference, a Conv2D runs as one convolution with the
+    BatchNorm2D (in evaluation mode) and ReLU that follow it (`run_in_order`).
 
     Args:
         layers: a list of modules (named "0", "1", ...) or a dict of name -> module.
@@ -202,7 +202,8 @@ class Residual(Module):
     changes); an `Add` named `add` joins the two, then `activation` (named `relu`; None for
     none). Backward sends the gradient of the sum down both paths and adds the two input
     gradients, the exact derivative of the sum. Both paths run by `run_in_order` (for
-    inference, each convolution with its BatchNorm folded in).
+    inference, each convolution with its BatchNorm and ReLU); for inference the sum and the
+    ReLU are then taken in place over the main path's new output (`_fresh`).
 
     Args:
         main: dict of name -> module, run in order.
