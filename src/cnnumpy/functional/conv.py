@@ -127,7 +127,7 @@ def conv2d(x, w, b, stride=1, padding=0, channels_last=None, relu=False):
     a 6 ms convolution. relu=True: max(out, 0) as well, in place (by kernel rows, a chunk of
     images at a time while its outputs are in the cache), for a ReLU that follows."""
     channels_last = _column_layout(x, w, stride, padding, channels_last)
-    (ph, pw), (kh, kw) = pair(padding), w.shape[2:]
+    ph, pw = pair(padding)
     padded = (x.shape[0], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw, x.shape[1])
     if (channels_last and not _by_winograd(padded, w, stride)
             and _by_kernel_rows(padded, w, stride)):
