@@ -320,6 +320,10 @@ def test_inference_convolves_by_kernel_rows_without_a_padded_copy(monkeypatch):
         padded.clear()
         np.testing.assert_allclose(F.conv2d(xi, w, None, stride, 1), expected, rtol=1e-10)
         assert padded == [1]
+    w = rng.standard_normal((8, 8, 3, 3))  # an empty batch: no chunks, in both directions
+    empty, empty_cache = F.conv2d_forward(np.zeros((0, 8, 8, 8)), w, None, 1, 1)
+    dx, dw, _ = F.conv2d_backward(empty, empty_cache)  # dw by kernel rows (8x8 outputs)
+    assert dx.shape == (0, 8, 8, 8) and not dw.any()
 
 
 def test_kernel_rows_are_used_while_a_kernel_rows_weights_fit_the_bound(monkeypatch):

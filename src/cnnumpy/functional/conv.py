@@ -312,7 +312,8 @@ def weight_gradient_by_kernel_rows(dout, x_pad, kh, kw):
     # per image: its row matrix, and its share of each product's (images, kW·C_in, C_out)
     per_image = max(h_pad * w_out, c_out) * kw * c_in * dtype.itemsize
     chunks = batch_blocks(n, per_image, ROWS_BYTES)
-    buffer = _kernel_row_buffer(chunks[0].stop, x_pad.shape[1:], kw, (0, 0), x_pad.dtype)
+    step = chunks[0].stop if chunks else 0  # images in a chunk (none for an empty batch)
+    buffer = _kernel_row_buffer(step, x_pad.shape[1:], kw, (0, 0), x_pad.dtype)
     for chunk in chunks:
         rows = _fill_kernel_rows(x_pad[chunk], buffer[: chunk.stop - chunk.start], kw, (0, 0))
         for m in range(kh):
