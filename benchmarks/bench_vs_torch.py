@@ -38,7 +38,14 @@ What it measures, with the default thread settings of both libraries:
   training steps, and reports VmHWM - VmRSS-before: every byte the steps made resident
   (activations, caches, gradients, momentum buffers, allocator slack). For cnnumpy it also
   reports the tracemalloc peak of one step (live NumPy allocations only, no allocator slack;
-  the step starts with an empty `cnnumpy.workspace`, so its recycled arrays count).
+  the step starts with an empty `cnnumpy.workspace`, so its recycled arrays count). With the
+  batch split over worker processes, they are forked before the counters are reset, and
+  what the steps add to each one's peak RSS is added to the total (pages a worker shares
+  with the process it was forked from count once; a shared page it writes becomes its own
+  without raising its RSS, so those copies are not counted).
+
+`--split threads` times cnnumpy with the batch split over threads of one process instead of
+worker processes (`cnnumpy train --split`; processes are its default on Linux).
 
 `--threads N` sets both libraries to N threads (OpenBLAS through OPENBLAS_NUM_THREADS, set
 before NumPy is imported, and cnnumpy's batch split into N parts; PyTorch through
@@ -63,6 +70,7 @@ import tracemalloc
 import contextlib
 from contextlib import contextmanager
 
+PROCESSES = "--split" not in sys.argv or sys.argv[sys.argv.index("--split") + 1] != "threads"
 WORKERS = None  # cnnumpy's parts per batch (cnnumpy.parallel): default, the available CPUs
 if "--threads" in sys.argv[:-1]:  # must precede the first import of NumPy
     os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
@@ -71,7 +79,7 @@ if "--threads" in sys.argv[:-1]:  # must precede the first import of NumPy
 import numpy as np  # noqa: E402
 
 import cnnumpy as cn  # noqa: E402
-from cnnumpy.parallel import BatchParallel, blas_threads  # noqa: E402
+from cnnumpy.parallel import BatchParallel, batch_parts, blas_threads  # noqa: E402
 
 try:
     import torch
@@ -99,7 +107,8 @@ class CnnumpyRunner:
         self.y = rng.integers(0, NUM_CLASSES, batch)
         self.criterion = cn.CrossEntropyLoss()
         self.optimizer = cn.SGD(self.model, lr=LR, momentum=MOMENTUM)
-        self.passes = BatchParallel(self.model, WORKERS)  # as `cnnumpy train`: batch over cores
+        # as `cnnumpy train`: the batch over the cores, in worker processes (Linux) by default
+        self.passes = BatchParallel(self.model, WORKERS, processes=PROCESSES)
 
     def loss_and_grad(self, logits):
         """Mean softmax cross-entropy and its gradient dloss/dlogits = (softmax - onehot) / N."""
@@ -123,7 +132,8 @@ class CnnumpyRunner:
         before it (what `cnnumpy export --fold-batchnorm` writes); None without BatchNorm."""
         if not any(isinstance(m, cn.BatchNorm2D) for m in self.model.modules()):
             return None
-        folded = BatchParallel(cn.models.fold_batchnorm(self.model), WORKERS)
+        folded = BatchParallel(cn.models.fold_batchnorm(self.model), WORKERS,
+                               processes=PROCESSES)
         return lambda: folded.forward(self.x)
 
 
@@ -275,12 +285,20 @@ def memory_child(framework: str, shape_index: int, steps: int) -> dict:
     runner = CnnumpyRunner(name, input_shape, batch)
     if framework == "torch":
         runner = TorchRunner(runner.model, runner.x, runner.y)
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
+    workers = []
+    if framework == "cnnumpy" and runner.passes.processes and runner.passes.workers > 1:
+        # the worker processes forked now, so that the steps' growth in them is counted
+        count = len(batch_parts(batch, runner.passes.workers)) - 1
+        workers = runner.passes._processes(count, runner.criterion).pids
+    pids = ["self", *workers]
+    before = [_status_kib("VmRSS", pid) for pid in pids]
+    for pid in pids:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
     for _ in range(steps):
         runner.train_step()
-    result = {"rss_peak_mib": (_status_kib("VmHWM") - before) / 1024}
+    peaks = [_status_kib("VmHWM", pid) - rss for pid, rss in zip(pids, before)]
+    result = {"rss_peak_mib": sum(peaks) / 1024, "processes": len(pids)}
     if framework == "cnnumpy":
         cn.workspace.release()  # so that the traced step allocates its recycled arrays again
         tracemalloc.start()
@@ -291,17 +309,18 @@ def memory_child(framework: str, shape_index: int, steps: int) -> dict:
     return result
 
 
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
+def _status_kib(key: str, pid="self") -> int:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")
+    raise RuntimeError(f"{key} not in /proc/{pid}/status")
 
 
 def measure_memory(framework: str, shape_index: int) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", framework, str(shape_index)],
+        [sys.executable, __file__, "--memory-child", framework, str(shape_index),
+         "--split", "processes" if PROCESSES else "threads"],
         capture_output=True, text=True, check=True,
     )
     return json.loads(out.stdout)
@@ -322,6 +341,9 @@ def main() -> None:
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer breakdown")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of both libraries (default: each library's own default)")
+    parser.add_argument("--split", choices=("processes", "threads"), default="processes",
+                        help="cnnumpy's batch split over the cores, as `cnnumpy train "
+                             "--split` (default processes, as there on Linux)")
     parser.add_argument("--models", nargs="+", default=sorted({name for name, _, _ in SHAPES}),
                         help="which models to time (default: all)")
     parser.add_argument("--memory-child", nargs=2, metavar=("FRAMEWORK", "SHAPE"),
@@ -416,7 +438,8 @@ def main() -> None:
               f"{sum(b for _, _, _, b in layers) * 1e3:>10.2f}")
 
     if not args.no_memory:
-        print("\nPeak memory of a training step (MiB; RSS added by the steps in a fresh process)")
+        print("\nPeak memory of a training step (MiB; RSS added by the steps in a fresh process, "
+              "and in cnnumpy's worker processes)")
         print(f"{'workload':<25}{'cnnumpy':>9}{'torch':>9}{'cnnumpy tracemalloc':>21}")
         for i, name, input_shape, batch in workloads:
             ours = measure_memory("cnnumpy", i)

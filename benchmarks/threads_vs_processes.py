@@ -9,6 +9,9 @@ training step (forward, cross-entropy, backward):
 
     one part          64 images through the model in this process, BLAS on one thread
     two threads       the batch of 128 through `BatchParallel` (two parts side by side)
+    worker process    the batch of 128 through `BatchParallel(processes=True)`: the second
+                      part in a worker forked from this process (`cnnumpy.part_processes`),
+                      meeting this one at each BatchNorm's sums in training
     process alone     64 images in a separate process (OPENBLAS_NUM_THREADS=1), alone
     two processes     two such processes started together, each its own 64 images
 
@@ -104,12 +107,19 @@ def main() -> None:
 
     model, x, y, criterion = build(args.mode)
     passes = BatchParallel(model, 2)
+    forked = BatchParallel(model, 2, processes=True)
 
     def split():
         if args.mode == "infer":
             passes.forward(x)
         else:
             passes.forward_backward(x, y, criterion)
+
+    def split_forked():
+        if args.mode == "infer":
+            forked.forward(x)
+        else:
+            forked.forward_backward(x, y, criterion)
 
     def part():
         with blas_threads(1):
@@ -120,17 +130,18 @@ def main() -> None:
                 model.backward(criterion.backward(), input_grad=False)
 
     for _ in range(3):
-        split(), part()
-    one, two, faults = [], [], []
+        split(), part(), split_forked()
+    one, two, two_forked, faults = [], [], [], []
     started = time.time()
-    while time.time() - started < 2 * args.seconds:
-        for run, into in ((part, one), (split, two)):
+    while time.time() - started < 3 * args.seconds:
+        for run, into in ((part, one), (split, two), (split_forked, two_forked)):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             begin = time.perf_counter()
             run()
             into.append(time.perf_counter() - begin)
             if run is split:
                 faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    forked.close()
     alone = processes(1, args)[0]
     pair = processes(2, args)
     blas = [f"{b['internal_api']} {b['version']} {b.get('architecture')}"
@@ -141,6 +152,8 @@ def main() -> None:
     print(f"  two threads (BatchParallel)   {1e3 * statistics.median(two):7.1f} ms  "
           f"({statistics.median(two) / statistics.median(one):.2f} x one part; "
           f"{statistics.median(faults):.0f} page faults a pass)")
+    print(f"  a worker process (processes=True) {1e3 * statistics.median(two_forked):5.1f} ms  "
+          f"({statistics.median(two_forked) / statistics.median(one):.2f} x one part)")
     print(f"  one process alone             {1e3 * alone:7.1f} ms")
     print(f"  two processes at once         {1e3 * pair[0]:7.1f} and {1e3 * pair[1]:.1f} ms  "
           f"({max(pair) / alone:.2f} x alone)")

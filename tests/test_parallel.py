@@ -1,15 +1,24 @@
 """Data parallelism (cnnumpy.parallel): the parts of a batch through replicas give the
 whole-batch loss, logits and gradients."""
 
+import copy
+import os
+import signal
+
 import numpy as np
 import pytest
 
 import cnnumpy as cn
 from cnnumpy import parallel
 from cnnumpy.parallel import BatchParallel, batch_parts
+from cnnumpy.part_processes import PartFailed, fork_available
 
 needs_threadpoolctl = pytest.mark.skipif(parallel.ThreadpoolController is None,
                                          reason="threadpoolctl (extra 'threads') not installed")
+# Each split test runs with the parts in threads and in worker processes (Linux).
+SPLITS = [pytest.param(False, id="threads"),
+          pytest.param(True, id="processes", marks=pytest.mark.skipif(
+              not fork_available(), reason="worker processes need os.fork (Linux)"))]
 
 
 def model_and_batch(n=7, dtype=np.float64):
@@ -32,12 +41,13 @@ def test_batch_parts_cover_the_batch_without_empty_parts():
 
 
 @needs_threadpoolctl
+@pytest.mark.parametrize("processes", SPLITS)
 @pytest.mark.parametrize("workers, n", [(2, 7), (3, 8), (4, 2)])
-def test_parts_give_the_whole_batch_loss_logits_and_gradients(workers, n):
+def test_parts_give_the_whole_batch_loss_logits_and_gradients(workers, n, processes):
     model, x, y = model_and_batch(n)
     criterion = cn.CrossEntropyLoss(label_smoothing=0.1)
     loss, logits, grads = whole_batch(model, x, y, criterion)
-    passes = BatchParallel(model, workers)
+    passes = BatchParallel(model, workers, processes=processes)
     assert passes.workers == workers
     part_loss, part_logits = passes.forward_backward(x, y, criterion)
     np.testing.assert_allclose(part_loss, loss, rtol=1e-12)
@@ -48,9 +58,10 @@ def test_parts_give_the_whole_batch_loss_logits_and_gradients(workers, n):
 
 
 @needs_threadpoolctl
-def test_replicas_follow_the_model_parameters():
+@pytest.mark.parametrize("processes", SPLITS)
+def test_replicas_follow_the_model_parameters(processes):
     model, x, y = model_and_batch(6, np.float32)
-    passes = BatchParallel(model, 2)
+    passes = BatchParallel(model, 2, processes=processes)
     criterion = cn.CrossEntropyLoss()
     passes.forward_backward(x, y, criterion)
     model["fc2"].W += 1  # in place: the replicas share it
@@ -80,9 +91,10 @@ def test_one_worker_is_the_plain_pass():
 
 
 @needs_threadpoolctl
-def test_replicas_are_made_again_when_the_model_changes():
+@pytest.mark.parametrize("processes", SPLITS)
+def test_replicas_are_made_again_when_the_model_changes(processes):
     model, x, y = model_and_batch(6)
-    passes = BatchParallel(model, 2)
+    passes = BatchParallel(model, 2, processes=processes)
     passes.forward(x)
     model.layers["pool1"] = cn.AvgPool2D(2)  # no parameters, another computation
     np.testing.assert_allclose(passes.forward(x), model.forward(x, keep_cache=False), rtol=1e-12)
@@ -91,9 +103,10 @@ def test_replicas_are_made_again_when_the_model_changes():
 
 
 @needs_threadpoolctl
-def test_an_error_in_a_part_is_raised_after_every_part_ended():
+@pytest.mark.parametrize("processes", SPLITS)
+def test_an_error_in_a_part_is_raised_after_every_part_ended(processes):
     model, x, y = model_and_batch(6)
-    passes = BatchParallel(model, 3)
+    passes = BatchParallel(model, 3, processes=processes)
     bad = y.copy()
     bad[-1] = 99  # not a class: the last part's loss raises
     with pytest.raises(ValueError):
@@ -102,3 +115,68 @@ def test_an_error_in_a_part_is_raised_after_every_part_ended():
         passes.forward_backward(x, y[:-1], cn.CrossEntropyLoss())
     loss, _ = passes.forward_backward(x, y, cn.CrossEntropyLoss())  # still usable
     assert np.isfinite(loss)
+
+
+@needs_threadpoolctl
+@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+def test_processes_compute_what_threads_compute_bit_for_bit():
+    """BatchNorm's sums over the parts are added in the same order in every process, so a
+    float32 ResNet step in processes gives the threads' logits, gradients and statistics."""
+    rng = np.random.default_rng(3)
+    model = cn.models.resnet20(input_shape=(3, 8, 8), num_classes=4, rng=rng)
+    twin = copy.deepcopy(model)
+    threads, processes = BatchParallel(model, 2), BatchParallel(twin, 2, processes=True)
+    criterion = cn.CrossEntropyLoss()
+    for step in range(2):
+        x, y = rng.standard_normal((9, 3, 8, 8)).astype(np.float32), rng.integers(0, 4, 9)
+        loss, logits = threads.forward_backward(x, y, criterion)
+        loss_p, logits_p = processes.forward_backward(x, y, criterion)
+        assert loss_p == loss
+        np.testing.assert_array_equal(logits_p, logits)
+        for name, grad in model.gradients().items():
+            np.testing.assert_array_equal(twin.gradients()[name], grad, err_msg=name)
+        for name, buffer in model.buffers().items():
+            np.testing.assert_array_equal(twin.buffers()[name], buffer, err_msg=name)
+        for m in (model, twin):
+            for param, grad in zip(m.parameters().values(), m.gradients().values()):
+                param -= 0.1 * grad  # the workers read the new values at the next pass
+    model.eval(), twin.eval()
+    np.testing.assert_array_equal(processes.forward(x), threads.forward(x))
+    processes.close()
+
+
+@needs_threadpoolctl
+@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+def test_a_worker_process_that_dies_gives_an_error_and_the_next_pass_forks_anew():
+    model, x, y = model_and_batch(6)
+    passes = BatchParallel(model, 2, processes=True)
+    expected = model.forward(x, keep_cache=False)
+    passes.forward_backward(x, y, cn.CrossEntropyLoss())
+    np.testing.assert_allclose(passes.forward(x), expected, rtol=1e-12)  # the same worker
+    (pid,) = passes._worker_processes.pids
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    with pytest.raises(PartFailed, match="worker process ended"):
+        passes.forward_backward(x, y, cn.CrossEntropyLoss())
+    np.testing.assert_allclose(passes.forward(x), expected, rtol=1e-12)  # a new worker
+    (new_pid,) = passes._worker_processes.pids
+    assert new_pid != pid
+    passes.close()
+    with pytest.raises(ChildProcessError):  # ended and reaped by close()
+        os.waitpid(new_pid, 0)
+
+
+@needs_threadpoolctl
+@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+def test_processes_refuse_a_split_over_ranks():
+    model, x, y = model_and_batch(6)
+    passes = BatchParallel(model, 2, processes=True)
+
+    class Ranks(parallel.BatchSplit):  # this process holds images 6..11 of 12
+        start, total = 6, 12
+
+        def sum(self, array):
+            return 2 * array
+
+    with pytest.raises(ValueError, match="MPI ranks"):
+        passes.forward_backward(x, y, cn.CrossEntropyLoss(), split=Ranks())

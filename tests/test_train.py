@@ -10,6 +10,7 @@ import pytest
 
 import cnnumpy as cn
 from cnnumpy.data import ImageDataset, load_dataset
+from cnnumpy.part_processes import fork_available
 from cnnumpy.train import BEST_FILE, LAST_FILE, METRICS_FILE
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -24,7 +25,7 @@ def toy_data(rng, count=96, size=8, classes=3):
 
 
 def toy_run(tmp_path, name, seed=0, model_seed=1, callbacks=(), resume=None, epochs=3,
-            epoch_callbacks=(), random_erasing=0.0):
+            epoch_callbacks=(), random_erasing=0.0, processes=None):
     """A short seeded run on toy data: SGD Nesterov + one-cycle (momentum cycled) + augmentation."""
     data_rng = np.random.default_rng(123)
     train, val = toy_data(data_rng), toy_data(data_rng, count=30)
@@ -34,7 +35,8 @@ def toy_run(tmp_path, name, seed=0, model_seed=1, callbacks=(), resume=None, epo
                      schedule=cn.OneCycle(0.05, total_steps=epochs * 6),
                      rng=np.random.default_rng(seed), run_dir=tmp_path / name,
                      callbacks=callbacks, epoch_callbacks=epoch_callbacks, resume=resume,
-                     random_erasing=random_erasing, progress=False, verbose=False)
+                     random_erasing=random_erasing, progress=False, verbose=False,
+                     processes=processes)
     return model, history
 
 
@@ -136,6 +138,26 @@ def test_a_run_without_a_folder_stops_on_request_and_says_where(tmp_path):
                      verbose=False)
     assert history.status == "interrupted" and history.checkpoint is None
     assert history.message == "a callback asked to stop: stopped at epoch 2, batch 2/6"
+
+
+@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+def test_a_run_over_worker_processes_is_the_run_over_threads(tmp_path):
+    """The batch split over processes (fit's default on Linux) or threads: the same weights,
+    bit for bit, and no worker process left running after fit."""
+    children_before = _children()
+    in_processes, history = toy_run(tmp_path, "processes", epochs=2, processes=True)
+    in_threads, _ = toy_run(tmp_path, "threads", epochs=2, processes=False)
+    assert history.status == "completed"
+    for name, value in in_threads.state_dict().items():
+        np.testing.assert_array_equal(in_processes.state_dict()[name], value, err_msg=name)
+    assert _children() <= children_before  # (an earlier test's may have ended meanwhile)
+
+
+def _children() -> set:
+    """This process's child processes (Linux)."""
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    return {pid for task in tasks.iterdir()
+            for pid in (task / "children").read_text().split()}
 
 
 def test_sigint_stops_after_the_batch_with_a_resumable_checkpoint(tmp_path):
@@ -308,6 +330,7 @@ def test_public_arguments_are_checked_at_the_boundary(tmp_path, rng):
          "normalization mean must be finite"),
         ({"normalization": "none"}, TypeError, "normalization must be a pair"),
         ({"run_dir": ""}, ValueError, "run_dir must name a folder"),
+        ({"processes": "yes"}, ValueError, "processes must be True or False, got 'yes'"),
     ]:
         with pytest.raises(error, match=message):
             cn.fit(model, train, optimizer=opt, epochs=1, progress=False, verbose=False,

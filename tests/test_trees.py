@@ -12,6 +12,7 @@ import pytest
 import cnnumpy as cn
 from architectures import conv64
 from cnnumpy import insight, parallel
+from cnnumpy.part_processes import fork_available
 from cnnumpy.shapes import Field, traced_fields
 from cnnumpy.summary import summarize
 
@@ -124,6 +125,10 @@ def test_checkpoint_without_buffers_names_them(tmp_path):
 
 needs_threads = pytest.mark.skipif(parallel.ThreadpoolController is None,
                                    reason="threadpoolctl (extra 'threads') not installed")
+# The parts of a split batch in threads, and after the first in worker processes (Linux).
+SPLITS = [pytest.param(False, id="threads"),
+          pytest.param(True, id="processes", marks=pytest.mark.skipif(
+              not fork_available(), reason="worker processes need os.fork (Linux)"))]
 
 
 def dropout_net(seed=0):
@@ -138,15 +143,17 @@ def dropout_net(seed=0):
 
 
 @needs_threads
+@pytest.mark.parametrize("processes", SPLITS)
 @pytest.mark.parametrize("workers", [2, 3])
 @pytest.mark.parametrize("make, shape", [(small_resnet, (1, 8, 8)), (dropout_net, (2, 5, 5))])
-def test_split_step_equals_the_whole_batch_step(make, shape, workers):
+def test_split_step_equals_the_whole_batch_step(make, shape, workers, processes):
     """Two training steps: logits, loss, every gradient and every buffer (running statistics,
     batch counts, Dropout streams) equal to 1e-10 with and without the split."""
     rng = np.random.default_rng(5)
     model = make()
     whole = copy.deepcopy(model)
-    split_passes, whole_passes = cn.BatchParallel(model, workers), cn.BatchParallel(whole, 1)
+    split_passes = cn.BatchParallel(model, workers, processes=processes)
+    whole_passes = cn.BatchParallel(whole, 1)
     assert split_passes.workers == workers
     criterion = cn.CrossEntropyLoss()
     optimizers = cn.SGD(model, lr=0.1), cn.SGD(whole, lr=0.1)
@@ -170,9 +177,10 @@ def test_split_step_equals_the_whole_batch_step(make, shape, workers):
 
 
 @needs_threads
-def test_an_error_in_one_part_ends_the_step_without_hanging():
+@pytest.mark.parametrize("processes", SPLITS)
+def test_an_error_in_one_part_ends_the_step_without_hanging(processes):
     model = small_resnet()
-    passes = cn.BatchParallel(model, 2)
+    passes = cn.BatchParallel(model, 2, processes=processes)
     x = np.random.default_rng(0).standard_normal((6, 1, 8, 8))
     labels = np.array([0, 1, 2, 0, 1, 3])  # 3 is out of range, in the second part only
     raised = []
@@ -320,7 +328,8 @@ def test_a_summary_between_forward_and_backward_keeps_the_step(rng):
     np.testing.assert_array_equal(model.backward(dout), expected)
 
 
-def test_split_pass_keeps_each_modules_own_mode(rng):
+@pytest.mark.parametrize("processes", SPLITS)
+def test_split_pass_keeps_each_modules_own_mode(rng, processes):
     """A BatchNorm frozen in eval mode inside a training model stays frozen in the parts."""
     model = cn.models.resnet20(input_shape=(1, 8, 8), num_classes=3, rng=rng, dtype=np.float64)
     model["bn1"].eval()
@@ -329,7 +338,7 @@ def test_split_pass_keeps_each_modules_own_mode(rng):
     whole = copy.deepcopy(model)
     loss_whole, _ = cn.BatchParallel(whole, workers=1).forward_backward(x, labels,
                                                                         cn.CrossEntropyLoss())
-    loss_split, _ = cn.BatchParallel(model, workers=2).forward_backward(x, labels,
-                                                                        cn.CrossEntropyLoss())
+    loss_split, _ = cn.BatchParallel(model, workers=2, processes=processes).forward_backward(
+        x, labels, cn.CrossEntropyLoss())
     assert loss_split == pytest.approx(loss_whole, rel=1e-12)
     np.testing.assert_array_equal(model["bn1"].running_mean, before)

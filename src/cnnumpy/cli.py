@@ -180,6 +180,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--resume", type=_path, metavar="RUN_DIR",
         help="continue the run in RUN_DIR with its stored settings")
     add("--no-progress", action="store_true", help="no progress bar")
+    add("--split", choices=("processes", "threads"), default=None,
+        help="how each batch is split over this machine's cores: worker processes forked "
+             "from this one (default on Linux) or threads of this process (the default "
+             "elsewhere and with --distributed); the results are the same")
     add("--distributed", action="store_true",
         help="train on the ranks of an MPI job, each on its part of every batch: start with "
              "mpirun -n P cnnumpy train --distributed ... (needs the extra `mpi`)")
@@ -316,6 +320,7 @@ def _train(args, group) -> int:
                   augment=settings["augment"], random_erasing=settings["random_erasing"],
                   label_smoothing=settings["label_smoothing"],
                   rng=rng, run_dir=run_dir, resume=checkpoint, progress=not args.no_progress,
+                  processes=None if args.split is None else args.split == "processes",
                   metadata={"train_settings": {**settings, "data_dir": _text(settings["data_dir"])}},
                   communicator=group)
     if history.status == "diverged":

@@ -21,6 +21,10 @@ A batch may itself be one part of a larger batch split over processes (`cnnumpy.
 `forward_backward(x, labels, criterion, split=split)` then composes its parts with that
 split, and the gradients are those of the mean loss over the larger batch.
 
+With `processes=True` the parts after the first run in worker processes forked from this
+one (`cnnumpy.part_processes`), which compute the same bits without sharing the interpreter's
+lock: `cnnumpy.fit` and `cnnumpy train` split batches that way on Linux.
+
     passes = BatchParallel(model)                            # one part per available CPU
     loss, logits = passes.forward_backward(x, labels, criterion)   # then optimizer.step()
     logits = passes.forward(x)                               # inference, no caches
@@ -40,6 +44,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .models.containers import check_finite_input, input_checked
+from .part_processes import PartFailed, WorkerProcesses, fork_available
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -160,26 +165,43 @@ def batch_parts(n: int, parts: int) -> list[slice]:
 
 
 class BatchParallel:
-    """Forward and backward passes of `model` with the batch split over `workers` threads.
+    """Forward and backward passes of `model` with the batch split over `workers` threads
+    (or processes).
 
     Args:
         model: a cnnumpy module (its layers keep the caches of a whole-batch pass only when
             the batch is not split).
         workers: parts per batch; default the available CPUs. 1 runs the model whole.
+        processes: run every part but the first in a worker process forked from this one
+            (`cnnumpy.part_processes`: no interpreter lock shared between the parts, which
+            saves the threads' hand-overs of it) instead of a thread. Linux only (elsewhere,
+            threads); not with a split over MPI ranks. `close()` ends the workers (they also
+            end with this object or this process).
     """
 
-    def __init__(self, model, workers: int | None = None):
+    def __init__(self, model, workers: int | None = None, processes: bool = False):
         workers = available_cpus() if workers is None else workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.model = model
         self.workers = workers if _blas_controller() is not None else 1
+        self.processes = bool(processes) and fork_available()
         self._replicas: list = []
         self._made_for = None  # the model's structure the replicas were made for
+        self._worker_processes: WorkerProcesses | None = None
+        self._processes_for = None  # (structure, criterion, count) the workers were made for
 
     def release_replicas(self) -> None:
-        """Let go of the replicas and the model's arrays they hold (made again when needed)."""
+        """Let go of the replicas and the model's arrays they hold (made again when needed),
+        and end the worker processes."""
         self._replicas, self._made_for = [], None
+        self.close()
+
+    def close(self) -> None:
+        """End the worker processes, if any (forked again when needed)."""
+        if self._worker_processes is not None:
+            self._worker_processes.close()
+        self._worker_processes, self._processes_for = None, None
 
     def _structure(self) -> tuple:
         """What the replicas copy besides the parameter values: the module objects, their
@@ -208,6 +230,71 @@ class BatchParallel:
                 copied.training = module.training  # each module's own mode (a frozen BN)
             _copy_buffers(self.model, replica)
         return self._replicas[:count]
+
+    def _processes(self, count: int, criterion) -> WorkerProcesses:
+        """`count` worker processes for the model (and criterion) as they are now."""
+        settings = None if criterion is None else (type(criterion), tuple(
+            (key, repr(value)) for key, value in sorted(vars(criterion).items())
+            if key != "cache"))
+        wanted = (self._structure(), settings, count)
+        made_for = self._processes_for
+        if criterion is None and made_for is not None and made_for[::2] == wanted[::2]:
+            return self._worker_processes  # inference: whatever criterion the workers hold
+        if self._worker_processes is None or wanted != made_for:
+            self.close()
+            shared = {id(module.cache): None for module in self.model.modules()
+                      if getattr(module, "cache", None) is not None}
+            params = list(self.model.parameters().values())
+
+            def make_replica(views):  # in the worker, after the fork
+                return copy.deepcopy(self.model, {**shared, **{
+                    id(param): view for param, view in zip(params, views)}})
+
+            def blas_one_thread():
+                return _blas_controller().limit(limits=1, user_api="blas")
+
+            self._worker_processes = WorkerProcesses(self.model, criterion, count,
+                                                     make_replica, blas_one_thread)
+            self._processes_for = wanted
+        return self._worker_processes
+
+    def _run_in_processes(self, work, n: int, x, labels=None, criterion=None) -> list:
+        """As `_run`, the parts after the first in worker processes: work(replica, part)
+        for the first part here, the same pass ("infer" without labels, "train" with them)
+        in the workers. Returns each part's result: work's, then the workers' (loss or None,
+        output)."""
+        parts = batch_parts(n, self.workers)
+        with _parallel_region, _blas_controller().limit(limits=1, user_api="blas"):
+            workers = self._processes(len(parts) - 1, criterion)
+            replica = self._replicas_for(1)[0]
+            workers.part.begin(0, n)
+            set_batch_split(replica, workers.part)
+            training = [module.training for module in self.model.modules()]
+            first = None
+            try:
+                workers.send("infer" if labels is None else "train",
+                             [x[part] for part in parts[1:]],
+                             [None if labels is None else labels[part] for part in parts[1:]],
+                             [part.start for part in parts[1:]], n, training)
+                try:
+                    with input_checked():
+                        first = work(replica, parts[0])
+                except BaseException as err:
+                    workers.part.abort()  # the workers stop at their next meeting
+                    try:
+                        workers.results()
+                    except Exception as other:  # a worker's own error explains a PartFailed
+                        if isinstance(err, PartFailed):
+                            raise other from None
+                    raise
+                others = workers.results()
+            except BaseException:
+                self.close()  # its pipes may hold a broken pass: forked anew next time
+                raise
+            finally:
+                set_batch_split(replica, None)
+            _copy_buffers(replica, self.model)
+        return [first, *others]
 
     def _run(self, work, n: int, outer: BatchSplit | None = None) -> list:
         """work(replica, part) for the parts of range(n), in parallel, BLAS one-threaded:
@@ -262,6 +349,10 @@ class BatchParallel:
         if self.workers == 1 or len(x) < 2:
             return self._run_whole(lambda: self.model.forward(x, keep_cache=False))
         self._check(x)
+        if self.processes:
+            first, *others = self._run_in_processes(
+                lambda replica, part: replica.forward(x[part], keep_cache=False), len(x), x)
+            return np.concatenate([first, *(output for _, output in others)])
         outputs = self._run(lambda replica, part: replica.forward(x[part], keep_cache=False),
                             len(x))
         return np.concatenate(outputs)
@@ -304,15 +395,28 @@ class BatchParallel:
 
         criterion.cache = None
         self._check(x)
-        results = self._run(part_pass, len(x), split)
         parts = batch_parts(len(x), self.workers)
-        replicas = self._replicas[: len(parts)]
-        for modules in zip(self.model.modules(), *(replica.modules() for replica in replicas)):
-            layer, first, *others = modules
-            for key in layer.param_names:  # summed into the model's own arrays, in place
-                summed = layer._gradient(key)
-                np.add(getattr(first, "d" + key), getattr(others[0], "d" + key), out=summed)
-                for other in others[1:]:  # (a split pass has two parts or more)
-                    summed += getattr(other, "d" + key)
+        if self.processes:
+            if split is not None and (split.start, split.total) != (0, len(x)):
+                raise ValueError("BatchParallel(processes=True) does not combine with a split "
+                                 "over MPI ranks: use threads within each rank")
+            results = self._run_in_processes(part_pass, len(x), x, labels, criterion)
+            places = zip(self.model.parameter_places(), self._replicas[0].parameter_places())
+            for index, ((_, layer, key), (_, first, _)) in enumerate(places):
+                summed = layer._gradient(key)  # the first part's, then each worker's
+                np.add(getattr(first, "d" + key), self._worker_processes.grads[0][index],
+                       out=summed)
+                for grads in self._worker_processes.grads[1:]:
+                    summed += grads[index]
+        else:
+            results = self._run(part_pass, len(x), split)
+            replicas = self._replicas[: len(parts)]
+            for modules in zip(self.model.modules(), *(replica.modules() for replica in replicas)):
+                layer, first, *others = modules
+                for key in layer.param_names:  # summed into the model's own arrays, in place
+                    summed = layer._gradient(key)
+                    np.add(getattr(first, "d" + key), getattr(others[0], "d" + key), out=summed)
+                    for other in others[1:]:  # (a split pass has two parts or more)
+                        summed += getattr(other, "d" + key)
         loss = sum(loss * (part.stop - part.start) for (loss, _), part in zip(results, parts))
         return loss / len(x), np.concatenate([logits for _, logits in results])
