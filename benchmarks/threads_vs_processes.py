@@ -152,7 +152,7 @@ def main() -> None:
     print(f"  two threads (BatchParallel)   {1e3 * statistics.median(two):7.1f} ms  "
           f"({statistics.median(two) / statistics.median(one):.2f} x one part; "
           f"{statistics.median(faults):.0f} page faults a pass)")
-    print(f"  a worker process (processes=True) {1e3 * statistics.median(two_forked):5.1f} ms  "
+    print(f"  a worker process (forked)     {1e3 * statistics.median(two_forked):7.1f} ms  "
           f"({statistics.median(two_forked) / statistics.median(one):.2f} x one part)")
     print(f"  one process alone             {1e3 * alone:7.1f} ms")
     print(f"  two processes at once         {1e3 * pair[0]:7.1f} and {1e3 * pair[1]:.1f} ms  "

@@ -81,6 +81,16 @@ def test_train_evaluate_predict(data_dir, tmp_path):
     assert finished.returncode == 1 and "already finished its 2 epochs" in finished.stderr
 
 
+def test_split_over_processes_or_threads_trains_the_same_weights(data_dir, tmp_path):
+    cnnumpy(*train_args(data_dir, "threads", epochs=1), "--split", "threads", cwd=tmp_path)
+    cnnumpy(*train_args(data_dir, "default", epochs=1), cwd=tmp_path)  # processes on Linux
+    threads = cn.load_checkpoint(tmp_path / "threads" / "last.npz").parameters
+    default = cn.load_checkpoint(tmp_path / "default" / "last.npz").parameters
+    assert "conv1.W" in threads and threads.keys() == default.keys()
+    for name, value in threads.items():
+        np.testing.assert_array_equal(default[name], value, err_msg=name)
+
+
 def test_errors_are_one_line(data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 nothing")

@@ -4,12 +4,14 @@ whole-batch loss, logits and gradients."""
 import copy
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
 
 import cnnumpy as cn
 from cnnumpy import parallel
+from cnnumpy.layers.padding import Identity
 from cnnumpy.parallel import BatchParallel, batch_parts
 from cnnumpy.part_processes import PartFailed, fork_available
 
@@ -180,3 +182,49 @@ def test_processes_refuse_a_split_over_ranks():
 
     with pytest.raises(ValueError, match="MPI ranks"):
         passes.forward_backward(x, y, cn.CrossEntropyLoss(), split=Ranks())
+
+
+class _Picky(Identity):
+    """Passes its input on, but raises an error of NumPy's own type for images above 100."""
+
+    def _forward(self, x):
+        if (x > 100).any():
+            raise np.linalg.LinAlgError("an image above 100")
+        return super()._forward(x)
+
+
+@needs_threadpoolctl
+@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+def test_worker_processes_take_label_lists_and_name_errors_of_other_types():
+    model, x, y = model_and_batch(6)
+    passes = BatchParallel(model, 2, processes=True)
+    loss, _ = passes.forward_backward(x, list(y), cn.CrossEntropyLoss())
+    assert np.isfinite(loss)
+    picky = cn.Sequential([_Picky(), model])
+    x[-1] += 1000  # in the worker's part only
+    with pytest.raises(PartFailed, match="LinAlgError in a worker process: an image above 100"):
+        BatchParallel(picky, 2, processes=True).forward(x)
+
+
+@needs_threadpoolctl
+@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+def test_close_ends_the_workers_while_another_process_holds_their_pipes():
+    """A process forked later (a pool, a subprocess before its exec) inherits the pipes'
+    ends: the workers are told to quit instead of waiting for their pipes to close."""
+    model, x, _ = model_and_batch(6)
+    passes = BatchParallel(model, 2, processes=True)
+    passes.forward(x)
+    (worker,) = passes._worker_processes.pids
+    holder = os.fork()
+    if holder == 0:  # holds every pipe end for 20 s
+        time.sleep(20)
+        os._exit(0)
+    try:
+        began = time.monotonic()
+        passes.close()
+        assert time.monotonic() - began < 3
+        with pytest.raises(ChildProcessError):
+            os.waitpid(worker, 0)
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)

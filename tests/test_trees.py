@@ -342,3 +342,26 @@ def test_split_pass_keeps_each_modules_own_mode(rng, processes):
         x, labels, cn.CrossEntropyLoss())
     assert loss_split == pytest.approx(loss_whole, rel=1e-12)
     np.testing.assert_array_equal(model["bn1"].running_mean, before)
+
+
+@needs_threads
+def test_split_batchnorm_is_exact_for_parts_whose_means_differ_far_from_zero():
+    """The parts meet for the whole batch's mean before centring (not each on its own mean,
+    combined afterwards from sums of squares, whose float64 difference loses the variance
+    here: means of 1e4, standard deviations of 0.01; a sum's order alone moves the mean by
+    1e-12, 1e-10 of a standard deviation, where that way was off by 1e-5)."""
+    rng = np.random.default_rng(7)
+    model = cn.Sequential([cn.BatchNorm2D(3, dtype=np.float64)])
+    whole = copy.deepcopy(model)
+    x = rng.standard_normal((7, 3, 4, 4)) * 0.01 + 1e4
+    x[:3] += 0.05  # the first part's mean is off the second's by 5 standard deviations
+    dout = rng.standard_normal(x.shape)
+
+    def step(replica, part):
+        return replica.forward(x[part]), replica.backward(dout[part])
+
+    parts = cn.BatchParallel(model, 2)._run(step, len(x))
+    out, dx = whole.forward(x), whole.backward(dout)
+    np.testing.assert_allclose(np.concatenate([o for o, _ in parts]), out, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(np.concatenate([d for _, d in parts]), dx, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model[0].running_var, whole[0].running_var, rtol=1e-7)

@@ -43,8 +43,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .batch_split import BatchSplit, set_batch_split
 from .models.containers import check_finite_input, input_checked
 from .part_processes import PartFailed, WorkerProcesses, fork_available
+from .validate import check_bool
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -101,21 +103,6 @@ def _threads(workers: int) -> ThreadPoolExecutor:
     return _executor
 
 
-class BatchSplit:
-    """Where one part of a batch split into parts lies, and how to sum over all parts.
-
-    `start`: index of the part's first sample in the whole batch; `total`: samples in the
-    whole batch; `sum(array)`: the elementwise sum of `array` over every part (each part calls
-    it the same number of times, in the same order; the result is not to be changed in place).
-    """
-
-    start: int = 0
-    total: int = 0
-
-    def sum(self, array: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-
 class _Parts:
     """The parts of one split pass in threads, meeting at a barrier to sum arrays."""
 
@@ -143,13 +130,6 @@ class _ThreadPart(BatchSplit):
 
     def sum(self, array: np.ndarray) -> np.ndarray:
         return self.parts.sum(self.index, array)
-
-
-def set_batch_split(model, split: BatchSplit | None) -> None:
-    """Tell every module of `model` that reads it (BatchNorm, Dropout) where its batch lies."""
-    for module in model.modules():
-        if hasattr(module, "batch_split"):
-            module.batch_split = split
 
 
 def _copy_buffers(source, target) -> None:
@@ -185,7 +165,7 @@ class BatchParallel:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.model = model
         self.workers = workers if _blas_controller() is not None else 1
-        self.processes = bool(processes) and fork_available()
+        self.processes = check_bool("processes", processes) and fork_available()
         self._replicas: list = []
         self._made_for = None  # the model's structure the replicas were made for
         self._worker_processes: WorkerProcesses | None = None
@@ -199,9 +179,9 @@ class BatchParallel:
 
     def close(self) -> None:
         """End the worker processes, if any (forked again when needed)."""
-        if self._worker_processes is not None:
-            self._worker_processes.close()
-        self._worker_processes, self._processes_for = None, None
+        forked, self._worker_processes, self._processes_for = self._worker_processes, None, None
+        if forked is not None:
+            forked.close()
 
     def _structure(self) -> tuple:
         """What the replicas copy besides the parameter values: the module objects, their
@@ -233,8 +213,13 @@ class BatchParallel:
 
     def _processes(self, count: int, criterion) -> WorkerProcesses:
         """`count` worker processes for the model (and criterion) as they are now."""
+        def setting(value):  # arrays (class weights...) by their bytes: a repr abridges them
+            if isinstance(value, np.ndarray):
+                return value.dtype.str, value.shape, value.tobytes()
+            return repr(value)
+
         settings = None if criterion is None else (type(criterion), tuple(
-            (key, repr(value)) for key, value in sorted(vars(criterion).items())
+            (key, setting(value)) for key, value in sorted(vars(criterion).items())
             if key != "cache"))
         wanted = (self._structure(), settings, count)
         made_for = self._processes_for
@@ -259,35 +244,33 @@ class BatchParallel:
         return self._worker_processes
 
     def _run_in_processes(self, work, n: int, x, labels=None, criterion=None) -> list:
-        """As `_run`, the parts after the first in worker processes: work(replica, part)
-        for the first part here, the same pass ("infer" without labels, "train" with them)
-        in the workers. Returns each part's result: work's, then the workers' (loss or None,
-        output)."""
+        """As `_run`, the parts after the first in worker processes: work(replica, part) for
+        the first part here, returning (loss or None, output); the same pass in the workers
+        ("infer" without labels, "train" with them). Returns each part's (loss, output)."""
         parts = batch_parts(n, self.workers)
         with _parallel_region, _blas_controller().limit(limits=1, user_api="blas"):
-            workers = self._processes(len(parts) - 1, criterion)
+            forked = self._processes(len(parts) - 1, criterion)
             replica = self._replicas_for(1)[0]
-            workers.part.begin(0, n)
-            set_batch_split(replica, workers.part)
+            forked.part.begin(0, n)
+            set_batch_split(replica, forked.part)
             training = [module.training for module in self.model.modules()]
-            first = None
             try:
-                workers.send("infer" if labels is None else "train",
-                             [x[part] for part in parts[1:]],
-                             [None if labels is None else labels[part] for part in parts[1:]],
-                             [part.start for part in parts[1:]], n, training)
+                forked.send("infer" if labels is None else "train",
+                            [x[part] for part in parts[1:]],
+                            [None if labels is None else labels[part] for part in parts[1:]],
+                            [part.start for part in parts[1:]], n, training)
                 try:
                     with input_checked():
                         first = work(replica, parts[0])
                 except BaseException as err:
-                    workers.part.abort()  # the workers stop at their next meeting
+                    forked.part.abort()  # the workers stop at their next meeting
                     try:
-                        workers.results()
+                        forked.results()
                     except Exception as other:  # a worker's own error explains a PartFailed
                         if isinstance(err, PartFailed):
                             raise other from None
                     raise
-                others = workers.results()
+                others = forked.results()
             except BaseException:
                 self.close()  # its pipes may hold a broken pass: forked anew next time
                 raise
@@ -350,9 +333,10 @@ class BatchParallel:
             return self._run_whole(lambda: self.model.forward(x, keep_cache=False))
         self._check(x)
         if self.processes:
-            first, *others = self._run_in_processes(
-                lambda replica, part: replica.forward(x[part], keep_cache=False), len(x), x)
-            return np.concatenate([first, *(output for _, output in others)])
+            results = self._run_in_processes(
+                lambda replica, part: (None, replica.forward(x[part], keep_cache=False)),
+                len(x), x)
+            return np.concatenate([output for _, output in results])
         outputs = self._run(lambda replica, part: replica.forward(x[part], keep_cache=False),
                             len(x))
         return np.concatenate(outputs)
@@ -368,6 +352,7 @@ class BatchParallel:
         the loss returned is still the mean over x, but the gradients are this part's share
         of the gradient of the mean loss over the whole batch (they add up to it over the
         parts), the form BatchNorm's backward needs."""
+        labels = np.asarray(labels)
         if len(labels) != len(x):
             raise ValueError(f"got {len(labels)} labels for a batch of {len(x)} images")
         total = len(x) if split is None else split.total  # the mean is over it
@@ -401,22 +386,17 @@ class BatchParallel:
                 raise ValueError("BatchParallel(processes=True) does not combine with a split "
                                  "over MPI ranks: use threads within each rank")
             results = self._run_in_processes(part_pass, len(x), x, labels, criterion)
-            places = zip(self.model.parameter_places(), self._replicas[0].parameter_places())
-            for index, ((_, layer, key), (_, first, _)) in enumerate(places):
-                summed = layer._gradient(key)  # the first part's, then each worker's
-                np.add(getattr(first, "d" + key), self._worker_processes.grads[0][index],
-                       out=summed)
-                for grads in self._worker_processes.grads[1:]:
-                    summed += grads[index]
+            first = self._replicas[0]
+            part_grads = [[getattr(module, "d" + key) for _, module, key in
+                           first.parameter_places()], *self._worker_processes.grads]
         else:
             results = self._run(part_pass, len(x), split)
-            replicas = self._replicas[: len(parts)]
-            for modules in zip(self.model.modules(), *(replica.modules() for replica in replicas)):
-                layer, first, *others = modules
-                for key in layer.param_names:  # summed into the model's own arrays, in place
-                    summed = layer._gradient(key)
-                    np.add(getattr(first, "d" + key), getattr(others[0], "d" + key), out=summed)
-                    for other in others[1:]:  # (a split pass has two parts or more)
-                        summed += getattr(other, "d" + key)
+            part_grads = [[getattr(module, "d" + key) for _, module, key in
+                           replica.parameter_places()] for replica in self._replicas[:len(parts)]]
+        for index, (_, layer, key) in enumerate(self.model.parameter_places()):
+            summed = layer._gradient(key)  # the parts' gradients, in the model's own arrays
+            np.add(part_grads[0][index], part_grads[1][index], out=summed)
+            for grads in part_grads[2:]:  # (a split pass has two parts or more)
+                summed += grads[index]
         loss = sum(loss * (part.stop - part.start) for (loss, _), part in zip(results, parts))
         return loss / len(x), np.concatenate([logits for _, logits in results])

@@ -22,9 +22,12 @@ process, as with threads, and every other part in a worker process forked from i
                  again only after every part has met once more, so after each has read it.
 
 Nothing is pickled: commands and replies are JSON and raw array bytes. The worker holds a copy
-of the model made after the fork; it is made again (the worker forked anew) when the model's
-structure, its parameter arrays or the criterion change, or after an error. Linux (os.fork)
-only; elsewhere `BatchParallel` keeps threads.
+of the model (and of the criterion) made after the fork; it is made again (the workers forked
+anew) when the model's structure, its parameter arrays, the criterion's settings or the number
+of parts change (a last batch smaller than the number of cores), or after an error. Workers
+ignore SIGINT and SIGTERM (the calling process decides when to stop) and end when told to,
+or when their command pipe closes. Linux (os.fork) only; elsewhere `BatchParallel` keeps
+threads.
 """
 
 from __future__ import annotations
@@ -34,16 +37,21 @@ import json
 import mmap
 import os
 import signal
+import time
 import warnings
 import weakref
 
 import numpy as np
 
+from .batch_split import BatchSplit, set_batch_split
 from .models.containers import input_checked
 
-# The largest array a part sums over the parts at once (BatchNorm's per-channel sums are far
-# smaller); the mapping's pages are only touched as far as used.
+# The largest array a part sums over the parts at once (BatchNorm's per-channel sums, two
+# numbers a channel, are far smaller; threads have no such limit); the mapping's pages are
+# only touched as far as used.
 SUM_SLOT_BYTES = 1 << 20
+# How long close() waits for a worker to end after telling it to, before killing it.
+END_SECONDS = 5.0
 # Errors a worker reports that the calling process raises as the same type.
 _ERRORS = {error.__name__: error for error in (
     ValueError, TypeError, IndexError, KeyError, FloatingPointError, MemoryError,
@@ -68,18 +76,20 @@ def _shared(nbytes: int) -> mmap.mmap:
     return mmap.mmap(-1, max(nbytes, 1))  # MAP_SHARED | MAP_ANONYMOUS
 
 
-def _views(buffer, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Arrays shaped and typed as `arrays`, laid one after the other in `buffer`
-    (each at a 64-byte boundary)."""
+def _padded(nbytes: int) -> int:
+    """nbytes rounded up to a cache line (64 bytes)."""
+    return -(-nbytes // 64) * 64
+
+
+def _shared_like(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Arrays shaped and typed as `arrays`, one after the other (each at a cache line) in one
+    new shared mapping."""
+    memory = _shared(sum(_padded(array.nbytes) for array in arrays))
     views, offset = [], 0
     for array in arrays:
-        views.append(np.ndarray(array.shape, array.dtype, buffer, offset))
-        offset += -(-array.nbytes // 64) * 64
+        views.append(np.ndarray(array.shape, array.dtype, memory, offset))
+        offset += _padded(array.nbytes)
     return views
-
-
-def _layout_bytes(arrays: list[np.ndarray]) -> int:
-    return sum(-(-array.nbytes // 64) * 64 for array in arrays)
 
 
 def _read_exactly(stream, view: memoryview) -> None:
@@ -118,7 +128,8 @@ class _Meeting:
         self.count = count
         self.boards = [_shared(count * SUM_SLOT_BYTES) for _ in range(2)]
         # pipes[i][j]: part i -> part j (read end, write end)
-        self.pipes = {(i, j): _pipe() for i in range(count) for j in range(count) if i != j}
+        self.pipes = {(i, j): _pipe(wide=False)
+                      for i in range(count) for j in range(count) if i != j}
 
     def keep_only(self, index: int) -> None:
         """Close the pipe ends part `index` does not use (in the process that runs it)."""
@@ -134,16 +145,18 @@ class _Meeting:
             _close(write)
 
 
-def _pipe() -> tuple[int, int]:
-    """A pipe that holds a part of a batch whole where Linux allows (1 MiB), so that sending
-    it takes few wake-ups of the reader."""
+def _pipe(wide: bool = True) -> tuple[int, int]:
+    """A pipe; `wide`: one that holds a part of a batch whole where Linux allows (1 MiB, out
+    of a user's 64 MiB of pipes by default), so that sending it takes few wake-ups of the
+    reader. The meetings' pipes, which carry a byte at a time, keep the default size."""
     read, write = os.pipe()
     _OPEN_FDS.update((read, write))
-    try:
-        import fcntl
-        fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 1 << 20)
-    except (ImportError, AttributeError, OSError):
-        pass
+    if wide:
+        try:
+            import fcntl
+            fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 1 << 20)
+        except (ImportError, AttributeError, OSError):
+            pass
     return read, write
 
 
@@ -155,8 +168,8 @@ def _close(fd: int) -> None:
         pass
 
 
-class ProcessPart:
-    """One part's place in a batch split over processes (see `cnnumpy.parallel.BatchSplit`)."""
+class ProcessPart(BatchSplit):
+    """One part's place in a batch split over processes."""
 
     def __init__(self, meeting: _Meeting, index: int):
         self.meeting, self.index = meeting, index
@@ -179,7 +192,8 @@ class ProcessPart:
                 got = os.read(meeting.pipes[(other, self.index)][0], 1)
                 if got != b".":  # b"!" (that part failed) or b"" (its process ended)
                     self.broken = True
-                    raise PartFailed("another part of the batch failed")
+                    raise PartFailed("another part of the batch failed" if got else
+                                     "a worker process ended (its pipe closed)")
 
     def abort(self) -> None:
         """Tell the other parts this one failed (each stops at its next meeting)."""
@@ -212,58 +226,59 @@ class ProcessPart:
 
 class WorkerProcesses:
     """Worker processes forked from this one, each running one part of every batch with its
-    own replica of `model` and copy of `criterion`."""
+    own replica of `model` (made by make_replica(parameter views), after the fork) and copy of
+    `criterion` (None for inference only); `self.part` is this process's own part (0)."""
 
     def __init__(self, model, criterion, count: int, make_replica, blas_one_thread):
         self.model = model
         params = list(model.parameters().values())
-        buffers = list(model.buffers().values())
-        self.count = count
+        self.params = _shared_like(params)
+        self.buffers = _shared_like(list(model.buffers().values()))
+        self.grads = [_shared_like(params) for _ in range(count)]
         self.meeting = _Meeting(count + 1)  # part 0 runs in this process
-        self.param_memory = _shared(_layout_bytes(params))
-        self.params = _views(self.param_memory, params)
-        self.buffer_memory = _shared(_layout_bytes(buffers))
-        self.buffers = _views(self.buffer_memory, buffers)
-        self.grad_memory = [_shared(_layout_bytes(params)) for _ in range(count)]
-        self.grads = [_views(memory, params) for memory in self.grad_memory]
         self.commands, self.replies, self.pids = [], [], []
-        for part in range(1, count + 1):
-            command_read, command_write = _pipe()
-            reply_read, reply_write = _pipe()
-            with warnings.catch_warnings():
-                # Python 3.12+ warns of fork() in a process with threads (BLAS's, a pool's):
-                # the worker runs only this module's loop, NumPy and OpenBLAS (which resets
-                # its threads at a fork), and takes no lock another thread may have held.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-            if pid == 0:  # the worker: never returns
-                try:
-                    # the calling process decides when to stop: a terminal's Ctrl-C or a
-                    # SIGTERM to the process group ends the workers through their pipes
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                    own = {command_read, reply_write, *(
-                        ends[0] for (i, j), ends in self.meeting.pipes.items() if j == part), *(
-                        ends[1] for (i, j), ends in self.meeting.pipes.items() if i == part)}
-                    for fd in list(_OPEN_FDS - own):
-                        _close(fd)  # other workers' pipes, and the calling process's ends
-                    replica = make_replica(self.params)
-                    _serve(replica, copy.copy(criterion), self.buffers, self.grads[part - 1],
-                           ProcessPart(self.meeting, part), os.fdopen(command_read, "rb"),
-                           os.fdopen(reply_write, "wb"), blas_one_thread)
-                finally:
-                    os._exit(0)
-            _close(command_read)
-            _close(reply_write)
-            self.commands.append(os.fdopen(command_write, "wb"))
-            self.replies.append(os.fdopen(reply_read, "rb"))
-            self.pids.append(pid)
-        self.meeting.keep_only(0)
-        self.part = ProcessPart(self.meeting, 0)
         self._finalizer = weakref.finalize(self, _end, self.commands, self.replies, self.pids,
                                            self.meeting)
+        try:
+            for index in range(1, count + 1):
+                self._fork(index, criterion, make_replica, blas_one_thread)
+        except BaseException:  # a fork refused (memory, process limits) or interrupted
+            self.close()
+            raise
+        self.meeting.keep_only(0)
+        self.part = ProcessPart(self.meeting, 0)
+
+    def _fork(self, index: int, criterion, make_replica, blas_one_thread) -> None:
+        """Fork the worker of part `index`, which serves until told to end."""
+        command_read, command_write = _pipe()
+        reply_read, reply_write = _pipe()
+        pid = _fork()
+        if pid == 0:  # the worker: never returns
+            try:
+                own = {command_read, reply_write, *(
+                    ends[0] for (_, to), ends in self.meeting.pipes.items() if to == index), *(
+                    ends[1] for (by, _), ends in self.meeting.pipes.items() if by == index)}
+                for fd in list(_OPEN_FDS - own):
+                    _close(fd)  # other workers' pipes, and the calling process's ends
+                commands, replies = os.fdopen(command_read, "rb"), os.fdopen(reply_write, "wb")
+                part = ProcessPart(self.meeting, index)
+                try:
+                    replica = make_replica(self.params)
+                except Exception as err:  # reported at every command
+                    replica = err
+                _serve(replica, copy.copy(criterion), self.buffers, self.grads[index - 1],
+                       part, commands, replies, blas_one_thread)
+            finally:
+                os._exit(0)
+        self.pids.append(pid)
+        _close(command_read)
+        _close(reply_write)
+        self.commands.append(os.fdopen(command_write, "wb"))
+        self.replies.append(os.fdopen(reply_read, "rb"))
 
     def close(self) -> None:
+        """Tell the workers to end, wait for them (killing any still running after
+        END_SECONDS), and close their pipes and mappings."""
         self._finalizer()
 
     def send(self, kind: str, x_parts, label_parts, offsets, total: int, training) -> None:
@@ -283,59 +298,108 @@ class WorkerProcesses:
             except OSError as err:  # its pipe is closed: the worker ended
                 raise PartFailed(f"a worker process ended ({err})") from None
 
-    def results(self) -> list:
-        """Each worker's (loss or None, output), or the first error they reported."""
+    def results(self) -> list[tuple[float | None, np.ndarray]]:
+        """Each worker's (loss or None, output), or the first error they reported (one that
+        names its cause before one that says another part failed)."""
         results, error = [], None
         for stream in self.replies:
             try:
                 reply = _receive(stream)
                 if "error" in reply:
-                    raise _ERRORS.get(reply["error"], PartFailed)(reply["message"])
+                    raise _error(reply["error"], reply["message"])
                 output = _receive_array(stream, tuple(reply["shape"]), np.dtype(reply["dtype"]))
-                results.append((reply.get("loss"), output))
+                results.append((reply["loss"], output))
             except Exception as err:  # the others are still read: each worker replies once
-                if error is None or isinstance(error, PartFailed):
+                if error is None or (isinstance(error, PartFailed)
+                                     and not isinstance(err, PartFailed)):
                     error = err
         if error is not None:
             raise error
         return results
 
 
+def _fork() -> int:
+    """os.fork(), with SIGINT and SIGTERM held back around it: the worker ignores them before
+    it runs any Python code (a Ctrl-C to the process group would otherwise raise in the
+    worker before it reached its loop, and the worker would go on as a copy of the caller)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork() in a process with threads (BLAS's, a pool's): the
+            # worker runs only this module's loop, NumPy and OpenBLAS (which resets its
+            # threads at a fork), and takes no lock another thread may have held.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            for number in held:
+                signal.signal(number, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    return pid
+
+
+def _error(name: str, message: str) -> Exception:
+    """A worker's error as the calling process raises it: the same type where it is one of
+    Python's usual ones, else PartFailed naming the type."""
+    if name in _ERRORS:
+        return _ERRORS[name](message)
+    return PartFailed(f"{name} in a worker process: {message}")
+
+
 def _end(commands, replies, pids, meeting) -> None:
+    """End the workers: a quit command each (their pipes may also be held open by processes
+    forked since), a wait, SIGKILL for any still running after END_SECONDS; close the pipes."""
+    for stream in commands:
+        try:
+            stream.write(b'{"kind": "quit"}\n')
+            stream.flush()
+        except (OSError, ValueError):  # the worker ended already
+            pass
+    deadline = time.monotonic() + END_SECONDS
+    for pid in pids:
+        try:
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.001)
+        except ChildProcessError:  # reaped already
+            pass
     for stream in commands + replies:
         if not stream.closed:
             _OPEN_FDS.discard(stream.fileno())
         try:
-            stream.close()  # the worker reads the end of its commands and exits
+            stream.close()
         except OSError:
             pass
     meeting.close()
-    for pid in pids:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def _serve(replica, criterion, buffers, grads, part: ProcessPart, commands, replies,
            blas_one_thread) -> None:
-    """The worker's loop: a part of a batch per command, until the commands end."""
-    from .parallel import set_batch_split
-
-    modules = list(replica.modules())
-    replica_buffers = list(replica.buffers().values())
-    set_batch_split(replica, part)
+    """The worker's loop: a part of a batch per command, until told to end (or the commands
+    end). `replica` may be the error that making it raised: then every command gets it."""
+    if not isinstance(replica, Exception):
+        modules = list(replica.modules())
+        replica_buffers = list(replica.buffers().values())
+        set_batch_split(replica, part)
     with blas_one_thread():
         while True:
             line = commands.readline()
             if not line:
                 return
             header = json.loads(line)
+            if header["kind"] == "quit":
+                return
             try:
                 x = _receive_array(commands, tuple(header["shape"]), np.dtype(header["dtype"]))
                 labels = (None if header["labels"] is None else
                           _receive_array(commands, tuple(header["labels"][0]),
                                          np.dtype(header["labels"][1])))
+                if isinstance(replica, Exception):
+                    raise replica
                 for module, training in zip(modules, header["training"]):
                     module.training = training
                 for kept, shared in zip(replica_buffers, buffers):

@@ -613,9 +613,9 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
             shared by its ranks, and BLAS is held to as many threads.
         processes: run the parts after the first in worker processes forked from this one
             rather than in threads (`BatchParallel(processes=True)`: the same results, without
-            the threads' waits for the interpreter lock; a ResNet-20 step on two cores took
-            386 instead of 436 ms). Default: processes on Linux, threads elsewhere and in a
-            distributed run (every rank's parts are threads).
+            the threads' waits for the interpreter lock; see
+            `benchmarks/threads_vs_processes.py`). Default: processes on Linux, threads
+            elsewhere and with a communicator (every rank's parts are threads).
         communicator: train on the ranks of an MPI job (data parallelism, see
             `cnnumpy.distributed`): an mpi4py communicator such as MPI.COMM_WORLD, or a
             `cnnumpy.distributed.Group` (to set its time limit and checksum period). Every
@@ -667,7 +667,7 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
     if distributed and workers is None:
         workers = cpus_per_rank(group)
     if processes is None:
-        processes = not distributed
+        processes = communicator is None  # never fork inside an MPI job, even of one rank
     elif check_bool("processes", processes) and distributed:
         raise ValueError("processes=True does not combine with a distributed run: each rank "
                          "splits its part of a batch over threads")
