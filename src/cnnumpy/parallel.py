@@ -154,7 +154,8 @@ class BatchParallel:
         workers: parts per batch; default the available CPUs. 1 runs the model whole.
         processes: run every part but the first in a worker process forked from this one
             (`cnnumpy.part_processes`: no interpreter lock shared between the parts, which
-            saves the threads' hand-overs of it) instead of a thread. Linux only (elsewhere,
+            saves the threads' hand-overs of it) instead of a thread; the first part then
+            runs on the model itself, no replica. Linux only (elsewhere,
             threads); not with a split over MPI ranks. `close()` ends the workers (they also
             end with this object or this process).
     """
@@ -244,15 +245,15 @@ class BatchParallel:
         return self._worker_processes
 
     def _run_in_processes(self, work, n: int, x, labels=None, criterion=None) -> list:
-        """As `_run`, the parts after the first in worker processes: work(replica, part) for
-        the first part here, returning (loss or None, output); the same pass in the workers
-        ("infer" without labels, "train" with them). Returns each part's (loss, output)."""
+        """As `_run`, the parts after the first in worker processes: work(model, part) for
+        the first part here, on the model itself (its buffers updated once, its gradients
+        this part's), returning (loss or None, output); the same pass in the workers ("infer"
+        without labels, "train" with them). Returns each part's (loss, output)."""
         parts = batch_parts(n, self.workers)
         with _parallel_region, _blas_controller().limit(limits=1, user_api="blas"):
             forked = self._processes(len(parts) - 1, criterion)
-            replica = self._replicas_for(1)[0]
             forked.part.begin(0, n)
-            set_batch_split(replica, forked.part)
+            set_batch_split(self.model, forked.part)
             training = [module.training for module in self.model.modules()]
             try:
                 forked.send("infer" if labels is None else "train",
@@ -261,7 +262,7 @@ class BatchParallel:
                             [part.start for part in parts[1:]], n, training)
                 try:
                     with input_checked():
-                        first = work(replica, parts[0])
+                        first = work(self.model, parts[0])
                 except BaseException as err:
                     forked.part.abort()  # the workers stop at their next meeting
                     try:
@@ -275,8 +276,7 @@ class BatchParallel:
                 self.close()  # its pipes may hold a broken pass: forked anew next time
                 raise
             finally:
-                set_batch_split(replica, None)
-            _copy_buffers(replica, self.model)
+                set_batch_split(self.model, None)
         return [first, *others]
 
     def _run(self, work, n: int, outer: BatchSplit | None = None) -> list:
@@ -386,9 +386,8 @@ class BatchParallel:
                 raise ValueError("BatchParallel(processes=True) does not combine with a split "
                                  "over MPI ranks: use threads within each rank")
             results = self._run_in_processes(part_pass, len(x), x, labels, criterion)
-            first = self._replicas[0]
             part_grads = [[getattr(module, "d" + key) for _, module, key in
-                           first.parameter_places()], *self._worker_processes.grads]
+                           self.model.parameter_places()], *self._worker_processes.grads]
         else:
             results = self._run(part_pass, len(x), split)
             part_grads = [[getattr(module, "d" + key) for _, module, key in

@@ -5,7 +5,7 @@ back, and a part whose call has ended waits for the other part's thread to let g
 machine whose idle cores sleep, each wait costs a wake-up). A ResNet-20 training step over two
 threads takes 1.3-1.4 times one part's pass alone, where two processes take 1.02-1.03 times
 (`benchmarks/threads_vs_processes.py`). Here the first part of a batch runs in the calling
-process, as with threads, and every other part in a worker process forked from it:
+process, on the model itself, and every other part in a worker process forked from it:
 
     parameters   a shared memory mapping the worker's replica reads them from; the model's
                  values are copied into it before every pass (the optimizer changes them)
