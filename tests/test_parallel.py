@@ -4,6 +4,7 @@ whole-batch loss, logits and gradients."""
 import copy
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -228,3 +229,51 @@ def test_close_ends_the_workers_while_another_process_holds_their_pipes():
     finally:
         os.kill(holder, signal.SIGKILL)
         os.waitpid(holder, 0)
+
+
+@needs_threadpoolctl
+@pytest.mark.parametrize("processes", SPLITS)
+@pytest.mark.parametrize("bad_part", [0, 1])
+def test_a_failed_split_step_leaves_the_model_s_buffers_and_caches(processes, bad_part):
+    """An error in either part (the other waiting at a BatchNorm meeting) ends the step with
+    the running statistics as before it, and the layers' caches of an earlier pass kept."""
+    rng = np.random.default_rng(4)
+    model = cn.models.resnet20(input_shape=(1, 8, 8), num_classes=3, rng=rng, dtype=np.float64)
+    x, y = rng.standard_normal((6, 1, 8, 8)), rng.integers(0, 3, 6)
+    logits = model.forward(x[:2])  # caches a pass of its own
+    buffers = {name: value.copy() for name, value in model.buffers().items()}
+    passes = BatchParallel(model, 2, processes=processes)
+    bad = y.copy()
+    bad[3 * bad_part] = 7
+    with pytest.raises(ValueError, match="labels must be in"):
+        passes.forward_backward(x, bad, cn.CrossEntropyLoss())
+    for name, value in model.buffers().items():
+        np.testing.assert_array_equal(value, buffers[name], err_msg=name)
+    model.eval()
+    passes.forward(x)  # inference: no caches of its own, the earlier ones kept
+    model.train()
+    assert model.backward(np.ones_like(logits)).shape == (2, 1, 8, 8)
+
+
+@needs_threadpoolctl
+@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+def test_a_process_forked_later_leaves_the_workers_alone_when_it_exits():
+    model, x, _ = model_and_batch(6)
+    passes = BatchParallel(model, 2, processes=True)
+    expected = passes.forward(x)
+    child = os.fork()
+    if child == 0:  # exits normally: finalizers run, the workers' included
+        passes._worker_processes.close()
+        os._exit(0)
+    os.waitpid(child, 0)
+    np.testing.assert_array_equal(passes.forward(x), expected)  # the same workers, alive
+    passes.close()
+
+
+@needs_threadpoolctl
+@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+def test_a_model_the_worker_cannot_copy_is_named_at_once():
+    model, x, _ = model_and_batch(6)
+    model.lock = threading.Lock()  # deepcopy cannot copy it
+    with pytest.raises(TypeError, match="copying the model into a worker process: .*lock"):
+        BatchParallel(model, 2, processes=True).forward(x)

@@ -10,6 +10,7 @@ import pytest
 
 import cnnumpy as cn
 from cnnumpy.data import ImageDataset, load_dataset
+from cnnumpy import part_processes
 from cnnumpy.part_processes import fork_available
 from cnnumpy.train import BEST_FILE, LAST_FILE, METRICS_FILE
 
@@ -141,13 +142,17 @@ def test_a_run_without_a_folder_stops_on_request_and_says_where(tmp_path):
 
 
 @pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
-def test_a_run_over_worker_processes_is_the_run_over_threads(tmp_path):
+def test_a_run_over_worker_processes_is_the_run_over_threads(tmp_path, monkeypatch):
     """The batch split over processes (fit's default on Linux) or threads: the same weights,
     bit for bit, and no worker process left running after fit."""
+    forks = []
+    real_fork = part_processes._fork
+    monkeypatch.setattr(part_processes, "_fork", lambda: forks.append(1) or real_fork())
     children_before = _children()
-    in_processes, history = toy_run(tmp_path, "processes", epochs=2, processes=True)
+    in_processes, history = toy_run(tmp_path, "processes", epochs=2)  # the default
+    assert history.status == "completed" and len(forks) == 1  # one worker, the whole run
     in_threads, _ = toy_run(tmp_path, "threads", epochs=2, processes=False)
-    assert history.status == "completed"
+    assert len(forks) == 1
     for name, value in in_threads.state_dict().items():
         np.testing.assert_array_equal(in_processes.state_dict()[name], value, err_msg=name)
     assert _children() <= children_before  # (an earlier test's may have ended meanwhile)

@@ -23,7 +23,9 @@ split, and the gradients are those of the mean loss over the larger batch.
 
 With `processes=True` the parts after the first run in worker processes forked from this
 one (`cnnumpy.part_processes`), which compute the same bits without sharing the interpreter's
-lock: `cnnumpy.fit` and `cnnumpy train` split batches that way on Linux.
+lock: `cnnumpy.fit` and `cnnumpy train` split batches that way on Linux. The first part then
+runs on the model itself (its buffers updated in place, the caches its layers held put back
+after the pass), and the workers' copies take the model's buffers before every pass.
 
     passes = BatchParallel(model)                            # one part per available CPU
     loss, logits = passes.forward_backward(x, labels, criterion)   # then optimizer.step()
@@ -247,14 +249,18 @@ class BatchParallel:
     def _run_in_processes(self, work, n: int, x, labels=None, criterion=None) -> list:
         """As `_run`, the parts after the first in worker processes: work(model, part) for
         the first part here, on the model itself (its buffers updated once, its gradients
-        this part's), returning (loss or None, output); the same pass in the workers ("infer"
-        without labels, "train" with them). Returns each part's (loss, output)."""
+        this part's; the caches its layers held before are put back after), returning (loss
+        or None, output); the same pass in the workers ("infer" without labels, "train" with
+        them). Returns each part's (loss, output). A pass that fails leaves the model's
+        buffers as they were (its gradients are the first part's, or partly so)."""
         parts = batch_parts(n, self.workers)
         with _parallel_region, _blas_controller().limit(limits=1, user_api="blas"):
             forked = self._processes(len(parts) - 1, criterion)
             forked.part.begin(0, n)
+            modules = list(self.model.modules())
+            caches = [getattr(module, "cache", None) for module in modules]
+            training = [module.training for module in modules]
             set_batch_split(self.model, forked.part)
-            training = [module.training for module in self.model.modules()]
             try:
                 forked.send("infer" if labels is None else "train",
                             [x[part] for part in parts[1:]],
@@ -273,10 +279,17 @@ class BatchParallel:
                     raise
                 others = forked.results()
             except BaseException:
-                self.close()  # its pipes may hold a broken pass: forked anew next time
+                forked.part.abort()
+                for kept, before in zip(self.model.buffers().values(), forked.buffers):
+                    np.copyto(kept, before)  # as they were before the pass (send copied them)
+                self._worker_processes, self._processes_for = None, None
+                forked.kill()  # their pipes may hold a broken pass: forked anew next time
                 raise
             finally:
                 set_batch_split(self.model, None)
+                for module, cache in zip(modules, caches):
+                    if hasattr(module, "cache"):
+                        module.cache = cache
         return [first, *others]
 
     def _run(self, work, n: int, outer: BatchSplit | None = None) -> list:
@@ -385,6 +398,7 @@ class BatchParallel:
             if split is not None and (split.start, split.total) != (0, len(x)):
                 raise ValueError("BatchParallel(processes=True) does not combine with a split "
                                  "over MPI ranks: use threads within each rank")
+            self.model.zero_grad()  # a module whose backward skips a gradient adds nothing
             results = self._run_in_processes(part_pass, len(x), x, labels, criterion)
             part_grads = [[getattr(module, "d" + key) for _, module, key in
                            self.model.parameter_places()], *self._worker_processes.grads]

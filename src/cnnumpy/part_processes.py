@@ -186,7 +186,11 @@ class ProcessPart(BatchSplit):
             raise PartFailed("another part of the batch failed")
         for other in range(meeting.count):
             if other != self.index:
-                os.write(meeting.pipes[(self.index, other)][1], b".")
+                try:
+                    os.write(meeting.pipes[(self.index, other)][1], b".")
+                except BrokenPipeError:  # that part's process ended
+                    self.broken = True
+                    raise PartFailed("a worker process ended (its pipe closed)") from None
         for other in range(meeting.count):
             if other != self.index:
                 got = os.read(meeting.pipes[(other, self.index)][0], 1)
@@ -237,13 +241,18 @@ class WorkerProcesses:
         self.grads = [_shared_like(params) for _ in range(count)]
         self.meeting = _Meeting(count + 1)  # part 0 runs in this process
         self.commands, self.replies, self.pids = [], [], []
-        self._finalizer = weakref.finalize(self, _end, self.commands, self.replies, self.pids,
-                                           self.meeting)
+        self._finalizer = weakref.finalize(self, _end, os.getpid(), self.commands,
+                                           self.replies, self.pids, self.meeting)
         try:
             for index in range(1, count + 1):
                 self._fork(index, criterion, make_replica, blas_one_thread)
+            for stream in self.replies:  # each has made its copy of the model
+                reply = _receive(stream)
+                if "error" in reply:
+                    raise _error(reply["error"], f"copying the model into a worker process: "
+                                                 f"{reply['message']}")
         except BaseException:  # a fork refused (memory, process limits) or interrupted
-            self.close()
+            self.kill()
             raise
         self.meeting.keep_only(0)
         self.part = ProcessPart(self.meeting, 0)
@@ -251,8 +260,17 @@ class WorkerProcesses:
     def _fork(self, index: int, criterion, make_replica, blas_one_thread) -> None:
         """Fork the worker of part `index`, which serves until told to end."""
         command_read, command_write = _pipe()
-        reply_read, reply_write = _pipe()
-        pid = _fork()
+        try:
+            reply_read, reply_write = _pipe()
+        except BaseException:
+            _close(command_read), _close(command_write)
+            raise
+        try:
+            pid = _fork()
+        except BaseException:
+            for fd in (command_read, command_write, reply_read, reply_write):
+                _close(fd)
+            raise
         if pid == 0:  # the worker: never returns
             try:
                 own = {command_read, reply_write, *(
@@ -261,13 +279,14 @@ class WorkerProcesses:
                 for fd in list(_OPEN_FDS - own):
                     _close(fd)  # other workers' pipes, and the calling process's ends
                 commands, replies = os.fdopen(command_read, "rb"), os.fdopen(reply_write, "wb")
-                part = ProcessPart(self.meeting, index)
                 try:
                     replica = make_replica(self.params)
-                except Exception as err:  # reported at every command
-                    replica = err
+                except Exception as err:
+                    _send(replies, {"error": type(err).__name__, "message": str(err)})
+                    raise
+                _send(replies, {"ready": True})
                 _serve(replica, copy.copy(criterion), self.buffers, self.grads[index - 1],
-                       part, commands, replies, blas_one_thread)
+                       ProcessPart(self.meeting, index), commands, replies, blas_one_thread)
             finally:
                 os._exit(0)
         self.pids.append(pid)
@@ -278,8 +297,18 @@ class WorkerProcesses:
 
     def close(self) -> None:
         """Tell the workers to end, wait for them (killing any still running after
-        END_SECONDS), and close their pipes and mappings."""
+        END_SECONDS), and close their pipes."""
         self._finalizer()
+
+    def kill(self) -> None:
+        """End the workers at once (after a broken pass, whose data may still be in their
+        pipes), then close their pipes."""
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.close()
 
     def send(self, kind: str, x_parts, label_parts, offsets, total: int, training) -> None:
         """Start each worker on its part: parameters and buffers in the shared mappings, the
@@ -288,6 +317,10 @@ class WorkerProcesses:
             np.copyto(shared, param)
         for shared, buffer in zip(self.buffers, self.model.buffers().values()):
             np.copyto(shared, buffer)
+        for array in (*x_parts, *(labels for labels in label_parts if labels is not None)):
+            if array.dtype.hasobject:  # its bytes are pointers, meaningless in another process
+                raise TypeError(f"a batch split over processes takes numeric arrays, got "
+                                f"dtype {array.dtype}")
         for stream, x, labels, start in zip(self.commands, x_parts, label_parts, offsets):
             header = {"kind": kind, "shape": list(x.shape), "dtype": x.dtype.str,
                       "start": start, "total": total, "training": training,
@@ -308,7 +341,9 @@ class WorkerProcesses:
                 if "error" in reply:
                     raise _error(reply["error"], reply["message"])
                 output = _receive_array(stream, tuple(reply["shape"]), np.dtype(reply["dtype"]))
-                results.append((reply["loss"], output))
+                loss = reply["loss"]
+                results.append((None if loss is None else np.dtype(reply["loss_dtype"]).type(loss),
+                                output))
             except Exception as err:  # the others are still read: each worker replies once
                 if error is None or (isinstance(error, PartFailed)
                                      and not isinstance(err, PartFailed)):
@@ -347,9 +382,13 @@ def _error(name: str, message: str) -> Exception:
     return PartFailed(f"{name} in a worker process: {message}")
 
 
-def _end(commands, replies, pids, meeting) -> None:
+def _end(parent: int, commands, replies, pids, meeting) -> None:
     """End the workers: a quit command each (their pipes may also be held open by processes
-    forked since), a wait, SIGKILL for any still running after END_SECONDS; close the pipes."""
+    forked since), a wait, SIGKILL for any still running after END_SECONDS; close the pipes.
+    Only in the process that forked them (a process forked from it later inherits this
+    finalizer, and must leave them be)."""
+    if os.getpid() != parent:
+        return
     for stream in commands:
         try:
             stream.write(b'{"kind": "quit"}\n')
@@ -380,11 +419,10 @@ def _end(commands, replies, pids, meeting) -> None:
 def _serve(replica, criterion, buffers, grads, part: ProcessPart, commands, replies,
            blas_one_thread) -> None:
     """The worker's loop: a part of a batch per command, until told to end (or the commands
-    end). `replica` may be the error that making it raised: then every command gets it."""
-    if not isinstance(replica, Exception):
-        modules = list(replica.modules())
-        replica_buffers = list(replica.buffers().values())
-        set_batch_split(replica, part)
+    end)."""
+    modules = list(replica.modules())
+    replica_buffers = list(replica.buffers().values())
+    set_batch_split(replica, part)
     with blas_one_thread():
         while True:
             line = commands.readline()
@@ -398,8 +436,6 @@ def _serve(replica, criterion, buffers, grads, part: ProcessPart, commands, repl
                 labels = (None if header["labels"] is None else
                           _receive_array(commands, tuple(header["labels"][0]),
                                          np.dtype(header["labels"][1])))
-                if isinstance(replica, Exception):
-                    raise replica
                 for module, training in zip(modules, header["training"]):
                     module.training = training
                 for kept, shared in zip(replica_buffers, buffers):
@@ -410,7 +446,7 @@ def _serve(replica, criterion, buffers, grads, part: ProcessPart, commands, repl
                         loss, output = None, replica.forward(x, keep_cache=False)
                     else:
                         output = replica.forward(x)
-                        loss = float(criterion.forward(output, labels))
+                        loss = criterion.forward(output, labels)
                         dlogits = criterion.backward()
                         dlogits *= dlogits.dtype.type(len(x) / header["total"])
                         replica.backward(dlogits, input_grad=False)
@@ -422,5 +458,6 @@ def _serve(replica, criterion, buffers, grads, part: ProcessPart, commands, repl
                 if not isinstance(err, Exception):
                     raise
                 continue
-            _send(replies, {"loss": loss, "shape": list(output.shape),
-                            "dtype": output.dtype.str}, output)
+            _send(replies, {"loss": None if loss is None else float(loss),
+                            "loss_dtype": None if loss is None else np.asarray(loss).dtype.str,
+                            "shape": list(output.shape), "dtype": output.dtype.str}, output)

@@ -14,8 +14,8 @@ included.
 
 While a trace records, `Sequential` runs its layers as written (no ReLU/max-pool swap), so
 every recorded output is the one the model's definition names. Recording is per thread:
-record a model's own pass, not a `cnnumpy.parallel.BatchParallel` pass (its replicas are not
-the model's modules).
+record a model's own pass, not a `cnnumpy.parallel.BatchParallel` pass (its replicas and
+worker processes are not the model's modules, and would not be recorded).
 """
 
 from __future__ import annotations
