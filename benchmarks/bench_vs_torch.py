@@ -289,7 +289,7 @@ def memory_child(framework: str, shape_index: int, steps: int) -> dict:
     if framework == "cnnumpy" and runner.passes.processes and runner.passes.workers > 1:
         # the worker processes forked now, so that the steps' growth in them is counted
         count = len(batch_parts(batch, runner.passes.workers)) - 1
-        workers = runner.passes._processes(count, runner.criterion).pids
+        workers = runner.passes._workers_for(count, runner.criterion).pids
     pids = ["self", *workers]
     before = [_status_kib("VmRSS", pid) for pid in pids]
     for pid in pids:

@@ -157,9 +157,9 @@ class BatchParallel:
         processes: run every part but the first in a worker process forked from this one
             (`cnnumpy.part_processes`: no interpreter lock shared between the parts, which
             saves the threads' hand-overs of it) instead of a thread; the first part then
-            runs on the model itself, no replica. Linux only (elsewhere,
-            threads); not with a split over MPI ranks. `close()` ends the workers (they also
-            end with this object or this process).
+            runs on the model itself, no replica. Linux only (elsewhere, threads); not with
+            a split over MPI ranks. `close()` ends the workers (they also end with this
+            object or this process).
     """
 
     def __init__(self, model, workers: int | None = None, processes: bool = False):
@@ -214,7 +214,7 @@ class BatchParallel:
             _copy_buffers(self.model, replica)
         return self._replicas[:count]
 
-    def _processes(self, count: int, criterion) -> WorkerProcesses:
+    def _workers_for(self, count: int, criterion) -> WorkerProcesses:
         """`count` worker processes for the model (and criterion) as they are now."""
         def setting(value):  # arrays (class weights...) by their bytes: a repr abridges them
             if isinstance(value, np.ndarray):
@@ -255,7 +255,7 @@ class BatchParallel:
         buffers as they were (its gradients are the first part's, or partly so)."""
         parts = batch_parts(n, self.workers)
         with _parallel_region, _blas_controller().limit(limits=1, user_api="blas"):
-            forked = self._processes(len(parts) - 1, criterion)
+            forked = self._workers_for(len(parts) - 1, criterion)
             forked.part.begin(0, n)
             modules = list(self.model.modules())
             caches = [getattr(module, "cache", None) for module in modules]

@@ -263,7 +263,8 @@ class WorkerProcesses:
         try:
             reply_read, reply_write = _pipe()
         except BaseException:
-            _close(command_read), _close(command_write)
+            _close(command_read)
+            _close(command_write)
             raise
         try:
             pid = _fork()
@@ -316,7 +317,7 @@ class WorkerProcesses:
         for shared, param in zip(self.params, self.model.parameters().values()):
             np.copyto(shared, param)
         for shared, buffer in zip(self.buffers, self.model.buffers().values()):
-            np.copyto(shared, buffer)
+            np.copyto(shared, buffer)  # first: a failed pass puts the model's back from here
         for array in (*x_parts, *(labels for labels in label_parts if labels is not None)):
             if array.dtype.hasobject:  # its bytes are pointers, meaningless in another process
                 raise TypeError(f"a batch split over processes takes numeric arrays, got "
