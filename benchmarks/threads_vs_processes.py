@@ -106,20 +106,15 @@ def main() -> None:
     from cnnumpy.parallel import BatchParallel, blas_threads
 
     model, x, y, criterion = build(args.mode)
-    passes = BatchParallel(model, 2)
     forked = BatchParallel(model, 2, processes=True)
 
-    def split():
+    def split_by(passes):
+        """One pass of the whole batch through `passes` (threads or a worker process)."""
         if args.mode == "infer":
-            passes.forward(x)
-        else:
-            passes.forward_backward(x, y, criterion)
+            return lambda: passes.forward(x)
+        return lambda: passes.forward_backward(x, y, criterion)
 
-    def split_forked():
-        if args.mode == "infer":
-            forked.forward(x)
-        else:
-            forked.forward_backward(x, y, criterion)
+    split, split_forked = split_by(BatchParallel(model, 2)), split_by(forked)
 
     def part():
         with blas_threads(1):

@@ -18,10 +18,10 @@ from cnnumpy.part_processes import PartFailed, fork_available
 
 needs_threadpoolctl = pytest.mark.skipif(parallel.ThreadpoolController is None,
                                          reason="threadpoolctl (extra 'threads') not installed")
+needs_fork = pytest.mark.skipif(not fork_available(),
+                                reason="worker processes need os.fork (Linux)")
 # Each split test runs with the parts in threads and in worker processes (Linux).
-SPLITS = [pytest.param(False, id="threads"),
-          pytest.param(True, id="processes", marks=pytest.mark.skipif(
-              not fork_available(), reason="worker processes need os.fork (Linux)"))]
+SPLITS = [pytest.param(False, id="threads"), pytest.param(True, id="processes", marks=needs_fork)]
 
 
 def model_and_batch(n=7, dtype=np.float64):
@@ -121,7 +121,7 @@ def test_an_error_in_a_part_is_raised_after_every_part_ended(processes):
 
 
 @needs_threadpoolctl
-@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+@needs_fork
 def test_processes_compute_what_threads_compute_bit_for_bit():
     """BatchNorm's sums over the parts are added in the same order in every process, so a
     float32 ResNet step in processes gives the threads' logits, gradients and statistics."""
@@ -149,7 +149,7 @@ def test_processes_compute_what_threads_compute_bit_for_bit():
 
 
 @needs_threadpoolctl
-@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+@needs_fork
 def test_a_worker_process_that_dies_gives_an_error_and_the_next_pass_forks_anew():
     model, x, y = model_and_batch(6)
     passes = BatchParallel(model, 2, processes=True)
@@ -170,7 +170,7 @@ def test_a_worker_process_that_dies_gives_an_error_and_the_next_pass_forks_anew(
 
 
 @needs_threadpoolctl
-@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+@needs_fork
 def test_processes_refuse_a_split_over_ranks():
     model, x, y = model_and_batch(6)
     passes = BatchParallel(model, 2, processes=True)
@@ -195,7 +195,7 @@ class _Picky(Identity):
 
 
 @needs_threadpoolctl
-@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+@needs_fork
 def test_worker_processes_take_label_lists_and_name_errors_of_other_types():
     model, x, y = model_and_batch(6)
     passes = BatchParallel(model, 2, processes=True)
@@ -208,7 +208,7 @@ def test_worker_processes_take_label_lists_and_name_errors_of_other_types():
 
 
 @needs_threadpoolctl
-@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+@needs_fork
 def test_close_ends_the_workers_while_another_process_holds_their_pipes():
     """A process forked later (a pool, a subprocess before its exec) inherits the pipes'
     ends: the workers are told to quit instead of waiting for their pipes to close."""
@@ -256,7 +256,7 @@ def test_a_failed_split_step_leaves_the_model_s_buffers_and_caches(processes, ba
 
 
 @needs_threadpoolctl
-@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+@needs_fork
 def test_a_process_forked_later_leaves_the_workers_alone_when_it_exits():
     model, x, _ = model_and_batch(6)
     passes = BatchParallel(model, 2, processes=True)
@@ -271,7 +271,7 @@ def test_a_process_forked_later_leaves_the_workers_alone_when_it_exits():
 
 
 @needs_threadpoolctl
-@pytest.mark.skipif(not fork_available(), reason="worker processes need os.fork (Linux)")
+@needs_fork
 def test_a_model_the_worker_cannot_copy_is_named_at_once():
     model, x, _ = model_and_batch(6)
     model.lock = threading.Lock()  # deepcopy cannot copy it

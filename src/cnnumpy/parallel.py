@@ -197,6 +197,13 @@ class BatchParallel:
         params = tuple(id(array) for array in self.model.parameters().values())
         return modules, params
 
+    def _copy_model(self, params: list[np.ndarray]):
+        """A deep copy of the model whose parameters are the arrays `params` (in the order of
+        `parameters()`), without the caches."""
+        memo = {id(getattr(module, "cache", None)): None for module in self.model.modules()}
+        memo.update((id(old), new) for old, new in zip(self.model.parameters().values(), params))
+        return copy.deepcopy(self.model, memo)
+
     def _replicas_for(self, count: int) -> list:
         """`count` replicas: the model's parameter arrays, their own caches and gradients.
         Made again when the model's structure changed (layers replaced or reconfigured,
@@ -204,10 +211,8 @@ class BatchParallel:
         structure = self._structure()
         if structure != self._made_for or len(self._replicas) < count:
             self._made_for = structure
-            shared = {id(array): array for array in self.model.parameters().values()}
-            for module in self.model.modules():
-                shared[id(getattr(module, "cache", None))] = None  # a copy needs no caches
-            self._replicas = [copy.deepcopy(self.model, dict(shared)) for _ in range(count)]
+            params = list(self.model.parameters().values())
+            self._replicas = [self._copy_model(params) for _ in range(count)]
         for replica in self._replicas[:count]:
             for module, copied in zip(self.model.modules(), replica.modules()):
                 copied.training = module.training  # each module's own mode (a frozen BN)
@@ -230,19 +235,13 @@ class BatchParallel:
             return self._worker_processes  # inference: whatever criterion the workers hold
         if self._worker_processes is None or wanted != made_for:
             self.close()
-            shared = {id(module.cache): None for module in self.model.modules()
-                      if getattr(module, "cache", None) is not None}
-            params = list(self.model.parameters().values())
-
-            def make_replica(views):  # in the worker, after the fork
-                return copy.deepcopy(self.model, {**shared, **{
-                    id(param): view for param, view in zip(params, views)}})
 
             def blas_one_thread():
                 return _blas_controller().limit(limits=1, user_api="blas")
 
+            # each worker copies the model after the fork, its parameters the shared views
             self._worker_processes = WorkerProcesses(self.model, criterion, count,
-                                                     make_replica, blas_one_thread)
+                                                     self._copy_model, blas_one_thread)
             self._processes_for = wanted
         return self._worker_processes
 

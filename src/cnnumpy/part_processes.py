@@ -3,8 +3,8 @@
 Threads of one process share its interpreter lock: each NumPy call lets go of it and takes it
 back, and a part whose call has ended waits for the other part's thread to let go (on a
 machine whose idle cores sleep, each wait costs a wake-up). A ResNet-20 training step over two
-threads takes 1.3-1.4 times one part's pass alone, where two processes take 1.02-1.03 times
-(`benchmarks/threads_vs_processes.py`). Here the first part of a batch runs in the calling
+threads took 1.3-1.4 times one part's pass alone, where two independent processes took
+1.00-1.14 times (`benchmarks/threads_vs_processes.py`, on a 2-core VM). Here the first part of a batch runs in the calling
 process, on the model itself, and every other part in a worker process forked from it:
 
     parameters   a shared memory mapping the worker's replica reads them from; the model's
@@ -92,15 +92,6 @@ def _shared_like(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return views
 
 
-def _read_exactly(stream, view: memoryview) -> None:
-    got = 0
-    while got < len(view):
-        count = stream.readinto(view[got:])
-        if not count:
-            raise PartFailed("a worker process ended (its pipe closed)")
-        got += count
-
-
 def _send(stream, header: dict, *arrays: np.ndarray) -> None:
     stream.write(json.dumps(header).encode() + b"\n")
     for array in arrays:
@@ -116,8 +107,14 @@ def _receive(stream) -> dict:
 
 
 def _receive_array(stream, shape, dtype) -> np.ndarray:
+    """An array of `shape` and `dtype` from the raw bytes that `_send` wrote."""
     array = np.empty(shape, dtype)
-    _read_exactly(stream, memoryview(array).cast("B"))
+    view, got = memoryview(array).cast("B"), 0
+    while got < len(view):
+        count = stream.readinto(view[got:])
+        if not count:
+            raise PartFailed("a worker process ended (its pipe closed)")
+        got += count
     return array
 
 
@@ -127,7 +124,7 @@ class _Meeting:
     def __init__(self, count: int):
         self.count = count
         self.boards = [_shared(count * SUM_SLOT_BYTES) for _ in range(2)]
-        # pipes[i][j]: part i -> part j (read end, write end)
+        # pipes[(i, j)]: part i -> part j, as (read end, write end)
         self.pipes = {(i, j): _pipe(wide=False)
                       for i in range(count) for j in range(count) if i != j}
 
