@@ -297,29 +297,37 @@ def test_a_convolution_by_kernel_rows_is_im2cols_in_any_chunks(monkeypatch):
                 np.testing.assert_allclose(strided, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_inference_convolves_by_kernel_rows_without_a_padded_copy(monkeypatch):
-    """`conv2d` (no cache) gives conv2d_forward's output; by kernel rows it reads the input
-    with the padding implied, so no padded copy is made, also not for the input gradient
-    that is a convolution of dout. Stride 2, Winograd and im2col pad as before."""
+def test_convolutions_by_kernel_rows_make_no_padded_copy(monkeypatch):
+    """By kernel rows the input is read with its padding implied: `conv2d` (no cache) and
+    `conv2d_forward` give the same output without a padded copy, the cache holds x itself,
+    and backward (dw by kernel rows, dx a convolution of dout) pads nothing either. Stride
+    2, Winograd and im2col pad in forward, and im2col again in backward."""
     rng = np.random.default_rng(17)
     padded = []
     pad2d = F.conv.pad2d
     monkeypatch.setattr(F.conv, "pad2d", lambda *args: padded.append(args[1]) or pad2d(*args))
-    x, w = rng.standard_normal((2, 8, 6, 5)), rng.standard_normal((8, 8, 3, 3))
+    x, w = rng.standard_normal((2, 8, 8, 9)), rng.standard_normal((8, 8, 3, 3))
     expected, cache = F.conv2d_forward(x, w, None, 1, 1)
-    assert padded == [1]  # the cache keeps the padded copy
+    assert cache[0] is x
     np.testing.assert_allclose(F.conv2d(x, w, None, 1, 1), expected, rtol=1e-12, atol=1e-12)
-    assert F.conv2d(x[:0], w, None, 1, 1).shape == (0, 8, 6, 5)  # an empty batch, no chunks
-    dx_pads_before = len(padded)
-    F.conv2d_backward(rng.standard_normal(expected.shape), cache)  # dx: dout convolved, padded by 1
-    assert len(padded) == dx_pads_before == 1
+    assert F.conv2d(x[:0], w, None, 1, 1).shape == (0, 8, 8, 9)  # an empty batch, no chunks
+    dout = rng.standard_normal(expected.shape)
+    dx, dw, db = F.conv2d_backward(dout, cache)
+    assert padded == []
+    monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", -1)  # im2col's, from a padded copy
+    expected_grads = F.conv2d_backward(dout, cache)
+    assert padded[0] == 1  # x, for im2col (then dout, for dx as a convolution by im2col)
+    for got, want in zip((dx, dw, db), expected_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", 256 * 2**10)
     for stride, channels in ((2, 8), (1, F.conv.WINOGRAD_CHANNELS)):
         w = rng.standard_normal((channels, channels, 3, 3))
         xi = rng.standard_normal((8, w.shape[1], 10, 10))
-        expected, _ = F.conv2d_forward(xi, w, None, stride, 1)
         padded.clear()
+        expected, cache = F.conv2d_forward(xi, w, None, stride, 1)
+        assert padded == [1] and cache[0] is xi
         np.testing.assert_allclose(F.conv2d(xi, w, None, stride, 1), expected, rtol=1e-10)
-        assert padded == [1]
+        assert padded == [1, 1]
     w = rng.standard_normal((8, 8, 3, 3))  # an empty batch: no chunks, in both directions
     empty, empty_cache = F.conv2d_forward(np.zeros((0, 8, 8, 8)), w, None, 1, 1)
     dx, dw, _ = F.conv2d_backward(empty, empty_cache)  # dw by kernel rows (8x8 outputs)
@@ -389,14 +397,17 @@ def test_weight_gradient_by_kernel_rows_is_im2cols_in_any_chunks(monkeypatch):
         monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", -1)
         _, dw, db = F.conv2d_backward(dout, cache, input_grad=False)  # im2col's
         monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", 256 * 2**10)
-        for rows_bytes in (2**30, 1, 2 * cache[0][0].nbytes * kernel[1]):
+        x_rows = x.transpose(0, 2, 3, 1)  # channels-last, the padding implied
+        for rows_bytes in (2**30, 1, 2 * x_rows[0].nbytes * kernel[1]):
             monkeypatch.setattr(F.conv, "ROWS_BYTES", rows_bytes)
-            by_rows, db_by_rows = F.conv.weight_gradient_by_kernel_rows(dout, cache[0], *kernel)
+            by_rows, db_by_rows = F.conv.weight_gradient_by_kernel_rows(dout, x_rows, *kernel,
+                                                                        padding)
             assert by_rows.shape == w.shape and by_rows.flags.c_contiguous
             np.testing.assert_allclose(by_rows, dw, rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(db_by_rows, db, rtol=1e-12, atol=1e-12)
     # float32 dout against a float64 input: float64 gradients, as im2col's product gives
-    dw32, db32 = F.conv.weight_gradient_by_kernel_rows(dout.astype(np.float32), cache[0], 3, 1)
+    dw32, db32 = F.conv.weight_gradient_by_kernel_rows(dout.astype(np.float32), x_rows, 3, 1,
+                                                       padding)
     assert dw32.dtype == db32.dtype == np.float64
 
 

@@ -290,6 +290,7 @@ def test_inference_kernels_match_the_training_kernels(rng):
 
 @pytest.mark.parametrize("make", [
     lambda rng: cn.Conv2D(2, 3, 3, rng=rng, dtype=np.float64),  # no padding: x itself is read
+    lambda rng: cn.Conv2D(2, 3, 3, padding=1, rng=rng, dtype=np.float64),  # padding implied
     lambda rng: cn.Conv2D(2, 3, 1, stride=2, rng=rng, dtype=np.float64, bias=False),
     lambda rng: cn.Linear(2 * 6 * 6, 4, rng=rng, dtype=np.float64),
     lambda rng: cn.BatchNorm2D(2, dtype=np.float64).eval(),
@@ -310,3 +311,62 @@ def test_changing_the_input_after_forward_does_not_change_the_gradients(make, rn
     np.testing.assert_array_equal(dx, expected[0])
     for name, grad in layer.gradients().items():
         np.testing.assert_array_equal(grad, expected[1][name])
+
+
+def _held_inputs(model) -> dict:
+    """{layer name: the input array its cache holds} of the convolutions of a model."""
+    return {name: layer.cache[2][0] for name, layer in model.named_layers()
+            if isinstance(layer, cn.Conv2D)}
+
+
+def test_a_model_holds_the_arrays_it_made_without_copies(rng, monkeypatch):
+    """Inside a model, a convolution's cache holds the array the module before it made (no
+    copy), but copies the model's input, also when an Identity passes it on, and every
+    input while a trace records; the gradients are those of copies everywhere, and the
+    caller changing its input before backward changes none of them."""
+    monkeypatch.setattr(cn.workspace, "MIN_BYTES", 0)  # every kernel's array is recycled memory
+    conv = lambda c_in, stride=1: cn.Conv2D(c_in, 4, 3, stride=stride, padding=1, rng=rng,
+                                            dtype=np.float64, bias=False)
+    block = cn.Residual({"conv1": conv(4), "bn1": cn.BatchNorm2D(4, dtype=np.float64),
+                         "relu1": cn.ReLU(), "conv2": conv(4)},
+                        cn.Sequential({"0": cn.Conv2D(4, 4, 1, rng=rng, dtype=np.float64)}))
+    model = cn.Sequential({"skip": cn.layers.Identity(), "conv1": conv(2), "relu": cn.ReLU(),
+                           "conv2": conv(4, stride=2), "block": block})
+    outputs = {}
+    for name in ("relu", "conv2"):
+        layer = model[name]
+        forward = layer.forward
+        layer.forward = lambda x, keep_cache=True, name=name, forward=forward: \
+            outputs.setdefault(name, forward(x, keep_cache))
+    x = rng.standard_normal((2, 2, 8, 8))
+    dout = rng.standard_normal((2, 4, 4, 4))
+
+    def step(images):
+        outputs.clear()
+        model.forward(images)
+        return model.backward(dout), {k: v.copy() for k, v in model.gradients().items()}
+
+    dx, grads = step(x)
+    held = _held_inputs(model)
+    assert held["conv2"] is outputs["relu"]
+    assert held["block.conv1"] is held["block.downsample.0"] is outputs["conv2"]
+    assert held["conv1"] is not x and not np.shares_memory(held["conv1"], x)
+    with monkeypatch.context() as copying:
+        copying.setattr(cn.workspace, "handed_over", lambda array: False)
+        copied_dx, copied = step(x)
+        assert all(not np.shares_memory(held_x, outputs["relu"])
+                   for held_x in _held_inputs(model).values())
+    np.testing.assert_array_equal(dx, copied_dx)
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], copied[name])
+    images = cn.workspace.empty(x.shape, x.dtype)  # recycled memory, as a model's output is
+    images[...] = x
+    outputs.clear()
+    model.forward(images)
+    assert not np.shares_memory(_held_inputs(model)["conv1"], images)
+    images[...] = 7.0  # the caller's array changes before backward
+    np.testing.assert_array_equal(model.backward(dout), dx)
+    with cn.trace.recording(model):
+        outputs.clear()
+        model.forward(x)
+    assert not np.shares_memory(_held_inputs(model)["conv2"], outputs["relu"])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -101,3 +102,35 @@ def empty_like(x: np.ndarray, dtype=None) -> np.ndarray:
 def release() -> None:
     """Let go of the calling thread's kept blocks (arrays still in use stay valid)."""
     _blocks().clear()
+
+
+def made_here(x) -> bool:
+    """Whether x is (a view of) a block of the calling thread kept here: an array that a kernel
+    asked for, which nothing will write over while x is alive."""
+    root = x
+    while isinstance(root, np.ndarray) and isinstance(root.base, np.ndarray):
+        root = root.base
+    return any(root is block for block in _blocks())
+
+
+# Handing over: a layer whose backward needs its input keeps a copy of it, unless the input
+# is an array that only this forward pass has seen. A container knows when it is: the output
+# of one of its modules (made by a kernel, `made_here`), given to the next, with no trace
+# recording (a trace shows every array to its reader).
+
+@contextmanager
+def handing_over(x):
+    """Inside the block, `handed_over(x)` is true: x (or None, for nothing) was made during
+    this forward pass, nothing outside the model holds it, and no module changes it in place
+    while a cache may hold it (what a training pass of cnnumpy's own modules keeps to)."""
+    previous = getattr(_local, "handed", None)
+    _local.handed = x
+    try:
+        yield
+    finally:
+        _local.handed = previous
+
+
+def handed_over(x) -> bool:
+    """Whether x is the array a container is handing over (`handing_over`)."""
+    return x is not None and x is getattr(_local, "handed", None)

@@ -94,18 +94,39 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     another way where that was measured faster: 3x3 kernels with many channels
     (`_by_winograd`) by `conv2d_winograd` (2.25 times fewer multiplications), others with
     small kernel rows (`_by_kernel_rows`) by `conv2d_by_kernel_rows` (the same sums, a third
-    of the copying for 3x3 kernels).
-    The cache keeps the padded input, not the columns (C_in*kH*kW times larger); backward
-    makes the columns again where it needs them.
+    of the copying for 3x3 kernels, and the padding implied: no padded copy of x).
+    The cache keeps x itself, not the columns (C_in*kH*kW times larger) nor a padded copy;
+    backward pads x again where it needs to (`conv2d_backward`). The caller decides whether
+    x may be held (`layers.Conv2D` passes a copy of an input that is not its own).
     """
-    c_out, c_in, kh, kw = w.shape
     channels_last = _column_layout(x, w, stride, padding, channels_last)
+    return _convolve(x, w, b, stride, padding, channels_last), (x, w, stride, padding,
+                                                                channels_last)
+
+
+def conv2d(x, w, b, stride=1, padding=0, channels_last=None, relu=False):
+    """The output of `conv2d_forward` without a cache, for inference (and for an input
+    gradient that is itself a convolution). relu=True: max(out, 0) as well, in place (by
+    kernel rows, a chunk of images at a time while its outputs are in the cache), for a
+    ReLU that follows."""
+    channels_last = _column_layout(x, w, stride, padding, channels_last)
+    return _convolve(x, w, b, stride, padding, channels_last, relu)
+
+
+def _convolve(x, w, b, stride, padding, channels_last: bool, relu: bool = False):
+    """The convolution of `conv2d_forward` (its way chosen there), then with relu=True
+    max(out, 0) in place. By kernel rows, the input is read with its padding implied
+    (`_fill_kernel_rows`): no padded copy is made. Measured (one thread, 64 images of
+    32x32x16 float32): the padded copy took 0.2-1 ms of a 5-6 ms convolution."""
+    c_out, c_in, kh, kw = w.shape
+    padded = _padded_shape(x, padding)
+    winograd = channels_last and _by_winograd(padded, w, stride)
+    if channels_last and not winograd and _by_kernel_rows(padded, w, stride):
+        return conv2d_by_kernel_rows(to_channels_last(x), w, b, padding, relu)
     x_pad = pad2d(x, padding, channels_last)
-    cache = (x_pad, w, stride, padding, channels_last)
-    if channels_last and _by_winograd(x_pad.shape, w, stride):
-        return conv2d_winograd(x_pad, w, b), cache
-    if channels_last and _by_kernel_rows(x_pad.shape, w, stride):
-        return conv2d_by_kernel_rows(x_pad, w, b), cache
+    if winograd:
+        out = conv2d_winograd(x_pad, w, b)
+        return relu_into(out, out=out) if relu else out
     if b is None:  # a zero bias column: the columns keep one layout with or without a bias
         b = np.zeros(c_out, dtype=w.dtype)
     axis = 1 if channels_last else 2
@@ -116,24 +137,14 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
         # (rows, C_out); the columns are let go at once, for the next chunk to reuse
         np.matmul(im2col(x_pad[chunk], (kh, kw), stride, channels_last), w_mat.T,
                   out=out[chunk].reshape(-1, c_out))
-    return to_nchw(out), cache
-
-
-def conv2d(x, w, b, stride=1, padding=0, channels_last=None, relu=False):
-    """The output of `conv2d_forward` without a cache, for inference (and for an input
-    gradient that is itself a convolution): by kernel rows, the input is read with its
-    padding implied (`_fill_kernel_rows`), without the padded copy that a cache keeps.
-    Measured (one thread, 64 images of 32x32x16 float32): the padded copy took 0.3-1 ms of
-    a 6 ms convolution. relu=True: max(out, 0) as well, in place (by kernel rows, a chunk of
-    images at a time while its outputs are in the cache), for a ReLU that follows."""
-    channels_last = _column_layout(x, w, stride, padding, channels_last)
-    ph, pw = pair(padding)
-    padded = (x.shape[0], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw, x.shape[1])
-    if (channels_last and not _by_winograd(padded, w, stride)
-            and _by_kernel_rows(padded, w, stride)):
-        return conv2d_by_kernel_rows(to_channels_last(x), w, b, padding, relu)
-    out = conv2d_forward(x, w, b, stride, padding, channels_last)[0]
+    out = to_nchw(out)
     return relu_into(out, out=out) if relu else out
+
+
+def _padded_shape(x, padding) -> tuple[int, int, int, int]:
+    """(N, H + 2pH, W + 2pW, C_in): the channels-last shape of NCHW x padded."""
+    (ph, pw), (n, c, h, width) = pair(padding), x.shape
+    return n, h + 2 * ph, width + 2 * pw, c
 
 
 def _column_layout(x, w, stride, padding, channels_last) -> bool:
@@ -292,9 +303,10 @@ def _fill_kernel_rows(x, rows, kw, padding) -> np.ndarray:
     return rows.reshape(n, rows.shape[1] * w_out, kw * c_in)
 
 
-def weight_gradient_by_kernel_rows(dout, x_pad, kh, kw):
+def weight_gradient_by_kernel_rows(dout, x, kh, kw, padding=0):
     """(dw, db) of a convolution that `conv2d_by_kernel_rows` computed: dout (N, C_out, H_out,
-    W_out), x_pad (N, H_pad, W_pad, C_in) -> dw (C_out, C_in, kH, kW), db (C_out,).
+    W_out), x (N, H, W, C_in) the channels-last input, `padding` its zeros (implied, as in
+    forward) -> dw (C_out, C_in, kH, kW), db (C_out,).
 
     Kernel row m's weights W_m met the rows R[n, i + m, j], so dW_m = Σ_n R_m[n]ᵀ · dout[n],
     with R_m[n] the block of R[n] from row m·W_out on and dout[n] as (H_out·W_out, C_out)
@@ -304,18 +316,19 @@ def weight_gradient_by_kernel_rows(dout, x_pad, kh, kw):
     colsᵀ · dout: 5.8 against 11.2 ms at 16 channels (32x32), 4.3 against 6.3 at 32
     (16x16), 4.3 against 5.6 at 64 (8x8).
     """
-    n, h_pad, w_pad, c_in = x_pad.shape
-    c_out, h_out, w_out = dout.shape[1], h_pad - kh + 1, w_pad - kw + 1
+    (ph, pw), (n, h, width, c_in) = pair(padding), x.shape
+    h_pad = h + 2 * ph
+    c_out, h_out, w_out = dout.shape[1], h_pad - kh + 1, width + 2 * pw - kw + 1
     rows_of_dout = to_channels_last(dout).reshape(n, h_out * w_out, c_out)
-    dtype = np.result_type(x_pad, dout)  # as im2col's product of the two
+    dtype = np.result_type(x, dout)  # as im2col's product of the two
     grad = np.zeros((kh, kw * c_in, c_out), dtype)  # dW_m as ((q, c), o)
     # per image: its row matrix, and its share of each product's (images, kW·C_in, C_out)
     per_image = max(h_pad * w_out, c_out) * kw * c_in * dtype.itemsize
     chunks = batch_blocks(n, per_image, ROWS_BYTES)
     step = chunks[0].stop if chunks else 0  # images in a chunk (none for an empty batch)
-    buffer = _kernel_row_buffer(step, x_pad.shape[1:], kw, (0, 0), x_pad.dtype)
+    buffer = _kernel_row_buffer(step, x.shape[1:], kw, (ph, pw), x.dtype)
     for chunk in chunks:
-        rows = _fill_kernel_rows(x_pad[chunk], buffer[: chunk.stop - chunk.start], kw, (0, 0))
+        rows = _fill_kernel_rows(x[chunk], buffer[: chunk.stop - chunk.start], kw, (ph, pw))
         for m in range(kh):
             block = rows[:, m * w_out : m * w_out + h_out * w_out]
             grad[m] += np.matmul(block.transpose(0, 2, 1), rows_of_dout[chunk]).sum(axis=0)
@@ -370,17 +383,18 @@ def conv2d_backward(dout, cache, input_grad=True):
     computed as a convolution (`input_gradient_by_convolution`, which takes Winograd's way
     where forward would), 1.5-2.5 times faster than col2im there.
     """
-    x_pad, w, stride, padding, channels_last = cache
+    x, w, stride, padding, channels_last = cache
     c_out, c_in, kh, kw = w.shape
     if input_grad and _input_grad_as_convolution(w, stride, padding, dout.shape):
         _, dw, db = conv2d_backward(dout, cache, input_grad=False)
         return input_gradient_by_convolution(dout, w, padding), dw, db
-    by_rows = (channels_last and _by_kernel_rows(x_pad.shape, w, stride)
+    by_rows = (channels_last and _by_kernel_rows(_padded_shape(x, padding), w, stride)
                and dout.shape[2] * dout.shape[3] >= ROWS_GRADIENT_OUTPUTS)
     if by_rows:
-        dw, db = weight_gradient_by_kernel_rows(dout, x_pad, kh, kw)
+        dw, db = weight_gradient_by_kernel_rows(dout, to_channels_last(x), kh, kw, padding)
         if not input_grad:
             return None, dw, db
+    x_pad = pad2d(x, padding, channels_last)  # im2col's input, and col2im's shape
     n, _, h_out, w_out = dout.shape
     dout = to_channels_last(dout)  # (N, H_out, W_out, C_out)
     w_mat = _weight_matrix(w, channels_last)

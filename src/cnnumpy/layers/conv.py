@@ -75,10 +75,8 @@ class Conv2D(Layer):
         return "b" in self.param_names
 
     def _forward(self, x):
-        if self.padding == (0, 0):  # the cache would be x itself: keep a copy instead
-            x = self._own_copy(x)
-        return F.conv2d_forward(x, self.W, self.b if self.bias else None, self.stride,
-                                self.padding)
+        return F.conv2d_forward(self._held(x), self.W, self.b if self.bias else None,
+                                self.stride, self.padding)  # the cache holds the input
 
     def _infer(self, x):
         return F.conv2d(x, self.W, self.b if self.bias else None, self.stride, self.padding)

@@ -67,7 +67,7 @@ class Linear(Layer):
         return (self.out_features,)
 
     def _forward(self, x):
-        return F.linear_forward(self._own_copy(x), self.W, self.b)  # the cache holds the input
+        return F.linear_forward(self._held(x), self.W, self.b)  # the cache holds the input
 
     def _infer(self, x):
         return F.linear_forward(x, self.W, self.b)[0]

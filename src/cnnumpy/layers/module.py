@@ -246,10 +246,12 @@ class Layer(Module):
     `_infer(x) -> out` is the forward pass without a cache (by default `_forward`'s output).
 
     Inputs held by a cache: a cache never refers to the caller's input array. A layer whose
-    backward needs its input (a convolution without padding, Linear, BatchNorm in evaluation
-    mode) keeps a copy (`_own_copy`), so that changing x in place between forward and backward
-    cannot change the gradients. The copy is one pass over the input, which these layers
-    read anyway.
+    backward needs its input (a convolution, Linear, BatchNorm in evaluation mode) keeps a
+    copy (`_held`), so that changing x in place between forward and backward cannot change
+    the gradients. Inside a model there is no caller to fear: an array that one module made
+    and a container hands to the next (`workspace.handing_over`) is held as it is, without
+    the copy's pass over it and its memory. (A module of your own inside a model must then
+    not change its input in place, as none of cnnumpy's does in training.)
     """
 
     cache = None
@@ -317,8 +319,12 @@ class Layer(Module):
         raise NotImplementedError
 
     @staticmethod
-    def _own_copy(x: np.ndarray) -> np.ndarray:
-        """A copy of x in x's memory layout (an NCHW view of channels-last memory stays one)."""
+    def _held(x: np.ndarray) -> np.ndarray:
+        """x for a cache to hold: x itself when a container hands it over
+        (`workspace.handed_over`), else a copy in x's memory layout (an NCHW view of
+        channels-last memory stays one)."""
+        if workspace.handed_over(x):
+            return x
         copied = workspace.empty_like(x)
         np.copyto(copied, x)
         return copied

@@ -67,7 +67,7 @@ class _BatchNorm(Layer):
 
     def _forward(self, x):
         if not self.training:  # the cache is the input, for the gradients at fixed statistics
-            return self._infer(x), ("eval", self._own_copy(x))
+            return self._infer(x), ("eval", self._held(x))
         self._check_batch(x)
         out, cache, mean, var = F.batchnorm_forward(x, self.gamma, self.beta, self.eps,
                                                     self._total_sum())

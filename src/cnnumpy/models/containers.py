@@ -43,6 +43,7 @@ def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.n
     not see them); their caches are cleared, as their own forward would. A trace sees every
     module run as written."""
     fuse = not keep_cache and trace.active_recorder() is None
+    first, first_private = x, workspace.handed_over(x)
     i = 0
     while i < len(modules):
         module = modules[i]
@@ -53,9 +54,20 @@ def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.n
             kinds = {type(joined): joined for joined in taken}
             x = module.infer_fused(x, kinds.get(BatchNorm2D), relu=ReLU in kinds)
         else:
-            x = module(x, keep_cache=keep_cache)
+            with workspace.handing_over(x if _private(x, first, first_private) else None):
+                x = module(x, keep_cache=keep_cache)
         i += 1 + len(taken)
     return x
+
+
+def _private(x, first: np.ndarray, first_private: bool) -> bool:
+    """Whether x, an input that `run_in_order` gives a module, is handed over (a cache may hold
+    it without a copy, see `workspace.handing_over`): an array a kernel made (`made_here`)
+    that is the sequence's input handed over to it, or was made during the sequence (not
+    the input, nor a view of it passed on by an Identity or Flatten); never while a trace
+    records."""
+    return (trace.active_recorder() is None and workspace.made_here(x)
+            and (first_private or not np.may_share_memory(x, first)))
 
 
 def _fused_with(module: Module, following: list[Module], x) -> list[Module]:
