@@ -231,6 +231,21 @@ def test_relu_in_runs_of_memory_is_numpys_maximum(make, rng):
     by_stride = lambda a: sorted(range(a.ndim), key=lambda axis: -abs(a.strides[axis]))
     assert by_stride(out) == by_stride(x)  # x's memory layout (channels-last stays so)
 
+    # training: the mask of positive inputs, packed eight to a byte; dout in either layout
+    forward_out, cache = F.relu_forward(x)
+    np.testing.assert_array_equal(forward_out, expected)
+    assert cache[0].nbytes == -(-x.size // 8)
+    for dout in (rng.standard_normal(x.shape), np.ascontiguousarray(x.transpose()).T * 3):
+        if x.size:
+            dout.flat[4:6] = [np.nan, -0.0]  # at inputs neither positive nor NaN: 0, not NaN
+            x.flat[4:6] = -1.0
+            forward_out, cache = F.relu_forward(x)
+        dx = F.relu_backward(dout, cache)
+        assert dx.dtype == dout.dtype
+        expected_dx = np.where(x > 0, dout, 0)
+        np.testing.assert_array_equal(dx, expected_dx)
+        np.testing.assert_array_equal(np.signbit(dx), np.signbit(expected_dx))
+
 
 def test_column_sums_and_dots_are_sums_down_the_columns(rng):
     """BatchNorm's statistics: Σ_rows a and Σ_rows a·b per column, for any dtype, for
