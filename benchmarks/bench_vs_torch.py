@@ -42,7 +42,10 @@ What it measures, with the default thread settings of both libraries:
   batch split over worker processes, they are forked before the counters are reset, and
   what the steps add to each one's peak RSS is added to the total (pages a worker shares
   with the process it was forked from count once; a shared page it writes becomes its own
-  without raising its RSS, so those copies are not counted).
+  without raising its RSS, so those copies are not counted). The mappings a worker shares
+  with the caller (parameters, gradients, the boards of BatchNorm's sums) are in both RSS
+  figures: what a worker's steps made resident there is taken off its growth (it was 16 MiB
+  of SimpleCNN's 3x32x32 step, 2 MiB of ResNet-20's), so they count once.
 
 `--split threads` times cnnumpy with the batch split over threads of one process instead of
 worker processes (`cnnumpy train --split`; processes are its default on Linux).
@@ -292,12 +295,17 @@ def memory_child(framework: str, shape_index: int, steps: int) -> dict:
         workers = runner.passes._workers_for(count, runner.criterion).pids
     pids = ["self", *workers]
     before = [_status_kib("VmRSS", pid) for pid in pids]
+    shared_before = [_shared_kib(pid) for pid in workers]
     for pid in pids:
         with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
     for _ in range(steps):
         runner.train_step()
     peaks = [_status_kib("VmHWM", pid) - rss for pid, rss in zip(pids, before)]
+    # the memory a worker shares with the caller (parameters, gradients, sum boards) is in
+    # the caller's RSS too: count it once
+    for i, (pid, shared) in enumerate(zip(workers, shared_before), start=1):
+        peaks[i] -= _shared_kib(pid) - shared
     result = {"rss_peak_mib": sum(peaks) / 1024, "processes": len(pids)}
     if framework == "cnnumpy":
         cn.workspace.release()  # so that the traced step allocates its recycled arrays again
@@ -307,6 +315,20 @@ def memory_child(framework: str, shape_index: int, steps: int) -> dict:
         result["tracemalloc_peak_mib"] = (tracemalloc.get_traced_memory()[1] - base) / 2**20
         tracemalloc.stop()
     return result
+
+
+def _shared_kib(pid) -> int:
+    """KiB resident in the shared mappings of process pid (those whose permissions end in s,
+    from /proc/pid/smaps)."""
+    total, shared = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 5 and "-" in fields[0] and len(fields[1]) == 4:  # a mapping
+                shared = fields[1].endswith("s")
+            elif shared and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
 
 
 def _status_kib(key: str, pid="self") -> int:
