@@ -44,8 +44,9 @@ What it measures, with the default thread settings of both libraries:
   with the process it was forked from count once; a shared page it writes becomes its own
   without raising its RSS, so those copies are not counted). The mappings a worker shares
   with the caller (parameters, gradients, the boards of BatchNorm's sums) are in both RSS
-  figures: what a worker's steps made resident there is taken off its growth (it was 16 MiB
-  of SimpleCNN's 3x32x32 step, 2 MiB of ResNet-20's), so they count once.
+  figures: what a worker's steps made resident there (measured after the steps) is taken
+  off its peak growth (16 MiB of SimpleCNN's 3x32x32 step, 2 MiB of ResNet-20's), so they
+  count once.
 
 `--split threads` times cnnumpy with the batch split over threads of one process instead of
 worker processes (`cnnumpy train --split`; processes are its default on Linux).
@@ -303,7 +304,8 @@ def memory_child(framework: str, shape_index: int, steps: int) -> dict:
         runner.train_step()
     peaks = [_status_kib("VmHWM", pid) - rss for pid, rss in zip(pids, before)]
     # the memory a worker shares with the caller (parameters, gradients, sum boards) is in
-    # the caller's RSS too: count it once
+    # the caller's RSS too: take off what the steps made resident there in the worker (an
+    # estimate: measured after the steps, taken off a peak; the caller touches all of it)
     for i, (pid, shared) in enumerate(zip(workers, shared_before), start=1):
         peaks[i] -= _shared_kib(pid) - shared
     result = {"rss_peak_mib": sum(peaks) / 1024, "processes": len(pids)}

@@ -214,6 +214,7 @@ def test_a_convolution_in_chunks_is_the_one_chunk_convolution(channels_last, mon
     lambda rng: rng.standard_normal((4, 3, 5, 6)),                      # NCHW memory, float64
     lambda rng: rng.standard_normal((4, 3, 5, 6)).astype(np.float32)[:, :, 1:, ::2],  # strided
     lambda rng: rng.standard_normal((7, 13)).astype(np.float32),        # a size prime to 1024
+    lambda rng: rng.standard_normal((5, 6)).astype(np.longdouble),      # no integer of its size
     lambda rng: np.zeros((0, 5), np.float32),
 ])
 def test_relu_in_runs_of_memory_is_numpys_maximum(make, rng):
@@ -328,6 +329,9 @@ def test_convolutions_by_kernel_rows_make_no_padded_copy(monkeypatch):
     assert F.conv2d(x[:0], w, None, 1, 1).shape == (0, 8, 8, 9)  # an empty batch, no chunks
     dout = rng.standard_normal(expected.shape)
     dx, dw, db = F.conv2d_backward(dout, cache)
+    wider = rng.standard_normal((16, 8, 3, 3))  # more outputs than inputs: dx by col2im
+    _, wider_cache = F.conv2d_forward(x, wider, None, 1, 1)
+    F.conv2d_backward(rng.standard_normal((2, 16, 8, 9)), wider_cache)
     assert padded == []
     monkeypatch.setattr(F.conv, "ROWS_WEIGHT_BYTES", -1)  # im2col's, from a padded copy
     expected_grads = F.conv2d_backward(dout, cache)
@@ -344,9 +348,11 @@ def test_convolutions_by_kernel_rows_make_no_padded_copy(monkeypatch):
         np.testing.assert_allclose(F.conv2d(xi, w, None, stride, 1), expected, rtol=1e-10)
         assert padded == [1, 1]
     w = rng.standard_normal((8, 8, 3, 3))  # an empty batch: no chunks, in both directions
-    empty, empty_cache = F.conv2d_forward(np.zeros((0, 8, 8, 8)), w, None, 1, 1)
-    dx, dw, _ = F.conv2d_backward(empty, empty_cache)  # dw by kernel rows (8x8 outputs)
-    assert dx.shape == (0, 8, 8, 8) and not dw.any()
+    for stride, out_shape in ((1, (0, 8, 8, 8)), (2, (0, 8, 4, 4))):  # dw by kernel rows, im2col
+        empty, empty_cache = F.conv2d_forward(np.zeros((0, 8, 8, 8)), w, None, stride, 1)
+        dx, dw, db = F.conv2d_backward(empty, empty_cache)
+        assert empty.shape == out_shape and dx.shape == (0, 8, 8, 8)
+        assert dw.shape == w.shape and db.shape == (8,) and not dw.any() and not db.any()
 
 
 def test_kernel_rows_are_used_while_a_kernel_rows_weights_fit_the_bound(monkeypatch):

@@ -351,6 +351,7 @@ def test_a_model_holds_the_arrays_it_made_without_copies(rng, monkeypatch):
     assert held["conv2"] is outputs["relu"]
     assert held["block.conv1"] is held["block.downsample.0"] is outputs["conv2"]
     assert held["conv1"] is not x and not np.shares_memory(held["conv1"], x)
+    assert held["conv1"].transpose(0, 2, 3, 1).flags.c_contiguous  # copied as kernels read
     with monkeypatch.context() as copying:
         copying.setattr(cn.workspace, "handed_over", lambda array: False)
         copied_dx, copied = step(x)

@@ -24,6 +24,10 @@ thread) met 2,400 page faults a pass (im2col's columns of the stride-2 convoluti
 kernel-row matrices of 2 MiB), with 1 MiB none; a training step over two threads (128
 images) met 14,000 with 4 MiB and 7,000-11,000 with 1 MiB (with 1 MiB, more of a step's
 arrays compete for the `MAX_BLOCKS` kept blocks, and the ones beyond them are fresh).
+
+Since an array from here is never written over while it is alive, an array a kernel made
+during a forward pass (`made_here`) can be held by a layer's cache as it is, when a container
+says that nobody outside the model has seen it (`handing_over`, see `cnnumpy.layers.Layer`).
 """
 
 from __future__ import annotations
@@ -91,10 +95,16 @@ def empty(shape, dtype) -> np.ndarray:
     return _block_for(nbytes)[:nbytes].view(dtype).reshape(shape)
 
 
+def memory_order(x: np.ndarray) -> list[int]:
+    """x's axes from the outermost in memory (the largest stride) to the innermost: (0, 2, 3,
+    1) for an NCHW view of channels-last memory."""
+    return sorted(range(x.ndim), key=lambda axis: -abs(x.strides[axis]))
+
+
 def empty_like(x: np.ndarray, dtype=None) -> np.ndarray:
     """An array shaped like x with x's memory order (e.g. an NCHW view of channels-last
     memory gets the same), of x's dtype or `dtype`; contents undefined."""
-    order = sorted(range(x.ndim), key=lambda axis: -abs(x.strides[axis]))  # outermost first
+    order = memory_order(x)
     stored = empty([x.shape[axis] for axis in order], x.dtype if dtype is None else dtype)
     return stored.transpose(np.argsort(order))
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import workspace
+
 RUN = 16384  # elements per run: 64 KiB of float32, the tiled vector stays in the L2 cache
 
 
@@ -40,9 +42,7 @@ def in_memory_order(x: np.ndarray, like: np.ndarray | None = None) -> np.ndarray
     is not contiguous in that order (a strided slice, say). With `like` (an array of x's
     shape), in the order of like's memory instead, so that two arrays' views pair their
     elements alike."""
-    strides = (x if like is None else like).strides
-    order = sorted(range(x.ndim), key=lambda axis: -abs(strides[axis]))  # outermost first
-    values = x.transpose(order)
+    values = x.transpose(workspace.memory_order(x if like is None else like))
     return values.reshape(-1, 1) if values.flags.c_contiguous else None
 
 

@@ -147,6 +147,14 @@ def _padded_shape(x, padding) -> tuple[int, int, int, int]:
     return n, h + 2 * ph, width + 2 * pw, c
 
 
+def _padded_shape_only(x, padding, channels_last: bool) -> np.ndarray:
+    """A stand-in for `pad2d(x, padding, channels_last)` where only its shape and dtype are
+    read: a read-only array of them with no memory of its own (all strides 0)."""
+    n, h_pad, w_pad, c = _padded_shape(x, padding)
+    shape = (n, h_pad, w_pad, c) if channels_last else (n, c, h_pad, w_pad)
+    return np.broadcast_to(np.zeros((), x.dtype), shape)
+
+
 def _column_layout(x, w, stride, padding, channels_last) -> bool:
     """channels_last as given, or by `use_channels_last_columns` when None."""
     if channels_last is not None:
@@ -394,7 +402,9 @@ def conv2d_backward(dout, cache, input_grad=True):
         dw, db = weight_gradient_by_kernel_rows(dout, to_channels_last(x), kh, kw, padding)
         if not input_grad:
             return None, dw, db
-    x_pad = pad2d(x, padding, channels_last)  # im2col's input, and col2im's shape
+    # im2col's input; col2im (dx) and the chunks need only its shape
+    x_pad = _padded_shape_only(x, padding, channels_last) if by_rows else \
+        pad2d(x, padding, channels_last)
     n, _, h_out, w_out = dout.shape
     dout = to_channels_last(dout)  # (N, H_out, W_out, C_out)
     w_mat = _weight_matrix(w, channels_last)
@@ -427,7 +437,9 @@ def conv2d_backward(dout, cache, input_grad=True):
     chunks = image_chunks(x_pad, (kh, kw), stride, channels_last, w_mat.nbytes)
     grads = [chunk_gradients(chunk) for chunk in chunks]
     if not by_rows:
-        grad = sum(grads)  # [dw_mat | db]
+        # [dw_mat | db]; an empty batch has no chunks, and zero gradients
+        grad = sum(grads) if grads else np.zeros((w_mat.shape[1] + 1, c_out),
+                                                 np.result_type(x, dout))
         if channels_last:
             dw = grad[:-1].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)
         else:

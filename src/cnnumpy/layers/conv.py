@@ -75,8 +75,9 @@ class Conv2D(Layer):
         return "b" in self.param_names
 
     def _forward(self, x):
-        return F.conv2d_forward(self._held(x), self.W, self.b if self.bias else None,
-                                self.stride, self.padding)  # the cache holds the input
+        # the cache holds the input (backward reads it again, with its padding implied)
+        return F.conv2d_forward(self._held(x, channels_last=True), self.W,
+                                self.b if self.bias else None, self.stride, self.padding)
 
     def _infer(self, x):
         return F.conv2d(x, self.W, self.b if self.bias else None, self.stride, self.padding)

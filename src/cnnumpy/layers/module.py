@@ -319,13 +319,18 @@ class Layer(Module):
         raise NotImplementedError
 
     @staticmethod
-    def _held(x: np.ndarray) -> np.ndarray:
+    def _held(x: np.ndarray, channels_last: bool = False) -> np.ndarray:
         """x for a cache to hold: x itself when a container hands it over
-        (`workspace.handed_over`), else a copy in x's memory layout (an NCHW view of
-        channels-last memory stays one)."""
+        (`workspace.handed_over`), else a copy, in x's memory layout or with
+        channels_last=True (images) as an NCHW view of channels-last memory, the layout the
+        convolution kernels read (as every kernel's output is)."""
         if workspace.handed_over(x):
             return x
-        copied = workspace.empty_like(x)
+        if channels_last and x.ndim == 4:
+            n, c, h, w = x.shape
+            copied = workspace.empty((n, h, w, c), x.dtype).transpose(0, 3, 1, 2)
+        else:
+            copied = workspace.empty_like(x)
         np.copyto(copied, x)
         return copied
 

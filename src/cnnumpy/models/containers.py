@@ -43,7 +43,7 @@ def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.n
     not see them); their caches are cleared, as their own forward would. A trace sees every
     module run as written."""
     fuse = not keep_cache and trace.active_recorder() is None
-    first, first_private = x, workspace.handed_over(x)
+    first, first_handed = x, workspace.handed_over(x)
     i = 0
     while i < len(modules):
         module = modules[i]
@@ -54,20 +54,20 @@ def run_in_order(modules: list[Module], x: np.ndarray, keep_cache: bool) -> np.n
             kinds = {type(joined): joined for joined in taken}
             x = module.infer_fused(x, kinds.get(BatchNorm2D), relu=ReLU in kinds)
         else:
-            with workspace.handing_over(x if _private(x, first, first_private) else None):
+            with workspace.handing_over(x if _hands_over(x, first, first_handed) else None):
                 x = module(x, keep_cache=keep_cache)
         i += 1 + len(taken)
     return x
 
 
-def _private(x, first: np.ndarray, first_private: bool) -> bool:
-    """Whether x, an input that `run_in_order` gives a module, is handed over (a cache may hold
-    it without a copy, see `workspace.handing_over`): an array a kernel made (`made_here`)
-    that is the sequence's input handed over to it, or was made during the sequence (not
-    the input, nor a view of it passed on by an Identity or Flatten); never while a trace
-    records."""
+def _hands_over(x, first: np.ndarray, first_handed: bool) -> bool:
+    """Whether `run_in_order` hands x over to the module it gives x to (`workspace.
+    handing_over`: a cache may hold x without a copy). Only an array a kernel made
+    (`workspace.made_here`), and only while no trace records; and then either x is not the
+    sequence's input `first` nor a view of it (an Identity or Flatten passes those on), or
+    `first` was itself handed over to the sequence."""
     return (trace.active_recorder() is None and workspace.made_here(x)
-            and (first_private or not np.may_share_memory(x, first)))
+            and (first_handed or not np.may_share_memory(x, first)))
 
 
 def _fused_with(module: Module, following: list[Module], x) -> list[Module]:
@@ -269,6 +269,7 @@ class Residual(Module):
     def forward(self, x: np.ndarray, keep_cache: bool = True) -> np.ndarray:
         main = [getattr(self, name) for name in self._main]
         out = run_in_order(main, x, keep_cache)
+        # x is still handed over here if it was to the block, for the downsample's cache too
         short = x if self.downsample is None else self.downsample(x, keep_cache=keep_cache)
         if keep_cache or trace.active_recorder() is not None or not _fresh(out, main, x, short):
             out = self.add(out, short, keep_cache=keep_cache)
