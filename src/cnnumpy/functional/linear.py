@@ -45,9 +45,10 @@ def relu_forward(x):
 def relu_backward(dout, cache):
     """dout where the input was positive, 0 elsewhere (the derivative at 0 is taken as 0).
     Each value's bits are and-ed with a word of ones or of zeros, the unpacked mask negated:
-    as fast as multiplying by a bool mask (0.31 against 0.35 ms for 2^20 float32 values),
-    and a NaN or -0.0 gradient where the input was not positive gives 0, as in PyTorch
-    (a product gave NaN and -0.0)."""
+    about as fast as multiplying by a bool mask (one thread, 64x16x32x32 float32 going
+    through eight arrays: 0.66-0.90 ms against 0.56-0.82; 0.31 against 0.35 on one array in
+    the cache), and a NaN or -0.0 gradient where the input was not positive gives 0, as in
+    PyTorch (a product gave NaN and -0.0)."""
     bits, stored_shape, axes = cache
     words = np.unpackbits(bits, count=int(np.prod(stored_shape))).view(np.int8)
     np.negative(words, out=words)  # 1 -> -1: all bits set
