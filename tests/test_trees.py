@@ -345,6 +345,39 @@ def test_split_pass_keeps_each_modules_own_mode(rng, processes):
 
 
 @needs_threads
+@pytest.mark.parametrize("centre, apart, std, meetings", [
+    (0.0, 3.0, 1.0, 2), (1.0, 1e4, 1.0, 2), (1e4, 0.05, 0.01, 3)])
+def test_split_batchnorm_meets_once_in_forward_unless_the_mean_is_far_from_zero(
+        monkeypatch, centre, apart, std, meetings):
+    """Each part centres its values on its own mean and the parts meet once for their
+    statistics when the batch's mean is within about 30 standard deviations of zero, also
+    with parts' means far apart (their centred values then differ from the batch's by
+    much); far from zero, they meet a second time, for the exact variance. Either way a
+    float64 split's forward and backward equal the whole batch's to 1e-10."""
+    sums = []
+    part_sum = parallel._Parts.sum
+    monkeypatch.setattr(parallel._Parts, "sum", lambda parts, index, array: (
+        sums.append(index) or part_sum(parts, index, array)))
+    rng = np.random.default_rng(8)
+    model = cn.Sequential([cn.BatchNorm2D(3, dtype=np.float64)])
+    whole = copy.deepcopy(model)
+    x = rng.standard_normal((6, 3, 4, 4)) * std + centre
+    x[:3] -= apart  # the parts' means: centre - apart and centre
+    dout = rng.standard_normal(x.shape)
+
+    def step(replica, part):
+        return replica.forward(x[part]), replica.backward(dout[part])
+
+    parts = cn.BatchParallel(model, 2)._run(step, len(x))
+    assert sums.count(0) == meetings  # forward, then backward's one
+    out, dx = whole.forward(x), whole.backward(dout)
+    for got, expected in ((np.concatenate([o for o, _ in parts]), out),
+                          (np.concatenate([d for _, d in parts]), dx)):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * abs(expected).max())
+    for name, buffer in whole.buffers().items():
+        np.testing.assert_allclose(model.buffers()[name], buffer, rtol=1e-10, err_msg=name)
+
+
 def test_split_batchnorm_is_exact_for_parts_whose_means_differ_far_from_zero():
     """The parts meet for the whole batch's mean before centring (not each on its own mean,
     combined afterwards from sums of squares, whose float64 difference loses the variance
