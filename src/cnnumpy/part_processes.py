@@ -46,9 +46,9 @@ import numpy as np
 from .batch_split import BatchSplit, set_batch_split
 from .models.containers import input_checked
 
-# The largest array a part sums over the parts at once (BatchNorm's per-channel sums, two
-# numbers a channel, are far smaller; threads have no such limit); the mapping's pages are
-# only touched as far as used.
+# The largest array a part sums over the parts at once (BatchNorm's per-channel sums, three
+# float64 numbers a channel, 48 KiB for 2048 channels, are far smaller; threads have no such
+# limit); the mapping's pages are only touched as far as used.
 SUM_SLOT_BYTES = 1 << 20
 # How long close() waits for a worker to end after telling it to, before killing it.
 END_SECONDS = 5.0
