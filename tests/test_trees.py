@@ -378,11 +378,49 @@ def test_split_batchnorm_meets_once_in_forward_unless_the_mean_is_far_from_zero(
         np.testing.assert_allclose(model.buffers()[name], buffer, rtol=1e-10, err_msg=name)
 
 
+def test_split_batchnorm_in_float32_is_as_close_as_the_whole_batch():
+    """float32, two parts a standard deviation apart, the mean 31 standard deviations from
+    zero (one meeting still): the running variance within 2e-6 of float64's and the outputs
+    within 2e-5, no further than the whole batch's own (whose float32 mean leaves 1e-4 in
+    the outputs here). Combined from the parts' rounded sums alone, the variance was off by
+    6e-5 (the sums' float32 error times the parts' distance)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((32, 16, 64, 64), dtype=np.float32) + 31
+    x[:16] += 1
+    model = cn.Sequential([cn.BatchNorm2D(16, momentum=1.0)])
+    whole = copy.deepcopy(model)
+    out = np.concatenate(cn.BatchParallel(model, 2)._run(
+        lambda replica, part: replica.forward(x[part]), len(x)))
+    values = x.astype(np.float64)
+    variance = values.var(axis=(0, 2, 3), keepdims=True)
+    expected = (values - values.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(variance + 1e-5)
+    unbiased = variance.ravel() * x[:, 0].size / (x[:, 0].size - 1)
+    assert abs(model[0].running_var / unbiased - 1).max() < 2e-6
+    assert abs(out - expected).max() < 2e-5
+    assert abs(out - expected).max() <= abs(whole.forward(x) - expected).max()
+
+
+def test_a_split_of_one_part_is_the_whole_batch():
+    """A one-process run's split (`WholeBatch`, as `fit` sets it) takes the whole batch's way,
+    bit for bit: no sums, no combination."""
+    from cnnumpy.distributed import WholeBatch
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32) + 2
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    model = cn.Sequential([cn.BatchNorm2D(3)])
+    whole = copy.deepcopy(model)
+    parallel.set_batch_split(model, WholeBatch(len(x)))
+    np.testing.assert_array_equal(model.forward(x), whole.forward(x))
+    np.testing.assert_array_equal(model.backward(dout), whole.backward(dout))
+    np.testing.assert_array_equal(model[0].running_var, whole[0].running_var)
+
+
 def test_split_batchnorm_is_exact_for_parts_whose_means_differ_far_from_zero():
-    """The parts meet for the whole batch's mean before centring (not each on its own mean,
-    combined afterwards from sums of squares, whose float64 difference loses the variance
-    here: means of 1e4, standard deviations of 0.01; a sum's order alone moves the mean by
-    1e-12, 1e-10 of a standard deviation, where that way was off by 1e-5)."""
+    """Means of 1e4, standard deviations of 0.01: the parts meet a second time and centre on
+    the batch's mean (combined from the parts' own means, the variance's float64 difference
+    would be off by 1e-5; a sum's order alone moves the mean by 1e-12, 1e-10 of a standard
+    deviation)."""
     rng = np.random.default_rng(7)
     model = cn.Sequential([cn.BatchNorm2D(3, dtype=np.float64)])
     whole = copy.deepcopy(model)

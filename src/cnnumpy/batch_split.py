@@ -16,11 +16,14 @@ class BatchSplit:
 
     `start`: index of the part's first sample in the whole batch; `total`: samples in the
     whole batch; `sum(array)`: the elementwise sum of `array` over every part (each part calls
-    it the same number of times, in the same order; the result is not to be changed in place).
+    it the same number of times, in the same order, and every part receives the same values
+    bit for bit; the result is not to be changed in place). `whole`: True for a split of
+    one part, the whole batch (a run in one process), whose layers need no sums.
     """
 
     start: int = 0
     total: int = 0
+    whole: bool = False
 
     def sum(self, array: np.ndarray) -> np.ndarray:
         raise NotImplementedError

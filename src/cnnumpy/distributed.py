@@ -96,6 +96,8 @@ class ReplicasDivergedError(AllRanksError, RuntimeError):
 class WholeBatch(BatchSplit):
     """The global batch in one part (one process): the sum over all parts is the array."""
 
+    whole = True
+
     def __init__(self, total: int):
         self.start, self.total = 0, total
 
@@ -105,7 +107,9 @@ class WholeBatch(BatchSplit):
 
 class MPISplit(BatchSplit):
     """One rank's part of a global batch: samples [start, start + n) of `total`; `sum` adds
-    the arrays of all ranks of `group` (an Allreduce under the group's time limit)."""
+    the arrays of all ranks of `group` (an Allreduce under the group's time limit, which gives
+    every rank the same result: BatchNorm's ranks decide alike from it whether to meet again,
+    see `functional.normalization`)."""
 
     def __init__(self, group: "Group", start: int, total: int):
         self.group, self.start, self.total = group, start, total

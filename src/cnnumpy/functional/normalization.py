@@ -36,8 +36,8 @@ def _one_part_sum(array: np.ndarray) -> np.ndarray:
     return array
 
 
-# A part's statistics are combined with the others' in one meeting when the batch's mean is
-# within sqrt(ONE_MEETING_RATIO) standard deviations of zero (see `_combined`).
+# A part's statistics are combined with the others' in one meeting while the batch's mean is
+# within about sqrt(ONE_MEETING_RATIO) standard deviations of zero (see `_combined`).
 ONE_MEETING_RATIO = 1e3
 
 
@@ -52,11 +52,11 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
     three that write (the centred values, the scaling, the shift). The cache keeps the
     centred values x - mean, from which backward gets x̂.
 
-    A part of a split batch centres its values on its own mean and meets the other parts
-    once, for the sums of every part's count, values, squares about its own mean and
-    n·mean² (`_combined`); x - mean is then its centred values plus its own mean's offset
-    from the batch's, which the shift takes in (the cache keeps that offset too). Where
-    that combination would lose digits, the parts meet a second time (`_combined`).
+    A part of a split batch centres its values on its own mean instead, and meets the other
+    parts once for the batch's statistics (`_combined`, with a sixth pass that only reads);
+    x - mean is then its centred values plus the offset of its own mean from the batch's,
+    which the shift takes in (the cache keeps the offset too). Where that combination could
+    lose digits, the parts meet a second time.
     Returns (out, cache, mean, var): the batch statistics, for the running averages.
     """
     rows = _rows(x)
@@ -68,7 +68,7 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
     if total_sum is None:
         mean, var, offset = own_mean, squares / count, None
     else:
-        mean, var, offset, count = _combined(centred, own_mean, sums, squares, count, total_sum)
+        mean, var, offset, count = _combined(centred, own_mean, squares, count, total_sum)
     inv_std = 1 / np.sqrt(var + eps)
     scale = gamma * inv_std
     shift = beta if offset is None else beta + offset * scale
@@ -79,34 +79,44 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
             mean, var)
 
 
-def _combined(centred, own_mean, sums, squares, count, total_sum):
-    """The batch's (mean, var, offset, count) from a part's rows centred on their own mean,
-    and its own column sums, centred squares and count; `offset` = own mean - the batch's.
+def _combined(centred, own_mean, squares, count, total_sum):
+    """The batch's (mean, var, offset, count) from a part's rows centred on its own mean o
+    (rounded: the centred values' sum r is not quite 0), their sum of squares and count n;
+    `offset` = o - the batch's mean.
 
-    One meeting sums, over the parts k, n_k, S_k, M2_k (the squares about the part's mean)
-    and S_k² / n_k = n_k·mean_k², in float64 (Chan, Golub and LeVeque's parallel variance):
+    The part's exact mean is a = o + r / n and its squares about it M2 = Σ (x - o)² - r² / n;
+    r, a sum of small values, is one more pass that only reads, and keeps the result free of
+    the rounding of o and of the sums it came from (the part's sums err by 1e-7 of the mean
+    in float32; times the parts' distance apart, that error would enter the variance). One
+    meeting sums n, n·a, M2 and n·a² over the parts, in float64 (Chan, Golub and LeVeque's
+    parallel variance):
 
-        mean = Σ S_k / n,   Σ (x - mean)² = Σ M2_k + (Σ n_k·mean_k² - n·mean²)
+        mean = Σ n·a / N,   Σ (x - mean)² = Σ M2 + (Σ n·a² - N·mean²)
 
-    The bracket, Σ n_k (mean_k - mean)², is a difference of two sums of the size of
-    Σ n_k·mean_k²: it is off by about 1e-16 of that. While Σ n_k·mean_k² is at most
-    ONE_MEETING_RATIO times the result in every channel (the means within about 30 standard
-    deviations of zero), the error stays below about 1e-13 of the variance, and that is the
-    result. Otherwise (means far from zero, say 1e4 with standard deviations of 0.01, where
-    it would be off by 1e-4) the rows are centred on the batch's mean (`centred` in place)
-    and the parts meet again for the sums of their squares, exactly as the whole batch
-    computes them; the offset is then None."""
-    c = len(sums)
-    part_sums = sums.astype(np.float64)
-    met = total_sum(np.concatenate([[count], part_sums, squares, part_sums**2 / max(count, 1)]))
-    n, mean = met[0], met[1 : 1 + c] / met[0]
-    squared_means = met[1 + 2 * c :]  # Σ n_k·mean_k²
-    total = met[1 + c : 1 + 2 * c] + (squared_means - n * mean**2)
+    The bracket, Σ n (a - mean)², is a difference of sums of the size of Σ n·a², off by about
+    1e-16 of that. While Σ n·a² is at most ONE_MEETING_RATIO times the result in every
+    channel (the mean within about 30 standard deviations of zero), that error stays within
+    about 1e-12 of the variance (measured 2e-13 with 2 parts, 8e-13 with 32), and that is the
+    result. Otherwise (say means of 1e4 with standard deviations of 0.01, where it would be
+    off by 1e-4), or with a NaN, the rows are centred on the batch's mean (`centred`, in
+    place) and the parts meet again, for their sums of squares about it: the way the whole
+    batch's are computed. Every part decides alike from the same sums: the parts of a split
+    must receive bit-identical sums (threads and processes add the parts in one order; MPI's
+    Allreduce gives every rank the same result, as the standard requires)."""
+    n = np.float64(count)
+    offsets = column_sums(centred).astype(np.float64) / max(n, 1)  # r / n
+    exact_mean = own_mean + offsets
+    c = len(exact_mean)
+    met = total_sum(np.concatenate([[n], n * exact_mean, squares - n * offsets**2,
+                                    n * exact_mean**2]))
+    total_n, mean = met[0], met[1 : 1 + c] / met[0]
+    squared_means = met[1 + 2 * c :]  # Σ n·a²
+    total = met[1 + c : 1 + 2 * c] + (squared_means - total_n * mean**2)
     if np.all(squared_means <= ONE_MEETING_RATIO * total):
-        return mean, total / n, own_mean - mean, n
+        return mean, total / total_n, own_mean - mean, total_n
     channelwise(np.subtract, centred, (mean - own_mean).astype(centred.dtype), centred)
-    var = total_sum(column_dots(centred, centred).astype(np.float64)) / n
-    return mean, var, None, n
+    var = total_sum(column_dots(centred, centred).astype(np.float64)) / total_n
+    return mean, var, None, total_n
 
 
 def batchnorm_backward(dout, cache, total_sum=None):
@@ -132,7 +142,7 @@ def batchnorm_backward(dout, cache, total_sum=None):
     dgamma = (dots if offset is None else dots + offset * dbeta) * inv_std
     c = len(dbeta)
     both = total_sum(np.concatenate([dbeta, dgamma]))
-    scale = gamma * inv_std
+    scale = (gamma * inv_std).astype(g.dtype, copy=False)  # float64 statistics of a split
     centred_factor = -inv_std * both[c:] / count
     constant = scale * both[:c] / count
     if offset is not None:

@@ -56,7 +56,9 @@ class _BatchNorm(Layer):
         return tuple(input_shape)
 
     def _total_sum(self):
-        return None if self.batch_split is None else self.batch_split.sum
+        """The sum over the parts of a split batch; None for a batch that is whole."""
+        split = self.batch_split
+        return None if split is None or split.whole else split.sum
 
     def _check_batch(self, x) -> None:
         samples = len(x) if self.batch_split is None else self.batch_split.total
