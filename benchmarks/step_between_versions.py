@@ -1,0 +1,76 @@
+"""A ResNet-20 training step of two versions of cnnumpy, timed in turn.
+
+    git worktree add /tmp/before <commit>
+    python benchmarks/step_between_versions.py /tmp/before . [--rounds 8] [--steps 20]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/step_between_versions.py ...
+
+Each round runs one fresh process per version, one after the other: the version's `src` first
+on the path, ResNet-20 (3x32x32, 10 classes), a batch of 128 through
+`BatchParallel(model, 2, processes=...)` (forward, cross-entropy, backward; no update), and
+the median of `--steps` steps after two untimed ones. The machine's speed drifts from minute
+to minute more than most changes move a step, so the versions alternate, and the table gives
+every round's figures, sorted, and their medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+CHILD = """
+import statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np, cnnumpy as cn
+from cnnumpy.parallel import BatchParallel
+rng = np.random.default_rng(0)
+model = cn.models.resnet20(input_shape=(3, 32, 32), num_classes=10, rng=rng)
+x = rng.random((128, 3, 32, 32), dtype=np.float32)
+y = rng.integers(0, 10, 128)
+criterion = cn.CrossEntropyLoss()
+passes = BatchParallel(model, 2, processes=sys.argv[3] == "processes")
+times = []
+for _ in range(int(sys.argv[2]) + 2):
+    start = time.perf_counter()
+    passes.forward_backward(x, y, criterion)
+    times.append(time.perf_counter() - start)
+passes.close()
+print(1e3 * statistics.median(times[2:]))
+"""
+
+
+def step_ms(tree: str, steps: int, split: str) -> float:
+    src = os.path.abspath(os.path.join(tree, "src"))
+    if not os.path.isdir(os.path.join(src, "cnnumpy")):
+        raise SystemExit(f"{tree} has no src/cnnumpy")
+    out = subprocess.run([sys.executable, "-c", CHILD, src, str(steps), split],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trees", nargs=2, help="two checkouts of cnnumpy (each with src/)")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--split", choices=("processes", "threads"), default="processes")
+    args = parser.parse_args()
+    import numpy  # noqa: F401  (loads the BLAS that threadpoolctl reports)
+    from threadpoolctl import threadpool_info
+    kernels = {info.get("architecture") for info in threadpool_info()
+               if info.get("user_api") == "blas"}
+    print(f"ResNet-20, batch 128 over 2 {args.split}; BLAS kernel {', '.join(map(str, kernels))}"
+          f" (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')})")
+    times = {tree: [] for tree in args.trees}
+    for _ in range(args.rounds):
+        for tree in args.trees:
+            times[tree].append(step_ms(tree, args.steps, args.split))
+    for tree, values in times.items():
+        figures = " ".join(f"{value:.1f}" for value in sorted(values))
+        print(f"{tree}: median {statistics.median(values):.1f} ms  ({figures})")
+
+
+if __name__ == "__main__":
+    main()
