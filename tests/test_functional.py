@@ -317,14 +317,15 @@ def test_convolutions_by_kernel_rows_make_no_padded_copy(monkeypatch):
     """By kernel rows the input is read with its padding implied: `conv2d` (no cache) and
     `conv2d_forward` give the same output without a padded copy, the cache holds x itself,
     and backward (dw by kernel rows, dx a convolution of dout) pads nothing either. Stride
-    2, Winograd and im2col pad in forward, and im2col again in backward."""
+    2 and Winograd pad in forward and hold the padded copy for backward; im2col's weight
+    gradient of a convolution that went by kernel rows pads in backward."""
     rng = np.random.default_rng(17)
     padded = []
     pad2d = F.conv.pad2d
     monkeypatch.setattr(F.conv, "pad2d", lambda *args: padded.append(args[1]) or pad2d(*args))
     x, w = rng.standard_normal((2, 8, 8, 9)), rng.standard_normal((8, 8, 3, 3))
     expected, cache = F.conv2d_forward(x, w, None, 1, 1)
-    assert cache[0] is x
+    assert cache[0] is x and F.conv2d_holds_input(x, w, 1, 1) == "channels-last"
     np.testing.assert_allclose(F.conv2d(x, w, None, 1, 1), expected, rtol=1e-12, atol=1e-12)
     assert F.conv2d(x[:0], w, None, 1, 1).shape == (0, 8, 8, 9)  # an empty batch, no chunks
     dout = rng.standard_normal(expected.shape)
@@ -344,9 +345,11 @@ def test_convolutions_by_kernel_rows_make_no_padded_copy(monkeypatch):
         xi = rng.standard_normal((8, w.shape[1], 10, 10))
         padded.clear()
         expected, cache = F.conv2d_forward(xi, w, None, stride, 1)
-        assert padded == [1] and cache[0] is xi
+        assert padded == [1] and cache[0].shape == (8, 12, 12, channels)  # held for backward
+        assert F.conv2d_holds_input(xi, w, stride, 1) is None
         np.testing.assert_allclose(F.conv2d(xi, w, None, stride, 1), expected, rtol=1e-10)
-        assert padded == [1, 1]
+        F.conv2d_backward(rng.standard_normal(expected.shape), cache, input_grad=False)
+        assert padded == [1, 1]  # inference's; dw read the one held
     w = rng.standard_normal((8, 8, 3, 3))  # an empty batch: no chunks, in both directions
     for stride, out_shape in ((1, (0, 8, 8, 8)), (2, (0, 8, 4, 4))):  # dw by kernel rows, im2col
         empty, empty_cache = F.conv2d_forward(np.zeros((0, 8, 8, 8)), w, None, stride, 1)

@@ -320,25 +320,26 @@ def _held_inputs(model) -> dict:
 
 
 def test_a_model_holds_the_arrays_it_made_without_copies(rng, monkeypatch):
-    """Inside a model, a convolution's cache holds the array the module before it made (no
-    copy), but copies the model's input, also when an Identity passes it on, and every
-    input while a trace records; the gradients are those of copies everywhere, and the
-    caller changing its input before backward changes none of them."""
+    """Inside a model, a convolution that reads its input itself (by kernel rows, or without
+    padding) holds the array the module before it made (no copy), but a copy of the model's
+    input, also when an Identity passes it on, and of every input while a trace records;
+    the gradients are those of copies everywhere, and the caller changing its input before
+    backward changes none of them."""
     monkeypatch.setattr(cn.workspace, "MIN_BYTES", 0)  # every kernel's array is recycled memory
     conv = lambda c_in, stride=1: cn.Conv2D(c_in, 4, 3, stride=stride, padding=1, rng=rng,
                                             dtype=np.float64, bias=False)
     block = cn.Residual({"conv1": conv(4), "bn1": cn.BatchNorm2D(4, dtype=np.float64),
                          "relu1": cn.ReLU(), "conv2": conv(4)},
                         cn.Sequential({"0": cn.Conv2D(4, 4, 1, rng=rng, dtype=np.float64)}))
-    model = cn.Sequential({"skip": cn.layers.Identity(), "conv1": conv(2), "relu": cn.ReLU(),
-                           "conv2": conv(4, stride=2), "block": block})
+    model = cn.Sequential({"skip": cn.layers.Identity(), "conv1": conv(4), "relu": cn.ReLU(),
+                           "conv2": conv(4), "block": block, "conv3": conv(4, stride=2)})
     outputs = {}
-    for name in ("relu", "conv2"):
+    for name in ("relu", "conv2", "block"):
         layer = model[name]
         forward = layer.forward
         layer.forward = lambda x, keep_cache=True, name=name, forward=forward: \
             outputs.setdefault(name, forward(x, keep_cache))
-    x = rng.standard_normal((2, 2, 8, 8))
+    x = rng.standard_normal((2, 4, 8, 8))
     dout = rng.standard_normal((2, 4, 4, 4))
 
     def step(images):
@@ -348,10 +349,11 @@ def test_a_model_holds_the_arrays_it_made_without_copies(rng, monkeypatch):
 
     dx, grads = step(x)
     held = _held_inputs(model)
-    assert held["conv2"] is outputs["relu"]
+    assert held["conv2"] is outputs["relu"]  # by kernel rows, its padding implied
     assert held["block.conv1"] is held["block.downsample.0"] is outputs["conv2"]
-    assert held["conv1"] is not x and not np.shares_memory(held["conv1"], x)
-    assert held["conv1"].transpose(0, 2, 3, 1).flags.c_contiguous  # copied as kernels read
+    assert not np.shares_memory(held["conv1"], x)  # the model's input: copied,
+    assert held["conv1"].transpose(0, 2, 3, 1).flags.c_contiguous  # as kernel rows read it
+    assert held["conv3"].shape == (2, 10, 10, 4)  # stride 2: the padded copy im2col read
     with monkeypatch.context() as copying:
         copying.setattr(cn.workspace, "handed_over", lambda array: False)
         copied_dx, copied = step(x)

@@ -39,7 +39,8 @@ vector, in long runs of memory, and column sums of narrow matrices).
 from .windowing import (batch_blocks, col2im, col2im_by_offset, pad2d, pair, to_channels_last,
                         to_nchw, unpad2d, windows)
 from .conv import (COLUMNS_BYTES, ROWS_BYTES, conv2d, conv2d_backward, conv2d_by_kernel_rows,
-                   conv2d_forward, im2col, image_chunks, use_channels_last_columns)
+                   conv2d_forward, conv2d_holds_input, im2col, image_chunks,
+                   use_channels_last_columns)
 from .winograd import conv2d_winograd
 from .pooling import (POOL_BLOCK_BYTES, adaptive_avgpool2d_backward, adaptive_avgpool2d_forward,
                       adaptive_bounds, avgpool2d_backward, avgpool2d_forward, maxpool2d,

@@ -91,17 +91,30 @@ def conv2d_forward(x, w, b, stride=1, padding=0, channels_last=None):
     i.e. the output directly in channels-last memory (computed for `image_chunks` of the
     batch in turn). `channels_last` chooses the column layout (None: by
     `use_channels_last_columns`). Stride-1 convolutions with channels-last columns go
-    another way where that was measured faster: 3x3 kernels with many channels
+    another way where that was measured faster (`_way`): 3x3 kernels with many channels
     (`_by_winograd`) by `conv2d_winograd` (2.25 times fewer multiplications), others with
     small kernel rows (`_by_kernel_rows`) by `conv2d_by_kernel_rows` (the same sums, a third
     of the copying for 3x3 kernels, and the padding implied: no padded copy of x).
-    The cache keeps x itself, not the columns (C_in*kH*kW times larger) nor a padded copy;
-    backward pads x again where it needs to (`conv2d_backward`). The caller decides whether
-    x may be held (`layers.Conv2D` passes a copy of an input that is not its own).
+    The cache keeps the padded input that im2col and Winograd read, or x itself by kernel
+    rows (`conv2d_holds_input`), not the columns (C_in*kH*kW times larger); backward makes the
+    columns again where it needs them.
     """
     channels_last = _column_layout(x, w, stride, padding, channels_last)
-    return _convolve(x, w, b, stride, padding, channels_last), (x, w, stride, padding,
-                                                                channels_last)
+    out, x_pad = _convolve(x, w, b, stride, padding, channels_last)
+    if x_pad is None:  # by kernel rows: x itself, its padding implied
+        return out, (x, w, stride, padding, channels_last, False)
+    return out, (x_pad, w, stride, padding, channels_last, True)
+
+
+def conv2d_holds_input(x, w, stride=1, padding=0, channels_last=None) -> str | None:
+    """Whether the cache of `conv2d_forward(x, w, ...)` holds x itself or a view of it, and
+    how it reads x: "channels-last" by kernel rows, "as given" without padding (im2col or
+    Winograd of x), None when it holds a padded copy. The caller decides whether x may be
+    held (`layers.Conv2D` passes a copy, in that layout, of an input nothing hands over)."""
+    channels_last = _column_layout(x, w, stride, padding, channels_last)
+    if _way(x.shape, w, stride, padding, channels_last) == "kernel rows":
+        return "channels-last"
+    return "as given" if pair(padding) == (0, 0) else None
 
 
 def conv2d(x, w, b, stride=1, padding=0, channels_last=None, relu=False):
@@ -110,23 +123,35 @@ def conv2d(x, w, b, stride=1, padding=0, channels_last=None, relu=False):
     kernel rows, a chunk of images at a time while its outputs are in the cache), for a
     ReLU that follows."""
     channels_last = _column_layout(x, w, stride, padding, channels_last)
-    return _convolve(x, w, b, stride, padding, channels_last, relu)
+    out, _ = _convolve(x, w, b, stride, padding, channels_last, relu)
+    return out
+
+
+def _way(x_shape, w, stride, padding, channels_last: bool) -> str:
+    """How `conv2d_forward` convolves an NCHW input of `x_shape`: "winograd", "kernel rows"
+    (the padding implied) or "im2col" (the last two of a padded copy)."""
+    padded = _padded_shape(x_shape, padding)
+    if channels_last and _by_winograd(padded, w, stride):
+        return "winograd"
+    if channels_last and _by_kernel_rows(padded, w, stride):
+        return "kernel rows"
+    return "im2col"
 
 
 def _convolve(x, w, b, stride, padding, channels_last: bool, relu: bool = False):
-    """The convolution of `conv2d_forward` (its way chosen there), then with relu=True
-    max(out, 0) in place. By kernel rows, the input is read with its padding implied
-    (`_fill_kernel_rows`): no padded copy is made. Measured (one thread, 64 images of
-    32x32x16 float32): the padded copy took 0.2-1 ms of a 5-6 ms convolution."""
+    """(out, x_pad): the convolution of `conv2d_forward` (its way chosen by `_way`), with
+    relu=True then max(out, 0) in place, and the padded input it read (None by kernel rows,
+    which read x with its padding implied, `_fill_kernel_rows`: no padded copy. Measured
+    (one thread, 64 images of 32x32x16 float32): the padded copy took 0.2-1 ms of a 5-6 ms
+    convolution)."""
     c_out, c_in, kh, kw = w.shape
-    padded = _padded_shape(x, padding)
-    winograd = channels_last and _by_winograd(padded, w, stride)
-    if channels_last and not winograd and _by_kernel_rows(padded, w, stride):
-        return conv2d_by_kernel_rows(to_channels_last(x), w, b, padding, relu)
+    way = _way(x.shape, w, stride, padding, channels_last)
+    if way == "kernel rows":
+        return conv2d_by_kernel_rows(to_channels_last(x), w, b, padding, relu), None
     x_pad = pad2d(x, padding, channels_last)
-    if winograd:
+    if way == "winograd":
         out = conv2d_winograd(x_pad, w, b)
-        return relu_into(out, out=out) if relu else out
+        return (relu_into(out, out=out) if relu else out), x_pad
     if b is None:  # a zero bias column: the columns keep one layout with or without a bias
         b = np.zeros(c_out, dtype=w.dtype)
     axis = 1 if channels_last else 2
@@ -138,19 +163,19 @@ def _convolve(x, w, b, stride, padding, channels_last: bool, relu: bool = False)
         np.matmul(im2col(x_pad[chunk], (kh, kw), stride, channels_last), w_mat.T,
                   out=out[chunk].reshape(-1, c_out))
     out = to_nchw(out)
-    return relu_into(out, out=out) if relu else out
+    return (relu_into(out, out=out) if relu else out), x_pad
 
 
-def _padded_shape(x, padding) -> tuple[int, int, int, int]:
-    """(N, H + 2pH, W + 2pW, C_in): the channels-last shape of NCHW x padded."""
-    (ph, pw), (n, c, h, width) = pair(padding), x.shape
+def _padded_shape(x_shape, padding) -> tuple[int, int, int, int]:
+    """(N, H + 2pH, W + 2pW, C_in): the channels-last shape of an NCHW input padded."""
+    (ph, pw), (n, c, h, width) = pair(padding), x_shape
     return n, h + 2 * ph, width + 2 * pw, c
 
 
 def _padded_shape_only(x, padding, channels_last: bool) -> np.ndarray:
     """A stand-in for `pad2d(x, padding, channels_last)` where only its shape and dtype are
     read: a read-only array of them with no memory of its own (all strides 0)."""
-    n, h_pad, w_pad, c = _padded_shape(x, padding)
+    n, h_pad, w_pad, c = _padded_shape(x.shape, padding)
     shape = (n, h_pad, w_pad, c) if channels_last else (n, c, h_pad, w_pad)
     return np.broadcast_to(np.zeros((), x.dtype), shape)
 
@@ -391,20 +416,26 @@ def conv2d_backward(dout, cache, input_grad=True):
     computed as a convolution (`input_gradient_by_convolution`, which takes Winograd's way
     where forward would), 1.5-2.5 times faster than col2im there.
     """
-    x, w, stride, padding, channels_last = cache
+    held, w, stride, padding, channels_last, padded = cache
     c_out, c_in, kh, kw = w.shape
     if input_grad and _input_grad_as_convolution(w, stride, padding, dout.shape):
         _, dw, db = conv2d_backward(dout, cache, input_grad=False)
         return input_gradient_by_convolution(dout, w, padding), dw, db
-    by_rows = (channels_last and _by_kernel_rows(_padded_shape(x, padding), w, stride)
+    # held: the padded input (channels-last, or NCHW) or, by kernel rows, x (NCHW)
+    padded_shape = held.shape if padded else _padded_shape(held.shape, padding)
+    by_rows = (channels_last and _by_kernel_rows(padded_shape, w, stride)
                and dout.shape[2] * dout.shape[3] >= ROWS_GRADIENT_OUTPUTS)
     if by_rows:
-        dw, db = weight_gradient_by_kernel_rows(dout, to_channels_last(x), kh, kw, padding)
+        dw, db = (weight_gradient_by_kernel_rows(dout, held, kh, kw) if padded else
+                  weight_gradient_by_kernel_rows(dout, to_channels_last(held), kh, kw, padding))
         if not input_grad:
             return None, dw, db
-    # im2col's input; col2im (dx) and the chunks need only its shape
-    x_pad = _padded_shape_only(x, padding, channels_last) if by_rows else \
-        pad2d(x, padding, channels_last)
+    if padded:
+        x_pad = held
+    elif by_rows:  # col2im (dx) and the chunks need only the padded input's shape
+        x_pad = _padded_shape_only(held, padding, channels_last)
+    else:
+        x_pad = pad2d(held, padding, channels_last)
     n, _, h_out, w_out = dout.shape
     dout = to_channels_last(dout)  # (N, H_out, W_out, C_out)
     w_mat = _weight_matrix(w, channels_last)
@@ -439,7 +470,7 @@ def conv2d_backward(dout, cache, input_grad=True):
     if not by_rows:
         # [dw_mat | db]; an empty batch has no chunks, and zero gradients
         grad = sum(grads) if grads else np.zeros((w_mat.shape[1] + 1, c_out),
-                                                 np.result_type(x, dout))
+                                                 np.result_type(held, dout))
         if channels_last:
             dw = grad[:-1].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)
         else:

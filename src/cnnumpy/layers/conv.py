@@ -75,9 +75,11 @@ class Conv2D(Layer):
         return "b" in self.param_names
 
     def _forward(self, x):
-        # the cache holds the input (backward reads it again, with its padding implied)
-        return F.conv2d_forward(self._held(x, channels_last=True), self.W,
-                                self.b if self.bias else None, self.stride, self.padding)
+        read = F.conv2d_holds_input(x, self.W, self.stride, self.padding)
+        if read is not None:  # the cache holds x (or a view of it): not the caller's array
+            x = self._held(x, channels_last=read == "channels-last")
+        return F.conv2d_forward(x, self.W, self.b if self.bias else None, self.stride,
+                                self.padding)
 
     def _infer(self, x):
         return F.conv2d(x, self.W, self.b if self.bias else None, self.stride, self.padding)
