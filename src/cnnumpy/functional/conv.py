@@ -128,8 +128,8 @@ def conv2d(x, w, b, stride=1, padding=0, channels_last=None, relu=False):
 
 
 def _way(x_shape, w, stride, padding, channels_last: bool) -> str:
-    """How `conv2d_forward` convolves an NCHW input of `x_shape`: "winograd", "kernel rows"
-    (the padding implied) or "im2col" (the last two of a padded copy)."""
+    """How `conv2d_forward` convolves an NCHW input of `x_shape`: "winograd" or "im2col" (of
+    a padded copy), or "kernel rows" (the padding implied)."""
     padded = _padded_shape(x_shape, padding)
     if channels_last and _by_winograd(padded, w, stride):
         return "winograd"
