@@ -18,17 +18,15 @@ each as a median time and as that time divided by one pass's. cnnumpy's BatchNor
 passes in forward (two that only read: the sums for the mean and for the variance of the
 centred values) and six in backward (two that only read), as NumPy runs one operation per
 pass; the columns say what they cost next to one pass and to PyTorch's fused kernels.
-The rows are timed in turn, block by block, so that a drift of the machine's speed meets
-every row alike.
+The rows are timed in turn, block by block (`bench_vs_torch.interleaved_medians`), so that
+a drift of the machine's speed meets every row alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -37,27 +35,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from cnnumpy import workspace  # noqa: E402
 from cnnumpy.functional import batchnorm_backward, batchnorm_forward  # noqa: E402
 
+from bench_vs_torch import blas_kernel, interleaved_medians  # noqa: E402
+
 SHAPES = [(64, 16, 32, 32), (64, 32, 16, 16), (64, 64, 8, 8)]
-BLOCK = 5
-
-
-def blas_kernel() -> str:
-    from threadpoolctl import threadpool_info
-    return ", ".join(f"{info.get('internal_api')} {info.get('version')} "
-                     f"{info.get('architecture')}" for info in threadpool_info()
-                     if info.get("user_api") == "blas")
-
-
-def medians(runs: dict, repeats: int) -> dict:
-    """Median milliseconds of each callable, timed BLOCK runs at a time, in turn."""
-    times = {name: [] for name in runs}
-    for _ in range(-(-repeats // BLOCK)):
-        for name, run in runs.items():
-            for _ in range(BLOCK):
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
 def torch_runs(x: np.ndarray, g: np.ndarray) -> dict:
@@ -84,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     from threadpoolctl import threadpool_limits
     threadpool_limits(1)
-    print(f"NumPy {np.__version__}, BLAS {blas_kernel()} (one thread), "
+    print(f"NumPy {np.__version__}, BLAS {blas_kernel()}, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}")
     rng = np.random.default_rng(0)
     for n, c, h, w in SHAPES:
@@ -98,7 +78,8 @@ def main() -> None:
                 "BN backward": lambda: batchnorm_backward(g, cache),
                 "add": lambda: np.add(x, b, out=workspace.empty_like(x)),
                 **torch_runs(x, g)}
-        ms = medians(runs, args.repeats)
+        ms = {name: 1e3 * seconds
+              for name, seconds in interleaved_medians(runs, 1, args.repeats).items()}
         for layout in ("NCHW", "channels-last"):
             if f"torch {layout} f+b" in ms:
                 ms[f"torch {layout} backward"] = (ms.pop(f"torch {layout} f+b")
