@@ -49,15 +49,17 @@ def test_memory_held_by_an_array_or_any_view_is_not_reused(holder):
     assert np.all(kept == 7)
 
 
-def test_a_block_serves_sizes_from_half_to_all_of_it():
-    first = workspace.empty(LARGE * 2, np.float32)
+def test_a_block_serves_sizes_from_one_fit_th_to_all_of_it():
+    block = LARGE * 3  # float32 elements
+    first = workspace.empty(block, np.float32)
     where = address(first)
     del first
-    smaller = workspace.empty(LARGE + 1, np.float32)  # more than half: same block
-    assert address(smaller) == where
-    del smaller
-    larger = workspace.empty(LARGE * 2 + 1, np.float32)  # more than the block: new memory
-    assert address(larger) != where
+    smallest = -(-block // workspace.FIT)  # the fewest elements the block serves
+    served = workspace.empty(int(smallest), np.float32)
+    assert address(served) == where
+    del served
+    assert address(workspace.empty(int(smallest) - 1, np.float32)) != where  # too small
+    assert address(workspace.empty(block + 1, np.float32)) != where  # more than the block
 
 
 def test_empty_like_keeps_a_channels_last_layout():
@@ -69,13 +71,44 @@ def test_empty_like_keeps_a_channels_last_layout():
     assert np.argsort(mask.strides).tolist() == np.argsort(x.strides).tolist()
 
 
-def test_at_most_max_blocks_are_kept():
-    held = [workspace.empty(LARGE, np.float32) for _ in range(workspace.MAX_BLOCKS + 3)]
-    assert len(workspace._blocks()) == workspace.MAX_BLOCKS
-    assert len({address(a) for a in held}) == len(held)  # every held array has its own memory
-    del held
-    workspace.empty(LARGE * 2, np.float32)  # a new size evicts a free block instead of growing
-    assert len(workspace._blocks()) == workspace.MAX_BLOCKS
+def hold_in_turn(sizes):
+    """Ask for arrays of these float32 sizes, all alive at once, as a step's caches are; their
+    addresses."""
+    held = [workspace.empty(size, np.float32) for size in sizes]
+    return [address(a) for a in held]
+
+
+def test_a_loop_of_requests_is_served_from_kept_blocks():
+    sizes = [LARGE * (1 + k % 5) for k in range(40)]  # more blocks than a fixed count kept
+    first = hold_in_turn(sizes)
+    assert len(set(first)) == len(sizes)
+    assert hold_in_turn(sizes) == first  # the second step takes the blocks of the first
+    assert hold_in_turn(sizes) == first
+
+
+def test_when_kept_bytes_are_full_the_kept_blocks_stay(monkeypatch):
+    """A loop that needs more than MAX_BYTES keeps what fits, rather than forgetting, at each
+    request, the block the loop asks for next."""
+    sizes = [LARGE, LARGE * 16 // 10, LARGE * 26 // 10, LARGE * 42 // 10]  # no block serves two
+    monkeypatch.setattr(workspace, "MAX_BYTES", sum(sizes[:3]) * 4)
+    for round in range(3):
+        where = [address(workspace.empty(size, np.float32)) for size in sizes]  # freed at once
+        if round == 0:
+            first = where
+        kept = [block.nbytes for block in workspace._blocks()]
+        assert kept == [size * 4 for size in sizes[:3]]  # the fourth is used once, each round
+        assert where[:3] == first[:3]
+
+
+def test_stale_free_blocks_make_room(monkeypatch):
+    monkeypatch.setattr(workspace, "MAX_BYTES", 2 * LARGE * 4)
+    monkeypatch.setattr(workspace, "STALE", 3)
+    workspace.empty(LARGE, np.float32)  # kept, then free
+    for _ in range(3):  # requests it does not serve; the larger size does not fit beside it
+        hold_in_turn([LARGE * 2])
+    assert [block.nbytes for block in workspace._blocks()] == [LARGE * 4]
+    hold_in_turn([LARGE * 2])  # now untaken for more than STALE requests: forgotten
+    assert [block.nbytes for block in workspace._blocks()] == [LARGE * 2 * 4]
 
 
 def test_kernel_results_survive_later_calls():

@@ -13,17 +13,29 @@ their large arrays from here:
 Each array is a view of a block of bytes that this module keeps. When nothing references a
 block any more (no array or view made from it is alive: every view holds a reference to the
 block, so its reference count is back to what this module holds), a later request of a size
-from half the block to the whole block reuses it. An array handed out is never reused while
-anything can still read it (reference counts are CPython's: elsewhere nothing is reused).
-Blocks are per thread; at most `MAX_BLOCKS` blocks and `MAX_BYTES` bytes are kept, and
-`release()` lets go of the calling thread's blocks. Arrays under `MIN_BYTES` come from
-`np.empty`: glibc's allocator, for one, serves such sizes from memory it already holds once
-it has seen them freed (its threshold for fresh mappings grows with the blocks freed). Not
-reliably from 1 MiB up: with `MIN_BYTES` at 4 MiB, ResNet-20's inference (64 images, one
-thread) met 2,400 page faults a pass (im2col's columns of the stride-2 convolutions,
-kernel-row matrices of 2 MiB), with 1 MiB none; a training step over two threads (128
-images) met 14,000 with 4 MiB and 7,000-11,000 with 1 MiB (with 1 MiB, more of a step's
-arrays compete for the `MAX_BLOCKS` kept blocks, and the ones beyond them are fresh).
+from 1/`FIT` of the block to the whole block reuses it (the smallest such block). An array
+handed out is never reused while anything can still read it (reference counts are
+CPython's: elsewhere nothing is reused). Blocks are per thread; `release()` lets go of the
+calling thread's blocks.
+
+Which blocks are kept. A step asks for the same sizes in the same order every time, so the
+blocks it needs are kept as long as they fit within `MAX_BYTES`; when a new block would not,
+free blocks that no request has taken for `STALE` requests make room (the longest unused
+first), and if that is not enough the new block is used once and not kept. Forgetting the
+oldest free block instead, as cnnumpy did with a fixed count of 16 blocks, forgets in a loop
+larger than what is kept just the block the loop asks for next: a ResNet-20 part of 64
+images takes 57 blocks (139 MiB) a training step, and with 16 kept met 7,300-8,800 page
+faults a step; with all kept, none, and a step of 128 images over two processes took 351 ms
+instead of 446 (`benchmarks/step_between_versions.py`). A ResNet-56 part of 64 keeps 307
+MiB. `FIT` trades the memory kept against the same: a block taken by a request much
+smaller than itself is not there for the next large one (ResNet-20's two-process training
+step peaked at 324 MiB with `FIT` 2, 300 with 1.5, 311 with 1.25).
+
+Arrays under `MIN_BYTES` come from `np.empty`: glibc's allocator, for one, serves such sizes
+from memory it already holds once it has seen them freed (its threshold for fresh mappings
+grows with the blocks freed). Not reliably from 1 MiB up: with `MIN_BYTES` at 4 MiB,
+ResNet-20's inference (64 images, one thread) met 2,400 page faults a pass (im2col's columns
+of the stride-2 convolutions, kernel-row matrices of 2 MiB), with 1 MiB none.
 
 Since an array from here is never written over while it is alive, an array a kernel made
 during a forward pass (`made_here`) can be held by a layer's cache as it is, when a container
@@ -39,8 +51,9 @@ from contextlib import contextmanager
 import numpy as np
 
 MIN_BYTES = 2**20
-MAX_BLOCKS = 16
-MAX_BYTES = 256 * 2**20
+MAX_BYTES = 512 * 2**20  # kept per thread
+FIT = 1.5  # a block serves requests from 1/FIT of its bytes up
+STALE = 1024  # requests a free block goes untaken before it may be forgotten
 
 _local = threading.local()
 
@@ -55,33 +68,47 @@ _FREE = _references([np.empty(1, dtype=np.uint8)], 0)
 _RECYCLES = sys.implementation.name == "cpython"
 
 
-def _blocks() -> list[np.ndarray]:
+def _state():
     if not hasattr(_local, "blocks"):
-        _local.blocks = []
-    return _local.blocks
+        _local.blocks = []  # the kept blocks
+        _local.taken = []  # for each, the count of requests when it was last taken
+        _local.requests = 0
+    return _local
+
+
+def _blocks() -> list[np.ndarray]:
+    return _state().blocks
 
 
 def _block_for(nbytes: int) -> np.ndarray:
-    """The smallest free kept block of nbytes to 2*nbytes bytes, else a new block, kept if
-    forgetting free blocks (the oldest first) makes room for it within `MAX_BLOCKS` and
-    `MAX_BYTES`."""
-    blocks = _blocks()
-    free = [index for index in range(len(blocks)) if _references(blocks, index) == _FREE]
-    fitting = [index for index in free if nbytes <= blocks[index].nbytes <= 2 * nbytes]
+    """The smallest free kept block of nbytes to FIT*nbytes bytes, else a new block, kept if
+    it fits within `MAX_BYTES`, after forgetting stale free blocks if need be (module doc)."""
+    state = _state()
+    blocks, taken = state.blocks, state.taken
+    state.requests += 1
+    fitting = [index for index in range(len(blocks))  # (a loop variable holding a block
+               if nbytes <= blocks[index].nbytes <= FIT * nbytes  # would count as a reference)
+               and _references(blocks, index) == _FREE]
     if fitting:
-        return blocks[min(fitting, key=lambda index: blocks[index].nbytes)]
+        index = min(fitting, key=lambda index: blocks[index].nbytes)
+        taken[index] = state.requests
+        return blocks[index]
     block = np.empty(nbytes, dtype=np.uint8)
     kept = sum(kept_block.nbytes for kept_block in blocks)
+    stale = sorted((index for index in range(len(blocks)) if state.requests - taken[index] > STALE
+                    and _references(blocks, index) == _FREE), key=lambda index: taken[index])
     forget = []
-    for index in free:
-        if len(blocks) - len(forget) < MAX_BLOCKS and kept + nbytes <= MAX_BYTES:
+    for index in stale:
+        if kept + nbytes <= MAX_BYTES:
             break
         forget.append(index)
         kept -= blocks[index].nbytes
-    for index in reversed(forget):
-        del blocks[index]
-    if len(blocks) < MAX_BLOCKS and kept + nbytes <= MAX_BYTES:
-        blocks.append(block)
+    if kept + nbytes > MAX_BYTES:
+        return block  # used once: forgetting the blocks a loop still takes would not help
+    for index in sorted(forget, reverse=True):
+        del blocks[index], taken[index]
+    blocks.append(block)
+    taken.append(state.requests)
     return block
 
 
@@ -111,7 +138,9 @@ def empty_like(x: np.ndarray, dtype=None) -> np.ndarray:
 
 def release() -> None:
     """Let go of the calling thread's kept blocks (arrays still in use stay valid)."""
-    _blocks().clear()
+    state = _state()
+    state.blocks.clear()
+    state.taken.clear()
 
 
 def made_here(x) -> bool:
