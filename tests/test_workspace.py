@@ -78,6 +78,14 @@ def hold_in_turn(sizes):
     return [address(a) for a in held]
 
 
+def kept_sizes():
+    """The kept blocks' sizes in float32 elements, checking the pool's lists agree."""
+    state = workspace._state()
+    assert len(state.taken) == len(state.sizes) == len(state.blocks)
+    assert state.sizes == [block.nbytes for block in state.blocks] == sorted(state.sizes)
+    return [size // 4 for size in state.sizes]
+
+
 def test_a_loop_of_requests_is_served_from_kept_blocks():
     sizes = [LARGE * (1 + k % 5) for k in range(40)]  # more blocks than a fixed count kept
     first = hold_in_turn(sizes)
@@ -106,9 +114,38 @@ def test_stale_free_blocks_make_room(monkeypatch):
     workspace.empty(LARGE, np.float32)  # kept, then free
     for _ in range(3):  # requests it does not serve; the larger size does not fit beside it
         hold_in_turn([LARGE * 2])
-    assert [block.nbytes for block in workspace._blocks()] == [LARGE * 4]
+    assert kept_sizes() == [LARGE]
     hold_in_turn([LARGE * 2])  # now untaken for more than STALE requests: forgotten
-    assert [block.nbytes for block in workspace._blocks()] == [LARGE * 2 * 4]
+    assert kept_sizes() == [LARGE * 2]
+
+
+def test_a_block_taken_again_is_not_stale(monkeypatch):
+    monkeypatch.setattr(workspace, "MAX_BYTES", 2 * LARGE * 4)
+    monkeypatch.setattr(workspace, "STALE", 3)
+    for _ in range(6):
+        workspace.empty(LARGE, np.float32)  # kept at the first request, taken at each
+    workspace.empty(2 * LARGE, np.float32)  # does not fit beside it, which is not stale
+    assert kept_sizes() == [LARGE]
+
+
+def test_staleness_counts_every_request_and_the_least_recently_taken_goes_first(monkeypatch):
+    monkeypatch.setattr(workspace, "MAX_BYTES", 3 * LARGE * 4)
+    monkeypatch.setattr(workspace, "STALE", 3)
+    a, _ = hold_in_turn([LARGE, LARGE])  # requests 1, 2
+    for _ in range(4):  # requests 3-6, served by the first block
+        assert address(workspace.empty(LARGE, np.float32)) == a
+    workspace.empty(2 * LARGE, np.float32)  # the second untaken for 5 > 3 requests: forgotten
+    assert kept_sizes() == [LARGE, 2 * LARGE]
+    assert address(workspace.empty(LARGE, np.float32)) == a
+
+
+def test_the_longest_untaken_stale_block_goes_first(monkeypatch):
+    monkeypatch.setattr(workspace, "MAX_BYTES", 35 * LARGE * 4 // 10)
+    monkeypatch.setattr(workspace, "STALE", 0)
+    workspace.empty(LARGE, np.float32)  # request 1
+    workspace.empty(LARGE * 14 // 10, np.float32)  # request 2, a block of its own
+    workspace.empty(2 * LARGE, np.float32)  # request 3: both stale; forgetting the first fits
+    assert kept_sizes() == [LARGE * 14 // 10, 2 * LARGE]
 
 
 def test_kernel_results_survive_later_calls():

@@ -20,16 +20,23 @@ calling thread's blocks.
 
 Which blocks are kept. A step asks for the same sizes in the same order every time, so the
 blocks it needs are kept as long as they fit within `MAX_BYTES`; when a new block would not,
-free blocks that no request has taken for `STALE` requests make room (the longest unused
-first), and if that is not enough the new block is used once and not kept. Forgetting the
-oldest free block instead, as cnnumpy did with a fixed count of 16 blocks, forgets in a loop
-larger than what is kept just the block the loop asks for next: a ResNet-20 part of 64
-images takes 57 blocks (139 MiB) a training step, and with 16 kept met 7,300-8,800 page
-faults a step; with all kept, none, and a step of 128 images over two processes took 351 ms
-instead of 446 (`benchmarks/step_between_versions.py`). A ResNet-56 part of 64 keeps 307
-MiB. `FIT` trades the memory kept against the same: a block taken by a request much
-smaller than itself is not there for the next large one (ResNet-20's two-process training
-step peaked at 324 MiB with `FIT` 2, 300 with 1.5, 311 with 1.25).
+free blocks that no request has taken for more than `STALE` requests (counting every request
+for a block, served or not) make room, the least recently taken first, and if that is not
+enough the new block is used once and not kept. So a loop of requests that comes back to
+each block within `STALE` requests keeps what fits of it (a ResNet-20 step of 64 images
+makes 236 requests, ResNet-56's 644, ResNet-110's 1,264), and what a loop no longer asks for
+makes room for what it does. Forgetting the oldest free block whenever a new one needs room,
+as cnnumpy did with a fixed count of 16 blocks, forgets in a loop larger than what is kept
+just the block the loop asks for next: a ResNet-20 part of 64 images takes 57 blocks (139
+MiB) a training step, and with 16 kept met 7,300-8,800 page faults a step; with all kept,
+no request needs a new block, and a step of 128 images over two processes took 351 ms
+instead of 446 (`benchmarks/step_between_versions.py`). A ResNet-56 part of 64 keeps 129
+blocks (307 MiB). The memory kept stays at the most a loop has used, up to `MAX_BYTES` a
+thread, until `release()`, as PyTorch's caching allocator keeps a GPU's. `FIT` bounds the
+bytes a block may waste on a smaller request; both ways it costs memory: a block taken by a
+much smaller request is not there for the next large one, and a block kept for each narrow
+band of sizes is one more (ResNet-20's two-process training step peaked at 324 MiB with
+`FIT` 2, 300 with 1.5, 311 with 1.25).
 
 Arrays under `MIN_BYTES` come from `np.empty`: glibc's allocator, for one, serves such sizes
 from memory it already holds once it has seen them freed (its threshold for fresh mappings
@@ -46,6 +53,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from bisect import bisect_left, bisect_right
 from contextlib import contextmanager
 
 import numpy as np
@@ -53,7 +61,7 @@ import numpy as np
 MIN_BYTES = 2**20
 MAX_BYTES = 512 * 2**20  # kept per thread
 FIT = 1.5  # a block serves requests from 1/FIT of its bytes up
-STALE = 1024  # requests a free block goes untaken before it may be forgotten
+STALE = 4096  # requests a block goes untaken before it may be forgotten
 
 _local = threading.local()
 
@@ -70,7 +78,8 @@ _RECYCLES = sys.implementation.name == "cpython"
 
 def _state():
     if not hasattr(_local, "blocks"):
-        _local.blocks = []  # the kept blocks
+        _local.blocks = []  # the kept blocks, smallest first
+        _local.sizes = []  # their sizes in bytes
         _local.taken = []  # for each, the count of requests when it was last taken
         _local.requests = 0
     return _local
@@ -84,17 +93,15 @@ def _block_for(nbytes: int) -> np.ndarray:
     """The smallest free kept block of nbytes to FIT*nbytes bytes, else a new block, kept if
     it fits within `MAX_BYTES`, after forgetting stale free blocks if need be (module doc)."""
     state = _state()
-    blocks, taken = state.blocks, state.taken
+    blocks, sizes, taken = state.blocks, state.sizes, state.taken
     state.requests += 1
-    fitting = [index for index in range(len(blocks))  # (a loop variable holding a block
-               if nbytes <= blocks[index].nbytes <= FIT * nbytes  # would count as a reference)
-               and _references(blocks, index) == _FREE]
-    if fitting:
-        index = min(fitting, key=lambda index: blocks[index].nbytes)
-        taken[index] = state.requests
-        return blocks[index]
+    # (indices, not a loop over the blocks: a variable holding one counts as a reference)
+    for index in range(bisect_left(sizes, nbytes), bisect_right(sizes, FIT * nbytes)):
+        if _references(blocks, index) == _FREE:
+            taken[index] = state.requests
+            return blocks[index]
     block = np.empty(nbytes, dtype=np.uint8)
-    kept = sum(kept_block.nbytes for kept_block in blocks)
+    kept = sum(sizes)
     stale = sorted((index for index in range(len(blocks)) if state.requests - taken[index] > STALE
                     and _references(blocks, index) == _FREE), key=lambda index: taken[index])
     forget = []
@@ -102,13 +109,15 @@ def _block_for(nbytes: int) -> np.ndarray:
         if kept + nbytes <= MAX_BYTES:
             break
         forget.append(index)
-        kept -= blocks[index].nbytes
+        kept -= sizes[index]
     if kept + nbytes > MAX_BYTES:
         return block  # used once: forgetting the blocks a loop still takes would not help
     for index in sorted(forget, reverse=True):
-        del blocks[index], taken[index]
-    blocks.append(block)
-    taken.append(state.requests)
+        del blocks[index], sizes[index], taken[index]
+    index = bisect_right(sizes, nbytes)
+    blocks.insert(index, block)
+    sizes.insert(index, nbytes)
+    taken.insert(index, state.requests)
     return block
 
 
@@ -139,8 +148,8 @@ def empty_like(x: np.ndarray, dtype=None) -> np.ndarray:
 def release() -> None:
     """Let go of the calling thread's kept blocks (arrays still in use stay valid)."""
     state = _state()
-    state.blocks.clear()
-    state.taken.clear()
+    for kept in (state.blocks, state.sizes, state.taken):
+        kept.clear()
 
 
 def made_here(x) -> bool:
