@@ -2,10 +2,11 @@
 
     git worktree add /tmp/before <commit>
     python benchmarks/step_between_versions.py /tmp/before . [--rounds 8] [--steps 20]
+        [--split threads] [--input-shape 1,28,28]
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/step_between_versions.py ...
 
 Each round runs one fresh process per version, one after the other: the version's `src` first
-on the path, ResNet-20 (3x32x32, 10 classes), a batch of 128 through
+on the path, ResNet-20 (3x32x32 or `--input-shape`, 10 classes), a batch of 128 through
 `BatchParallel(model, 2, processes=...)` (forward, cross-entropy, backward; no update), and
 the median of `--steps` steps after two untimed ones. The machine's speed drifts from minute
 to minute more than most changes move a step, so the versions alternate, and the table gives
@@ -26,8 +27,9 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np, cnnumpy as cn
 from cnnumpy.parallel import BatchParallel
 rng = np.random.default_rng(0)
-model = cn.models.resnet20(input_shape=(3, 32, 32), num_classes=10, rng=rng)
-x = rng.random((128, 3, 32, 32), dtype=np.float32)
+shape = tuple(int(size) for size in sys.argv[4].split(","))
+model = cn.models.resnet20(input_shape=shape, num_classes=10, rng=rng)
+x = rng.random((128, *shape), dtype=np.float32)
 y = rng.integers(0, 10, 128)
 criterion = cn.CrossEntropyLoss()
 passes = BatchParallel(model, 2, processes=sys.argv[3] == "processes")
@@ -41,11 +43,11 @@ print(1e3 * statistics.median(times[2:]))
 """
 
 
-def step_ms(tree: str, steps: int, split: str) -> float:
+def step_ms(tree: str, steps: int, split: str, shape: str) -> float:
     src = os.path.abspath(os.path.join(tree, "src"))
     if not os.path.isdir(os.path.join(src, "cnnumpy")):
         raise SystemExit(f"{tree} has no src/cnnumpy")
-    out = subprocess.run([sys.executable, "-c", CHILD, src, str(steps), split],
+    out = subprocess.run([sys.executable, "-c", CHILD, src, str(steps), split, shape],
                          capture_output=True, text=True, check=True)
     return float(out.stdout)
 
@@ -56,17 +58,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--split", choices=("processes", "threads"), default="processes")
+    parser.add_argument("--input-shape", default="3,32,32", help="C,H,W of the images")
     args = parser.parse_args()
     import numpy  # noqa: F401  (loads the BLAS that threadpoolctl reports)
     from threadpoolctl import threadpool_info
     kernels = {info.get("architecture") for info in threadpool_info()
                if info.get("user_api") == "blas"}
-    print(f"ResNet-20, batch 128 over 2 {args.split}; BLAS kernel {', '.join(map(str, kernels))}"
+    print(f"ResNet-20 at {args.input_shape}, batch 128 over 2 {args.split}; BLAS kernel {', '.join(map(str, kernels))}"
           f" (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')})")
     times = {tree: [] for tree in args.trees}
     for _ in range(args.rounds):
         for tree in args.trees:
-            times[tree].append(step_ms(tree, args.steps, args.split))
+            times[tree].append(step_ms(tree, args.steps, args.split, args.input_shape))
     for tree, values in times.items():
         figures = " ".join(f"{value:.1f}" for value in sorted(values))
         print(f"{tree}: median {statistics.median(values):.1f} ms  ({figures})")

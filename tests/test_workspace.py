@@ -99,9 +99,9 @@ def test_when_kept_bytes_are_full_the_kept_blocks_stay(monkeypatch):
     request, the block the loop asks for next."""
     sizes = [LARGE, LARGE * 16 // 10, LARGE * 26 // 10, LARGE * 42 // 10]  # no block serves two
     monkeypatch.setattr(workspace, "MAX_BYTES", sum(sizes[:3]) * 4)
-    for round in range(3):
+    for step in range(3):
         where = [address(workspace.empty(size, np.float32)) for size in sizes]  # freed at once
-        if round == 0:
+        if step == 0:
             first = where
         kept = [block.nbytes for block in workspace._blocks()]
         assert kept == [size * 4 for size in sizes[:3]]  # the fourth is used once, each round

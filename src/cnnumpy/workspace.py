@@ -27,11 +27,12 @@ each block within `STALE` requests keeps what fits of it (a ResNet-20 step of 64
 makes 236 requests, ResNet-56's 644, ResNet-110's 1,264), and what a loop no longer asks for
 makes room for what it does. Forgetting the oldest free block whenever a new one needs room,
 as cnnumpy did with a fixed count of 16 blocks, forgets in a loop larger than what is kept
-just the block the loop asks for next: a ResNet-20 part of 64 images takes 57 blocks (139
+just the block the loop asks for next: a ResNet-20 part of 64 images takes 59 blocks (141
 MiB) a training step, and with 16 kept met 7,300-8,800 page faults a step; with all kept,
 no request needs a new block, and a step of 128 images over two processes took 351 ms
-instead of 446 (`benchmarks/step_between_versions.py`). A ResNet-56 part of 64 keeps 129
-blocks (307 MiB). The memory kept stays at the most a loop has used, up to `MAX_BYTES` a
+instead of 446 in a noisy hour, 325 instead of 347 in a quiet one
+(`benchmarks/step_between_versions.py`). A ResNet-56 part of 64 keeps 131
+blocks (309 MiB). The memory kept stays at the most a loop has used, up to `MAX_BYTES` a
 thread, until `release()`, as PyTorch's caching allocator keeps a GPU's. `FIT` bounds the
 bytes a block may waste on a smaller request; both ways it costs memory: a block taken by a
 much smaller request is not there for the next large one, and a block kept for each narrow
@@ -40,9 +41,11 @@ band of sizes is one more (ResNet-20's two-process training step peaked at 324 M
 
 Arrays under `MIN_BYTES` come from `np.empty`: glibc's allocator, for one, serves such sizes
 from memory it already holds once it has seen them freed (its threshold for fresh mappings
-grows with the blocks freed). Not reliably from 1 MiB up: with `MIN_BYTES` at 4 MiB,
+grows with the blocks freed). Not reliably from half a MiB up: with `MIN_BYTES` at 4 MiB,
 ResNet-20's inference (64 images, one thread) met 2,400 page faults a pass (im2col's columns
-of the stride-2 convolutions, kernel-row matrices of 2 MiB), with 1 MiB none.
+of the stride-2 convolutions, kernel-row matrices of 2 MiB), with 1 MiB none; its training
+step on 1x28x28 images (the last stage's arrays 0.8 MiB) met 1,200-1,300 with 1 MiB and 1
+with 512 KiB, and a step of 128 images over two processes took 268 ms instead of 291.
 
 Since an array from here is never written over while it is alive, an array a kernel made
 during a forward pass (`made_here`) can be held by a layer's cache as it is, when a container
@@ -58,7 +61,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-MIN_BYTES = 2**20
+MIN_BYTES = 2**19
 MAX_BYTES = 512 * 2**20  # kept per thread
 FIT = 1.5  # a block serves requests from 1/FIT of its bytes up
 STALE = 4096  # requests a block goes untaken before it may be forgotten
