@@ -48,8 +48,18 @@ def step_ms(tree: str, steps: int, split: str, shape: str) -> float:
     if not os.path.isdir(os.path.join(src, "cnnumpy")):
         raise SystemExit(f"{tree} has no src/cnnumpy")
     out = subprocess.run([sys.executable, "-c", CHILD, src, str(steps), split, shape],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"the step of {tree} failed:\n{out.stderr}")
     return float(out.stdout)
+
+
+def input_shape(text: str) -> str:
+    """C,H,W as three positive integers (argparse's check of --input-shape)."""
+    sizes = text.split(",")
+    if len(sizes) != 3 or not all(size.strip().isdigit() and int(size) > 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"expected C,H,W (three positive integers), got {text!r}")
+    return text
 
 
 def main() -> None:
@@ -58,7 +68,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--split", choices=("processes", "threads"), default="processes")
-    parser.add_argument("--input-shape", default="3,32,32", help="C,H,W of the images")
+    parser.add_argument("--input-shape", type=input_shape, default="3,32,32",
+                        help="C,H,W of the images")
     args = parser.parse_args()
     import numpy  # noqa: F401  (loads the BLAS that threadpoolctl reports)
     from threadpoolctl import threadpool_info
@@ -69,7 +80,8 @@ def main() -> None:
     times = {tree: [] for tree in args.trees}
     for _ in range(args.rounds):
         for tree in args.trees:
-            times[tree].append(step_ms(tree, args.steps, args.split, args.input_shape))
+            times[tree].append(step_ms(tree, args.steps, args.split,
+                                       args.input_shape))
     for tree, values in times.items():
         figures = " ".join(f"{value:.1f}" for value in sorted(values))
         print(f"{tree}: median {statistics.median(values):.1f} ms  ({figures})")

@@ -128,7 +128,7 @@ def test_a_block_taken_again_is_not_stale(monkeypatch):
     assert kept_sizes() == [LARGE]
 
 
-def test_staleness_counts_every_request_and_the_least_recently_taken_goes_first(monkeypatch):
+def test_staleness_counts_every_request(monkeypatch):
     monkeypatch.setattr(workspace, "MAX_BYTES", 3 * LARGE * 4)
     monkeypatch.setattr(workspace, "STALE", 3)
     a, _ = hold_in_turn([LARGE, LARGE])  # requests 1, 2
@@ -139,13 +139,13 @@ def test_staleness_counts_every_request_and_the_least_recently_taken_goes_first(
     assert address(workspace.empty(LARGE, np.float32)) == a
 
 
-def test_the_longest_untaken_stale_block_goes_first(monkeypatch):
+def test_the_least_recently_taken_stale_block_goes_first(monkeypatch):
     monkeypatch.setattr(workspace, "MAX_BYTES", 35 * LARGE * 4 // 10)
     monkeypatch.setattr(workspace, "STALE", 0)
-    workspace.empty(LARGE, np.float32)  # request 1
-    workspace.empty(LARGE * 14 // 10, np.float32)  # request 2, a block of its own
+    workspace.empty(LARGE * 16 // 10, np.float32)  # request 1: the larger block
+    workspace.empty(LARGE, np.float32)  # request 2, a block of its own
     workspace.empty(2 * LARGE, np.float32)  # request 3: both stale; forgetting the first fits
-    assert kept_sizes() == [LARGE * 14 // 10, 2 * LARGE]
+    assert kept_sizes() == [LARGE, 2 * LARGE]
 
 
 def test_kernel_results_survive_later_calls():
