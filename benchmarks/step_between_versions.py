@@ -75,7 +75,8 @@ def main() -> None:
     from threadpoolctl import threadpool_info
     kernels = {info.get("architecture") for info in threadpool_info()
                if info.get("user_api") == "blas"}
-    print(f"ResNet-20 at {args.input_shape}, batch 128 over 2 {args.split}; BLAS kernel {', '.join(map(str, kernels))}"
+    print(f"ResNet-20 at {args.input_shape}, batch 128 over 2 {args.split}; "
+          f"BLAS kernel {', '.join(map(str, kernels))}"
           f" (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')})")
     times = {tree: [] for tree in args.trees}
     for _ in range(args.rounds):

@@ -22,22 +22,22 @@ Which blocks are kept. A step asks for the same sizes in the same order every ti
 blocks it needs are kept as long as they fit within `MAX_BYTES`; when a new block would not,
 free blocks that no request has taken for more than `STALE` requests (counting every request
 for a block, served or not) make room, the least recently taken first, and if that is not
-enough the new block is used once and not kept. So a loop of requests that comes back to
-each block within `STALE` requests keeps what fits of it (a training step of 64 images
-makes 281 requests in ResNet-20, 773 in ResNet-56, 1,521 in ResNet-110), and what a loop
-no longer asks for makes room for what it does. Forgetting the oldest free block whenever a new one needs room,
-as cnnumpy did with a fixed count of 16 blocks, forgets in a loop larger than what is kept
-just the block the loop asks for next: a ResNet-20 part of 64 images takes 59 blocks (141
-MiB) a training step. With arrays from 1 MiB (57 blocks), 16 kept met 7,300-8,800 page
-faults a step; all kept, no request needed a new block, and a step of 128 images over two
-processes took 351 ms instead of 446 in a noisy hour, 325 instead of 347 in a quiet one
-(`benchmarks/step_between_versions.py`). A ResNet-56 part of 64 keeps 131
-blocks (309 MiB). The memory kept stays at the most a loop has used, up to `MAX_BYTES` a
-thread, until `release()`, as PyTorch's caching allocator keeps a GPU's. `FIT` bounds the
-bytes a block may waste on a smaller request; both ways it costs memory: a block taken by a
-much smaller request is not there for the next large one, and a block kept for each narrow
-band of sizes is one more (ResNet-20's two-process training step peaked at 324 MiB with
-`FIT` 2, 300 with 1.5, 311 with 1.25).
+enough the new block is used once and not kept. So a loop of requests that comes back to each
+block within `STALE` requests keeps what fits of it (a training step of 64 images makes 281
+requests in ResNet-20, 773 in ResNet-56, 1,521 in ResNet-110), and what a loop no longer asks
+for makes room for what it does. Forgetting the oldest free block whenever a new one needs
+room, as cnnumpy did with a fixed count of 16 blocks, forgets in a loop larger than what is
+kept just the block the loop asks for next: a ResNet-20 part of 64 images takes 59 blocks (141
+MiB) a training step. With arrays from 1 MiB (57 blocks), 16 kept met 7,300-8,800 page faults a
+step; all kept, no request needed a new block, and a step of 128 images over two processes took
+351 ms instead of 446 in a noisy hour, 325 instead of 347 in a quiet one
+(`benchmarks/step_between_versions.py`). A ResNet-56 part of 64 keeps 131 blocks (309 MiB). The
+memory kept stays at the most a loop has used, up to `MAX_BYTES` a thread, until `release()`,
+as PyTorch's caching allocator keeps a GPU's. `FIT` bounds the bytes a block may waste on a
+smaller request; both ways it costs memory: a block taken by a much smaller request is not
+there for the next large one, and a block kept for each narrow band of sizes is one more
+(ResNet-20's two-process training step peaked at 324 MiB with `FIT` 2, 300 with 1.5, 311 with
+1.25).
 
 Arrays under `MIN_BYTES` come from `np.empty`: glibc's allocator, for one, serves such sizes
 from memory it already holds once it has seen them freed (its threshold for fresh mappings
