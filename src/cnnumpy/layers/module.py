@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import trace, workspace
-from ..functional.windowing import pair
+from ..functional.windowing import pair, to_nchw
 from ..shapes import conv_output_size
 
 
@@ -328,7 +328,7 @@ class Layer(Module):
             return x
         if channels_last and x.ndim == 4:
             n, c, h, w = x.shape
-            copied = workspace.empty((n, h, w, c), x.dtype).transpose(0, 3, 1, 2)
+            copied = to_nchw(workspace.empty((n, h, w, c), x.dtype))
         else:
             copied = workspace.empty_like(x)
         np.copyto(copied, x)
