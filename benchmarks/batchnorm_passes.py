@@ -8,16 +8,19 @@ core gets), float32, one thread, channels-last memory as the kernels write it:
 
     one pass        x * 2 into another array (recycled memory, as the kernels' outputs are):
                     one read and one write of the activations
-    BN forward      `functional.batchnorm_forward` (training: the batch's statistics)
-    BN backward     `functional.batchnorm_backward`
+    BN forward      `functional.batchnorm_forward` (training: the batch's statistics), with
+                    the fused loops (`functional.fused`, when Numba is installed) and with
+                    the NumPy passes
+    BN backward     `functional.batchnorm_backward`, both ways
     add             the residual sum a + b into a new array (`layers.Add` in training)
     torch BN        PyTorch's BatchNorm2d forward, then forward and backward minus forward
                     (NCHW and channels-last tensors), when PyTorch is installed
 
-each as a median time and as that time divided by one pass's. cnnumpy's BatchNorm makes five
-passes in forward (two that only read: the sums for the mean and for the variance of the
-centred values) and six in backward (two that only read), as NumPy runs one operation per
-pass; the columns say what they cost next to one pass and to PyTorch's fused kernels.
+each as a median time and as that time divided by one pass's. In NumPy, cnnumpy's BatchNorm
+makes five passes in forward (two that only read: the sums for the mean and for the variance
+of the centred values) and six in backward (two that only read), as NumPy runs one operation
+per pass; fused, two each way (one that reads, one that writes). The columns say what they
+cost next to one pass and to PyTorch's fused kernels.
 The rows are timed in turn, block by block (`bench_vs_torch.interleaved_medians`), so that
 a drift of the machine's speed meets every row alike.
 """
@@ -33,7 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from cnnumpy import workspace  # noqa: E402
-from cnnumpy.functional import batchnorm_backward, batchnorm_forward  # noqa: E402
+from cnnumpy.functional import batchnorm_backward, batchnorm_forward, fused  # noqa: E402
 
 from bench_vs_torch import blas_kernel, interleaved_medians  # noqa: E402
 
@@ -58,6 +61,20 @@ def torch_runs(x: np.ndarray, g: np.ndarray) -> dict:
     return runs
 
 
+def batchnorm_runs(way: str, x, g, gamma, beta) -> dict:
+    """BatchNorm's forward and backward with the fused loops or the NumPy passes."""
+    def run(function, *args):
+        def timed():
+            fused.enabled = way == "fused"
+            function(*args)
+        return timed
+
+    fused.enabled = way == "fused"
+    cache = batchnorm_forward(x, gamma, beta, 1e-5)[1]
+    return {f"BN forward ({way})": run(batchnorm_forward, x, gamma, beta, 1e-5),
+            f"BN backward ({way})": run(batchnorm_backward, g, cache)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
@@ -72,12 +89,11 @@ def main() -> None:
                                                     ).transpose(0, 3, 1, 2)
         x, g, b = channels_last(), channels_last(), channels_last()
         gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
-        cache = batchnorm_forward(x, gamma, beta, 1e-5)[1]
-        runs = {"one pass": lambda: np.multiply(x, 2, out=workspace.empty_like(x)),
-                "BN forward": lambda: batchnorm_forward(x, gamma, beta, 1e-5),
-                "BN backward": lambda: batchnorm_backward(g, cache),
-                "add": lambda: np.add(x, b, out=workspace.empty_like(x)),
-                **torch_runs(x, g)}
+        runs = {"one pass": lambda: np.multiply(x, 2, out=workspace.empty_like(x))}
+        for way in ("fused", "NumPy") if fused.available else ("NumPy",):
+            runs.update(batchnorm_runs(way, x, g, gamma, beta))
+        runs.update({"add": lambda: np.add(x, b, out=workspace.empty_like(x)),
+                     **torch_runs(x, g)})
         ms = {name: 1e3 * seconds
               for name, seconds in interleaved_medians(runs, 1, args.repeats).items()}
         for layout in ("NCHW", "channels-last"):

@@ -20,6 +20,18 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(params=["fused", "numpy"])
+def batchnorm_way(request, monkeypatch):
+    """BatchNorm's training kernels both ways: the fused loops (Numba, the `fast` extra) and
+    the NumPy passes."""
+    from cnnumpy.functional import fused
+
+    if request.param == "fused" and not fused.available:
+        pytest.skip("Numba (the `fast` extra) is not installed")
+    monkeypatch.setattr(fused, "enabled", request.param == "fused")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def explore_run(tmp_path_factory):
     """A run of `cnnumpy train` (SimpleCNN, one epoch on 64 images) on a tiny data set in the

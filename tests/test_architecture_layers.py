@@ -37,7 +37,7 @@ def conv(c_in, c_out, k, stride=1, padding=0, seed=0, bias=False):
 @pytest.mark.parametrize("cls, shape", [(cn.BatchNorm2D, (3, 4, 5, 4)),
                                         (cn.BatchNorm2D, (1, 3, 2, 3)),
                                         (cn.BatchNorm1D, (6, 5))])
-def test_batchnorm_gradients_exact(cls, shape, training, rng):
+def test_batchnorm_gradients_exact(cls, shape, training, rng, batchnorm_way):
     layer = batchnorm(cls, shape[1], rng, training)
     x = rng.standard_normal(shape) * 3 + 1
     assert set(layer.parameters()) == {"gamma", "beta"}

@@ -28,7 +28,7 @@ def batchnorm_reference(running_mean, running_var, training, momentum, eps):
 
 
 @pytest.mark.parametrize("cls, shape", [(cn.BatchNorm2D, (4, 3, 5, 6)), (cn.BatchNorm1D, (7, 5))])
-def test_batchnorm_training_then_eval(cls, shape, rng):
+def test_batchnorm_training_then_eval(cls, shape, rng, batchnorm_way):
     """Three training-mode calls (momentum 0.3, unbiased running variance), then eval mode."""
     channels, momentum, eps = shape[1], 0.3, 1e-3
     layer = cls(channels, eps=eps, momentum=momentum, dtype=np.float64)

@@ -348,7 +348,7 @@ def test_split_pass_keeps_each_modules_own_mode(rng, processes):
 @pytest.mark.parametrize("centre, apart, std, meetings", [
     (0.0, 3.0, 1.0, 2), (1.0, 1e4, 1.0, 2), (1e4, 0.05, 0.01, 3)])
 def test_split_batchnorm_meets_once_in_forward_unless_the_mean_is_far_from_zero(
-        monkeypatch, centre, apart, std, meetings):
+        monkeypatch, centre, apart, std, meetings, batchnorm_way):
     """Each part centres its values on its own mean and the parts meet once for their
     statistics when the batch's mean is within about 30 standard deviations of zero, also
     with parts' means far apart (their centred values then differ from the batch's by
@@ -378,7 +378,7 @@ def test_split_batchnorm_meets_once_in_forward_unless_the_mean_is_far_from_zero(
         np.testing.assert_allclose(model.buffers()[name], buffer, rtol=1e-10, err_msg=name)
 
 
-def test_split_batchnorm_in_float32_is_as_close_as_the_whole_batch():
+def test_split_batchnorm_in_float32_is_as_close_as_the_whole_batch(batchnorm_way):
     """float32, two parts a standard deviation apart, the mean 31 standard deviations from
     zero (one meeting still): the running variance within 2e-6 of float64's and the outputs
     within 2e-5, no further than the whole batch's own (whose float32 mean leaves 1e-4 in
@@ -400,7 +400,7 @@ def test_split_batchnorm_in_float32_is_as_close_as_the_whole_batch():
     assert abs(out - expected).max() <= abs(whole.forward(x) - expected).max()
 
 
-def test_a_split_of_one_part_is_the_whole_batch():
+def test_a_split_of_one_part_is_the_whole_batch(batchnorm_way):
     """A one-process run's split (`WholeBatch`, as `fit` sets it) takes the whole batch's way,
     bit for bit: no sums, no combination."""
     from cnnumpy.distributed import WholeBatch
@@ -416,7 +416,7 @@ def test_a_split_of_one_part_is_the_whole_batch():
     np.testing.assert_array_equal(model[0].running_var, whole[0].running_var)
 
 
-def test_split_batchnorm_is_exact_for_parts_whose_means_differ_far_from_zero():
+def test_split_batchnorm_is_exact_for_parts_whose_means_differ_far_from_zero(batchnorm_way):
     """Means of 1e4, standard deviations of 0.01: the parts meet a second time and centre on
     the batch's mean (combined from the parts' own means, the variance's float64 difference
     would be off by 1e-5; a sum's order alone moves the mean by 1e-12, 1e-10 of a standard

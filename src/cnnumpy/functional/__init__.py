@@ -31,7 +31,8 @@ read from (`col2im_by_offset` takes the window gradients one kernel offset at a 
 
 Modules, one family each: `windowing` (layout, padding, windows and their adjoint, shared by
 convolution and pooling), `conv`, `winograd` (3x3 convolutions by Winograd's F(2x2, 3x3),
-which `conv` chooses for many channels), `pooling`, `normalization`, `linear` (ReLU, dropout,
+which `conv` chooses for many channels), `pooling`, `normalization` (with `fused`, its
+passes compiled by Numba when installed), `linear` (ReLU, dropout,
 flatten, fully connected), and `channelwise` (elementwise passes against a per-channel
 vector, in long runs of memory, and column sums of narrow matrices).
 """
@@ -45,7 +46,8 @@ from .winograd import conv2d_winograd
 from .pooling import (POOL_BLOCK_BYTES, adaptive_avgpool2d_backward, adaptive_avgpool2d_forward,
                       adaptive_bounds, avgpool2d_backward, avgpool2d_forward, maxpool2d,
                       maxpool2d_backward, maxpool2d_forward)
-from .normalization import (batchnorm_backward, batchnorm_folded, batchnorm_forward,
+from . import fused
+from .normalization import (BatchNormCache, batchnorm_backward, batchnorm_folded, batchnorm_forward,
                             batchnorm_infer)
 from .linear import (dropout_backward, dropout_forward, dropout_mask, flatten_backward,
                      flatten_forward, linear_backward, linear_forward, matmul_wide_via_transpose,

@@ -71,9 +71,11 @@ class _BatchNorm(Layer):
         if not self.training:  # the cache is the input, for the gradients at fixed statistics
             return self._infer(x), ("eval", self._held(x))
         self._check_batch(x)
-        out, cache, mean, var = F.batchnorm_forward(x, self.gamma, self.beta, self.eps,
+        # The fused kernels' cache holds x itself: a copy unless a container hands x over.
+        held = self._held(x, channels_last=True) if F.fused.enabled else x
+        out, cache, mean, var = F.batchnorm_forward(held, self.gamma, self.beta, self.eps,
                                                     self._total_sum())
-        count = cache[3]
+        count = cache.count
         m = self.momentum
         self.running_mean *= 1 - m
         self.running_mean += m * mean

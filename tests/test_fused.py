@@ -1,0 +1,116 @@
+"""BatchNorm's fused loops (`cnnumpy.functional.fused`, compiled by Numba) against the NumPy
+passes and float64 sums: the same statistics, outputs and gradients, for any shape."""
+
+import numpy as np
+import pytest
+
+import cnnumpy as cn
+from cnnumpy.functional import batchnorm_backward, batchnorm_forward, fused
+
+pytestmark = pytest.mark.skipif(not fused.available,
+                                reason="Numba (the `fast` extra) is not installed")
+
+# (M, C) rows: runs of 256 values and rows left over, narrow and wide, one row, none
+ROWS = [(65536 + 5, 16), (1001, 16), (4099, 64), (7, 5), (3, 300), (1, 3), (0, 4)]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)])
+@pytest.mark.parametrize("m, c", ROWS)
+def test_kernels_compute_their_formulas(m, c, dtype, tolerance, rng):
+    x = (rng.standard_normal((m, c)) * 2 + 3).astype(dtype)
+    g = rng.standard_normal((m, c)).astype(dtype)
+    centre, scale, shift, gain = (rng.standard_normal(c).astype(dtype) for _ in range(4))
+    d, g64 = x.astype(np.float64) - centre, g.astype(np.float64)
+
+    def close(got, expected, size):  # within tolerance of |expected| + size, elementwise
+        assert np.all(abs(got - expected) <= tolerance * (abs(expected) + size))
+
+    sums, squares = fused.shifted_sums(x, centre)
+    assert sums.dtype == squares.dtype == np.float64
+    close(sums, d.sum(axis=0), abs(d).sum(axis=0))
+    close(squares, (d * d).sum(axis=0), 0)
+    sums, products = fused.gradient_sums(g, x, centre)
+    close(sums, g64.sum(axis=0), abs(g64).sum(axis=0))
+    close(products, (g64 * d).sum(axis=0), abs(g64 * d).sum(axis=0))
+    out = fused.affine(x, centre, scale, shift, np.empty_like(x))
+    assert out.dtype == dtype
+    close(out, d * scale + shift, abs(d * scale) + abs(shift))
+    out = fused.gradient_input(g, x, centre, gain, scale, shift, np.empty_like(x))
+    close(out, g64 * gain + d * scale + shift, abs(g64 * gain) + abs(d * scale) + abs(shift))
+
+
+def test_only_contiguous_rows_of_one_float_dtype_are_fused(monkeypatch):
+    x = np.zeros((6, 4), np.float32)
+    assert fused.usable(x, x.copy())
+    assert not fused.usable(x[:, ::2])  # strided
+    assert not fused.usable(x, x.astype(np.float64))
+    assert not fused.usable(x.astype(np.float16))
+    monkeypatch.setattr(fused, "enabled", False)
+    assert not fused.usable(x)
+
+
+def _both_ways(x, dout, monkeypatch, **batchnorm):
+    """batchnorm_forward and _backward's results with the fused loops and the NumPy passes."""
+    results = {}
+    for way in ("fused", "numpy"):
+        monkeypatch.setattr(fused, "enabled", way == "fused")
+        out, cache, mean, var = batchnorm_forward(x, **batchnorm)
+        assert cache.fused == (way == "fused")
+        results[way] = (out, mean, var, *batchnorm_backward(dout, cache))
+    return results
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 5, 5), (3, 7, 9, 11), (8, 5), (4, 300), (2, 3, 1, 1)])
+def test_fused_batchnorm_equals_the_numpy_passes(shape, monkeypatch, rng):
+    """float64: outputs, batch statistics and every gradient to 1e-12."""
+    x = rng.standard_normal(shape) * 3 + rng.standard_normal(shape[1]).reshape(
+        (-1,) + (1,) * (len(shape) - 2)) * 5
+    dout = rng.standard_normal(shape)
+    c = shape[1]
+    results = _both_ways(x, dout, monkeypatch, gamma=rng.standard_normal(c) + 1,
+                         beta=rng.standard_normal(c), eps=1e-5)
+    for name, got, expected in zip(("out", "mean", "var", "dx", "dgamma", "dbeta"),
+                                   results["fused"], results["numpy"]):
+        np.testing.assert_allclose(got, expected, rtol=1e-12,
+                                   atol=1e-12 * max(1, abs(expected).max()), err_msg=name)
+
+
+def test_fused_float32_keeps_its_digits_far_from_zero(monkeypatch, rng):
+    """Values of 1e4 ± 0.01 in float32: the fused sums are about a value near the mean, so
+    the variance is within 1e-5 of float64's (the NumPy passes centre on a float32 mean
+    about 0.02 standard deviations off here: their variance is off by 3e-4), the outputs
+    within 1e-4 and the gradients within 1e-4 of the largest (the mean, 1e4, is not a
+    float32 number: what it is off by goes into the shift and the sums)."""
+    x = (1e4 + 0.01 * rng.standard_normal((64, 4, 16, 16))).astype(np.float32)
+    values = x.astype(np.float64)
+    # a gradient that follows the values, so that dγ's share of dx is large
+    dout = ((values - 1e4) * 50 + rng.standard_normal(x.shape)).astype(np.float32)
+    var = values.var(axis=(0, 2, 3))
+    gamma, beta = np.float32([1, 2, -1, 0.5]), np.float32([0, 1, 2, 3])
+    results = _both_ways(x, dout, monkeypatch, gamma=gamma, beta=beta, eps=1e-5)
+    expected = _both_ways(values, dout.astype(np.float64), monkeypatch, gamma=np.float64(gamma),
+                          beta=np.float64(beta), eps=1e-5)["numpy"]
+    out, _, fused_var, dx, dgamma, dbeta = results["fused"]
+    assert abs(fused_var / var - 1).max() < 1e-5
+    assert abs(results["numpy"][2] / var - 1).max() > 1e-4  # what the fused sums avoid
+    for got, wanted in ((out, expected[0]), (dx, expected[3]), (dgamma, expected[4]),
+                        (dbeta, expected[5])):
+        assert abs(got - wanted).max() < 1e-4 * abs(wanted).max()
+
+
+def test_a_layer_holds_a_copy_of_its_input_and_a_model_the_array_it_made(monkeypatch, rng):
+    """The fused cache is x itself: a BatchNorm called directly keeps a copy of the caller's
+    array; inside a model, the array the convolution before it made, as it is."""
+    monkeypatch.setattr(fused, "enabled", True)
+    monkeypatch.setattr(cn.workspace, "MIN_BYTES", 0)
+    x = rng.standard_normal((4, 3, 6, 6))
+    layer = cn.BatchNorm2D(3, dtype=np.float64)
+    layer.forward(x)
+    assert not np.shares_memory(layer.cache[2].values, x)
+    conv = cn.Conv2D(3, 3, 3, padding=1, rng=rng, dtype=np.float64, bias=False)
+    model = cn.Sequential([conv, cn.BatchNorm2D(3, dtype=np.float64)])
+    made = []
+    forward = conv.forward
+    conv.forward = lambda x, keep_cache=True: made.append(forward(x, keep_cache)) or made[-1]
+    model.forward(x)
+    assert np.shares_memory(model[1].cache[2].values, made[0])
