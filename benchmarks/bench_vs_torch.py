@@ -33,7 +33,10 @@ What it measures, with the default thread settings of both libraries:
   run side by side on the cores, sharing caches and memory bandwidth, so the step takes
   somewhat longer than one part alone;
 - peak memory of a training step. Method: a fresh subprocess per framework and shape imports
-  only that framework, builds the model and the data (parameter gradients allocated), resets
+  only that framework (for cnnumpy with the `fast` extra, Numba too, and its BatchNorm loops
+  are loaded: `functional.fused.prepare`, 135 MiB of a process that the steps would
+  otherwise count once in each process), builds the model and the data (parameter gradients
+  allocated), resets
   the kernel's peak-RSS counter (writes 5 to /proc/self/clear_refs), runs warm-up and timed
   training steps, and reports VmHWM - VmRSS-before: every byte the steps made resident
   (activations, caches, gradients, momentum buffers, allocator slack). For cnnumpy it also
@@ -290,6 +293,8 @@ def memory_child(framework: str, shape_index: int, steps: int) -> dict:
     if framework == "torch":
         runner = TorchRunner(runner.model, runner.x, runner.y)
     workers = []
+    if framework == "cnnumpy" and cn.functional.fused.enabled:
+        cn.functional.fused.prepare()  # Numba's runtime and loops: the library, as torch's is
     if framework == "cnnumpy" and runner.passes.processes and runner.passes.workers > 1:
         # the worker processes forked now, so that the steps' growth in them is counted
         count = len(batch_parts(batch, runner.passes.workers)) - 1

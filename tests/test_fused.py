@@ -1,6 +1,9 @@
 """BatchNorm's fused loops (`cnnumpy.functional.fused`, compiled by Numba) against the NumPy
 passes and float64 sums: the same statistics, outputs and gradients, for any shape."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -98,6 +101,24 @@ def test_fused_float32_keeps_its_digits_far_from_zero(monkeypatch, rng):
         assert abs(got - wanted).max() < 1e-4 * abs(wanted).max()
 
 
+def test_eval_mode_is_one_fused_pass_equal_to_the_numpy_passes(monkeypatch, rng):
+    x = rng.standard_normal((5, 3, 7, 6)) * 4 + 2
+    running_mean, running_var = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    outputs, calls = [], []
+    affine = fused.affine
+    monkeypatch.setattr(fused, "affine", lambda *args: calls.append(1) or affine(*args))
+    for way in ("fused", "numpy"):
+        monkeypatch.setattr(fused, "enabled", way == "fused")
+        outputs.append(cn.functional.batchnorm_infer(x, gamma, beta, running_mean, running_var,
+                                                     1e-5))
+    expected = (x - running_mean.reshape(3, 1, 1)) * (
+        gamma / np.sqrt(running_var + 1e-5)).reshape(3, 1, 1) + beta.reshape(3, 1, 1)
+    for out in outputs:
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    assert len(calls) == 1  # the fused way's one pass
+
+
 def test_a_layer_holds_a_copy_of_its_input_and_a_model_the_array_it_made(monkeypatch, rng):
     """The fused cache is x itself: a BatchNorm called directly keeps a copy of the caller's
     array; inside a model, the array the convolution before it made, as it is."""
@@ -114,3 +135,20 @@ def test_a_layer_holds_a_copy_of_its_input_and_a_model_the_array_it_made(monkeyp
     conv.forward = lambda x, keep_cache=True: made.append(forward(x, keep_cache)) or made[-1]
     model.forward(x)
     assert np.shares_memory(model[1].cache[2].values, made[0])
+
+
+def test_numba_is_imported_at_the_first_fused_call_or_by_prepare():
+    """Importing cnnumpy (and a model's forward without BatchNorm) leaves Numba alone;
+    `prepare` imports it and compiles, or loads, every loop for the dtype."""
+    script = """
+import sys, numpy as np, cnnumpy as cn
+from cnnumpy.functional import fused
+cn.SimpleCNN(input_shape=(1, 8, 8), num_classes=2).forward(np.zeros((1, 1, 8, 8), np.float32))
+print("numba" in sys.modules)
+fused.prepare(np.float32)
+print("numba" in sys.modules, fused._two_sums.compiled.signatures, fused._affine.compiled.signatures)
+"""
+    lines = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert lines[0] == "False"
+    assert lines[1].startswith("True") and lines[1].count("float32") >= 4
