@@ -17,8 +17,8 @@ over (M, C) rows, C-contiguous, float32 or float64 (`usable`). The variance come
 shifted sums without cancelling digits (k, a value near the mean, keeps Σ (x - k)² of the
 variance's size: var = (Σ (x - k)² - (Σ (x - k))² / m) / m). The sums go through narrow
 channels' rows k·C values at a time (`WIDTH`), as `channelwise.column_dots` does, so that the
-loop runs over long rows of independent sums; each lane adds `BLOCK` rows in the values'
-dtype, then into float64.
+loop runs over long rows of independent sums; each of a loop row's values adds `BLOCK` loop
+rows (BLOCK·k rows of x) in the values' dtype, then into float64.
 
 Measured (one thread, float32, 65536 x 16, one pass = x * 2 into another array, 0.13 ms):
 the shifted sums 1.2 passes' time, the affine map 1.4, the gradient's sums and input gradient
@@ -26,32 +26,56 @@ the shifted sums 1.2 passes' time, the affine map 1.4, the gradient's sums and i
 of dependent additions) took 2 and more, and one indexing x[run * w + j] instead of
 x[run, j] was not vectorised (3 to 6 times slower). `benchmarks/batchnorm_passes.py`
 measures the layer's kernels against NumPy's passes and PyTorch's.
-`CNNUMPY_FUSED=0` in the environment, or `enabled = False` here, keeps the NumPy passes.
+`enabled = False` here keeps the NumPy passes.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
+import warnings
 
 import numpy as np
 
-available = importlib.util.find_spec("numba") is not None  # imported at the first fused call
-enabled = available and os.environ.get("CNNUMPY_FUSED", "1") != "0"
+# Installed (imported at the first fused call); `enabled = False` keeps the NumPy passes.
+available = importlib.util.find_spec("numba") is not None
+enabled = available
 
 WIDTH = 256  # values a row of the loops takes: 16 rows of 16 channels, 4 of 64
 BLOCK = 16  # rows each lane of the sums adds in the values' dtype before its float64 sum
 
 
 def usable(*arrays: np.ndarray) -> bool:
-    """True when the fused loops serve these (M, C) arrays: Numba installed and `enabled`,
-    each C-contiguous, all of one dtype, float32 or float64."""
-    if not enabled:
+    """True when the fused loops serve these (M, C) arrays: Numba installed, importable and
+    `enabled`, each C-contiguous, all of one dtype, float32 or float64."""
+    if not enabled or not _imported():
         return False
     dtype = arrays[0].dtype
     return dtype in (np.float32, np.float64) and all(
         a.ndim == 2 and a.flags.c_contiguous and a.dtype == dtype for a in arrays)
+
+
+_numba = None
+_lock = threading.Lock()
+
+
+def _imported() -> bool:
+    """Import Numba once; if it is installed but fails to import (say, built for another
+    NumPy), warn and leave the fused loops off."""
+    global _numba, enabled
+    if _numba is None:
+        with _lock:
+            if _numba is None:
+                try:
+                    import numba
+                except Exception as error:  # noqa: BLE001 - any failure means: not usable
+                    warnings.warn(f"Numba is installed but does not import ({error}); "
+                                  f"BatchNorm runs its NumPy passes", RuntimeWarning,
+                                  stacklevel=3)
+                    enabled = False
+                    return False
+                _numba = numba
+    return True
 
 
 class _compiled:
@@ -59,18 +83,16 @@ class _compiled:
     beside this file), so that importing cnnumpy does not import Numba (a quarter of a
     second)."""
 
-    _lock = threading.Lock()
-
     def __init__(self, function):
         self.function, self.compiled = function, None
 
     def __call__(self, *args):
         if self.compiled is None:
-            with self._lock:
+            if not _imported():
+                raise RuntimeError("Numba does not import: check fused.usable() first")
+            with _lock:
                 if self.compiled is None:
-                    import numba
-
-                    self.compiled = numba.njit(nogil=True, cache=True)(self.function)
+                    self.compiled = _numba.njit(nogil=True, cache=True)(self.function)
         return self.compiled(*args)
 
 

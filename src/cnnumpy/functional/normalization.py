@@ -2,7 +2,9 @@
 
 The kernels see the batch as a matrix of rows: (N, C) features, or every pixel of (N, C, H, W)
 images as a row of C channels (the channels-last memory of the other kernels' outputs, so
-the rows are a view, not a copy). Statistics are per channel, over the rows.
+the rows are a view, not a copy). Statistics are per channel, over the rows. With Numba
+installed (the `fast` extra), the passes over the rows are compiled loops (`fused`): two in
+training each way, one in evaluation; else NumPy's, one operation a pass.
 
 A batch split into parts (threads, processes) normalises with the statistics of the whole
 batch when `total_sum` is given: a function returning the elementwise sum of an array over
@@ -68,7 +70,8 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
     computed as out = (x - mean) · (γ / √(var + eps)) + β. With the fused loops (`fused`,
     when Numba is installed): two passes over the values, one that reads them for the sums
     of x - k and of its squares (k a value near the mean, from a sample of rows), one that
-    writes out; the cache keeps x (held by reference: do not change it before backward).
+    writes out; the cache keeps x's rows (x itself when its memory is channels-last, as the
+    kernels' outputs are, else a channels-last copy): do not change x before backward.
     In NumPy: five passes, two that only read (the sums for the mean, the sums of the
     centred values' squares) and three that write (the centred values, the scaling, the
     shift); the cache keeps the centred values x - mean.
@@ -78,8 +81,8 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
     own mean and the shift takes in that mean's offset from the batch's (with a sixth pass
     that only reads, for the part's exact mean). Where the combination could lose digits,
     the parts meet a second time.
-    Returns (out, cache, mean, var): a `BatchNormCache` and the batch statistics, for the
-    running averages.
+    Returns (out, cache, mean, var): a `BatchNormCache` and the batch statistics in x's
+    dtype, for the running averages.
     """
     rows = _rows(x)
     if fused.usable(rows):
@@ -116,7 +119,7 @@ def batchnorm_forward(x, gamma, beta, eps, total_sum=None):
                       workspace.empty_like(rows))
     channelwise(np.add, out, shift.astype(rows.dtype, copy=False), out)
     cache = BatchNormCache(centred, centre, gamma, inv_std, count, x.shape, False)
-    return _like_input(out, x.shape), cache, mean, var
+    return _like_input(out, x.shape), cache, mean.astype(x.dtype), var.astype(x.dtype)
 
 
 def _forward_fused(rows, x_shape, gamma, beta, eps, total_sum):
@@ -145,7 +148,7 @@ def _forward_fused(rows, x_shape, gamma, beta, eps, total_sum):
     shift = beta - (mean - centre) * scale
     out = fused.affine(rows, centre, scale, shift, workspace.empty_like(rows))
     cache = BatchNormCache(rows, mean, gamma, inv_std, count, x_shape, True)
-    return _like_input(out, x_shape), cache, mean, var
+    return _like_input(out, x_shape), cache, mean.astype(rows.dtype), var.astype(rows.dtype)
 
 
 def _combined(own_mean, squares, n, total_sum, squares_about):
@@ -197,7 +200,7 @@ def batchnorm_backward(dout, cache: BatchNormCache, total_sum=None):
     values, centre, gamma, inv_std, count, x_shape, is_fused = cache
     g = _rows(dout)
     if is_fused:
-        g = np.ascontiguousarray(g)
+        g = np.ascontiguousarray(g, dtype=values.dtype)
         rounded = centre.astype(values.dtype)
         residual = centre - rounded  # x - mean = (x - rounded) - residual
         dbeta, dots = fused.gradient_sums(g, values, rounded)

@@ -67,13 +67,13 @@ class _BatchNorm(Layer):
                              f"per channel to compute a variance, got input shape {x.shape} "
                              f"(use a larger batch, or eval mode)")
 
-    def _forward(self, x):
+    def _forward(self, x, keep_cache=True):
         if not self.training:  # the cache is the input, for the gradients at fixed statistics
             return self._infer(x), ("eval", self._held(x))
         self._check_batch(x)
-        # The fused kernels' cache holds x itself: a copy unless a container hands x over.
-        held = self._held(x, channels_last=True) if F.fused.enabled else x
-        out, cache, mean, var = F.batchnorm_forward(held, self.gamma, self.beta, self.eps,
+        if keep_cache and F.fused.enabled:  # the fused cache holds x: a copy unless handed over
+            x = self._held(x, channels_last=True)
+        out, cache, mean, var = F.batchnorm_forward(x, self.gamma, self.beta, self.eps,
                                                     self._total_sum())
         count = cache.count
         m = self.momentum
@@ -85,8 +85,8 @@ class _BatchNorm(Layer):
         return out, cache
 
     def _infer(self, x):
-        if self.training:
-            return self._forward(x)[0]
+        if self.training:  # the batch's statistics (and running averages), no cache kept
+            return self._forward(x, keep_cache=False)[0]
         return F.batchnorm_infer(x, self.gamma, self.beta, self.running_mean, self.running_var,
                                  self.eps)
 
