@@ -42,26 +42,25 @@ available = importlib.util.find_spec("numba") is not None
 enabled = available
 
 WIDTH = 256  # values a row of the loops takes: 16 rows of 16 channels, 4 of 64
-BLOCK = 16  # rows each lane of the sums adds in the values' dtype before its float64 sum
+BLOCK = 16  # loop rows the sums add in the values' dtype before their float64 sums
 
 
 def usable(*arrays: np.ndarray) -> bool:
-    """True when the fused loops serve these (M, C) arrays: Numba installed, importable and
-    `enabled`, each C-contiguous, all of one dtype, float32 or float64."""
-    if not enabled or not _imported():
-        return False
+    """True when the fused loops serve these (M, C) arrays: each C-contiguous, all of one
+    dtype, float32 or float64, and Numba `enabled` and importable (imported here, once)."""
     dtype = arrays[0].dtype
-    return dtype in (np.float32, np.float64) and all(
-        a.ndim == 2 and a.flags.c_contiguous and a.dtype == dtype for a in arrays)
+    return (enabled and dtype in (np.float32, np.float64)
+            and all(a.ndim == 2 and a.flags.c_contiguous and a.dtype == dtype for a in arrays)
+            and _imported())
 
 
-_numba = None
+_numba = None  # the module once imported; False when its import failed
 _lock = threading.Lock()
 
 
 def _imported() -> bool:
-    """Import Numba once; if it is installed but fails to import (say, built for another
-    NumPy), warn and leave the fused loops off."""
+    """Import Numba at the first call; if it is installed but fails to import (say, built
+    for another NumPy), warn once and leave the fused loops off for good."""
     global _numba, enabled
     if _numba is None:
         with _lock:
@@ -71,11 +70,11 @@ def _imported() -> bool:
                 except Exception as error:  # noqa: BLE001 - any failure means: not usable
                     warnings.warn(f"Numba is installed but does not import ({error}); "
                                   f"BatchNorm runs its NumPy passes", RuntimeWarning,
-                                  stacklevel=3)
-                    enabled = False
-                    return False
-                _numba = numba
-    return True
+                                  stacklevel=2)
+                    _numba, enabled = False, False
+                else:
+                    _numba = numba
+    return _numba is not False
 
 
 class _compiled:
@@ -162,8 +161,11 @@ def _affine(x, g, tc, ts, tb, ta, out, with_g):
 def prepare(dtype=np.float32) -> None:
     """Import Numba and compile (or load from disk) the loops for `dtype` now rather than at
     the first training step: about 105 MiB of a process's memory for Numba and LLVM, 30 for
-    the loops, seconds when compiled, a fraction of one when loaded."""
+    the loops, seconds when compiled, a fraction of one when loaded. Nothing when the loops
+    are not `usable`."""
     x = np.zeros((1, 1), dtype)
+    if not usable(x):
+        return
     shifted_sums(x, 0)
     gradient_sums(x, x, 0)
     affine(x, 0, 1, 0, np.empty_like(x))

@@ -229,8 +229,8 @@ def batchnorm_backward(dout, cache: BatchNormCache, total_sum=None):
         dx += g
         channelwise(np.multiply, dx, scale.astype(dtype, copy=False), dx)
         channelwise(np.add, dx, constant.astype(dtype, copy=False), dx)
-    return (_like_input(dx, x_shape), dgamma.astype(g.dtype, copy=False),
-            dbeta.astype(g.dtype, copy=False))
+    return (_like_input(dx, x_shape), dgamma.astype(values.dtype, copy=False),
+            dbeta.astype(values.dtype, copy=False))
 
 
 def batchnorm_infer(x, gamma, beta, running_mean, running_var, eps):

@@ -246,8 +246,8 @@ class Layer(Module):
     `_infer(x) -> out` is the forward pass without a cache (by default `_forward`'s output).
 
     Inputs held by a cache: a cache never refers to the caller's input array. A layer whose
-    backward needs its input (a convolution, Linear, BatchNorm in evaluation mode) keeps a
-    copy (`_held`), so that changing x in place between forward and backward cannot change
+    backward needs its input (a convolution, Linear, BatchNorm in evaluation mode and with
+    the fused loops in training) keeps a copy (`_held`), so that changing x in place between forward and backward cannot change
     the gradients. Inside a model there is no caller to fear: an array that one module made
     and a container hands to the next (`workspace.handing_over`) is held as it is, without
     the copy's pass over it and its memory. (A module of your own inside a model must then
