@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 import cnnumpy as cn
-from cnnumpy.cli import MODEL_RECIPES, RECIPE
+from cnnumpy.cli import MODEL_RECIPES, RECIPE, input_padding
 from cnnumpy.data import channel_stats, iterate_batches, load_dataset, num_batches
 from cnnumpy.train import prepare_batch
 
@@ -183,8 +183,8 @@ def main() -> None:
               "num_classes": train.num_classes}
     if args.model == "simplecnn":
         config["init"] = args.init
-    if "input_padding" in recipe:
-        config["input_padding"] = recipe["input_padding"]
+    if input_padding(args.model, train.sample_shape):
+        config["input_padding"] = input_padding(args.model, train.sample_shape)
     model = cn.build_model(config, rng=np.random.default_rng(args.seed))
     rows = []
     if args.only != "cnnumpy":

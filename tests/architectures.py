@@ -25,7 +25,8 @@ def randomize(model, rng) -> None:
         kind = name.rpartition(".")[2]
         if kind == "W":
             fan_in = int(np.prod(param.shape[1:]))
-            param[...] = rng.standard_normal(param.shape) * np.sqrt(2 / fan_in)
+            param[...] = rng.standard_normal(param.shape, param.dtype)  # float32: cheaper
+            param *= np.sqrt(2 / fan_in)
         elif kind == "gamma":
             param[...] = rng.uniform(0.5, 1.5, param.shape)
         else:

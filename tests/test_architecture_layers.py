@@ -168,6 +168,20 @@ def test_dropout_training_is_x_times_a_fixed_mask_and_its_gradient_is_the_mask(r
     assert abs(np.mean(mask == 0) - p) < 0.02  # 5000 draws: 3 standard deviations (seeded)
 
 
+def test_dropout_in_training_and_a_model_with_it_pass_the_gradient_check(rng):
+    """gradient_check starts each forward from the first buffers: one mask throughout."""
+    x = rng.standard_normal((6, 3, 4, 4))
+    layer = cn.Dropout(0.5, rng=np.random.default_rng(5))
+    stream = layer.rng_state.copy()
+    assert cn.gradient_check(layer, x, rng=rng) < 1e-8
+    np.testing.assert_array_equal(layer.rng_state, stream)  # the original did not draw
+    model = cn.Sequential([cn.Conv2D(3, 4, 3, padding=1, bias=False, rng=rng),
+                           cn.BatchNorm2D(4), cn.ReLU(), cn.Flatten(),
+                           cn.Dropout(0.4, rng=np.random.default_rng(6)),
+                           cn.Linear(64, 3, rng=rng)])
+    assert cn.gradient_check(model, x, rng=rng) < 1e-6
+
+
 def test_dropout_eval_and_p0_are_the_identity(rng):
     x = rng.standard_normal((4, 3, 2, 2))
     layer = cn.Dropout(0.5, rng=rng).eval()

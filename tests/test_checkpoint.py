@@ -221,6 +221,21 @@ def test_extra_or_missing_parameters_are_named(tmp_path, saved):
         cn.load_checkpoint(missing)
 
 
+def test_a_checkpoint_without_its_buffers_names_them(tmp_path, rng):
+    model = cn.models.resnet20(input_shape=(1, 8, 8), num_classes=3, rng=rng)
+    metadata, arrays = read_npz(cn.save_checkpoint(tmp_path / "full.npz", model))
+    del arrays["model/layer2.0.bn1.running_var"], arrays["model/bn1.num_batches_tracked"]
+    missing = write_npz(tmp_path / "missing.npz", metadata, arrays)
+    with pytest.raises(ValueError, match=r"missing\.npz: lacks the buffers \['bn1\."
+                                         r"num_batches_tracked', 'layer2\.0\.bn1\.running_var'\] "
+                                         r"of its architecture"):
+        cn.load_checkpoint(missing)
+    del arrays["model/fc.b"]
+    write_npz(missing, metadata, arrays)
+    with pytest.raises(ValueError, match=r"lacks the parameters \['fc\.b'\] and the buffers "):
+        cn.load_checkpoint(missing)
+
+
 def test_metadata_that_could_not_be_read_back_is_not_written(tmp_path, rng):
     model, _ = trained_pair(rng)
     path = cn.save_checkpoint(tmp_path / "last.npz", model)

@@ -40,6 +40,50 @@ def train_args(data_dir, out, epochs=2):
             "--epochs", epochs, "--batch-size", 32, "--out", out, "--no-progress"]
 
 
+def test_a_zoo_model_trains_and_its_checkpoint_is_summarised_and_plotted(data_dir, tmp_path):
+    """`cnnumpy train --model resnet20` with its recipe on 17 images in batches of 8 (the
+    last of one image: BatchNorm's maps are at least 7x7, so it trains), then the branched
+    model's checkpoint through `summary` and `plot features`."""
+    result = cnnumpy("train", "--model", "resnet20", "--data-dir", data_dir, "--limit", 17,
+                     "--epochs", 1, "--batch-size", 8, "--out", "run", "--no-progress",
+                     cwd=tmp_path)
+    assert "test accuracy" in result.stdout
+    checkpoint = cn.load_checkpoint(tmp_path / "run" / "last.npz")
+    settings = checkpoint.metadata["train_settings"]
+    assert (settings["lr"], settings["label_smoothing"], settings["epochs"]) == (0.1, 0.1, 1)
+    assert "input_padding" not in settings and checkpoint.metadata["progress"]["step"] == 3
+    assert checkpoint.build_model().config()["depth"] == 20
+    rows = {line.split()[0]: line.split() for line in
+            cnnumpy("summary", "run/last.npz", cwd=tmp_path).stdout.splitlines()[4:-4]}
+    assert rows["layer2.0"][1:5] + rows["layer2.0"][-2:] == \
+        ["Residual", "(32,", "14,", "14)", "21", "2"]  # through its stride-2 convolutions
+    cnnumpy("plot", "features", "run/last.npz", "test:0", "--data-dir", data_dir, "--out",
+            "maps.png", cwd=tmp_path)
+    from PIL import Image
+    with Image.open(tmp_path / "maps.png") as png:
+        assert png.size == (1000, 600) and np.asarray(png.convert("L")).std() > 0
+
+
+def test_input_padding_brings_images_up_to_the_models_smallest_size():
+    from cnnumpy.cli import input_padding
+    assert [input_padding(model, (1, 28, 28)) for model in ("vgg11_bn", "alexnet", "resnet20",
+                                                           "simplecnn")] == [2, 18, 0, 0]
+    assert [input_padding(model, (3, 32, 32)) for model in ("vgg19", "alexnet")] == [0, 16]
+    assert input_padding("alexnet", (3, 100, 20)) == 22  # the smaller side decides
+    from cnnumpy.init import ZeroDraws
+
+    def build(model, shape, padding):
+        return cn.build_model({"name": model, "input_shape": list(shape), "num_classes": 3,
+                               "input_padding": padding}, rng=ZeroDraws())
+    for model in ("vgg13", "alexnet"):
+        for shape in ((1, 28, 28), (3, 32, 32), (3, 100, 20)):
+            padding = input_padding(model, shape)
+            assert build(model, shape, padding).output_shape(shape) == (3,)
+            if padding:  # the least that fits
+                with pytest.raises(ValueError, match="needs images of at least"):
+                    build(model, shape, padding - 1)
+
+
 def test_train_evaluate_predict(data_dir, tmp_path):
     result = cnnumpy(*train_args(data_dir, "run"), "--val-split", "0.25", "--init", "uniform",
                      cwd=tmp_path)
@@ -174,4 +218,5 @@ def test_every_stored_setting_has_a_check_in_the_checkpoint_schema():
     from cnnumpy.cli import MODEL_RECIPES, RECIPE
 
     per_model = {key for recipe in MODEL_RECIPES.values() for key in recipe}
-    assert set(TRAIN_SETTINGS_FIELDS) == set(RECIPE) | per_model
+    by_data = {"input_padding"}  # set from the images' size (cli.input_padding)
+    assert set(TRAIN_SETTINGS_FIELDS) == set(RECIPE) | per_model | by_data

@@ -25,12 +25,35 @@ def toy_data(rng, count=96, size=8, classes=3):
     return ImageDataset(images, labels.astype(np.int64), tuple("abc"[:classes]), "toy")
 
 
+class ToyTree(cn.Sequential):
+    """A small model with the state SimpleCNN lacks: BatchNorm's running statistics and
+    Dropout's stream of masks (buffers), and a residual block."""
+
+    def __init__(self, *, rng=None, dtype=np.float32):
+        super().__init__({
+            "conv": cn.Conv2D(1, 4, 3, padding=1, bias=False, rng=rng, dtype=dtype),
+            "bn": cn.BatchNorm2D(4, dtype=dtype), "relu": cn.ReLU(),
+            "block": cn.Residual({
+                "conv": cn.Conv2D(4, 4, 3, padding=1, bias=False, rng=rng, dtype=dtype),
+                "bn": cn.BatchNorm2D(4, dtype=dtype)}),
+            "pool": cn.GlobalAvgPool2D(), "flatten": cn.Flatten(), "drop": cn.Dropout(0.3),
+            "fc": cn.Linear(4, 3, rng=rng, dtype=dtype)})
+
+    def config(self):
+        return {"name": "ToyTree"}
+
+
+cn.register_model(ToyTree)
+
+
 def toy_run(tmp_path, name, seed=0, model_seed=1, callbacks=(), resume=None, epochs=3,
-            epoch_callbacks=(), random_erasing=0.0, processes=None):
-    """A short seeded run on toy data: SGD Nesterov + one-cycle (momentum cycled) + augmentation."""
+            epoch_callbacks=(), random_erasing=0.0, processes=None, tree=False):
+    """A short seeded run on toy data: SGD Nesterov + one-cycle (momentum cycled) + augmentation;
+    SimpleCNN, or with tree=True a `ToyTree`."""
     data_rng = np.random.default_rng(123)
     train, val = toy_data(data_rng), toy_data(data_rng, count=30)
-    model = cn.SimpleCNN((1, 8, 8), 3, rng=np.random.default_rng(model_seed))
+    model_rng = np.random.default_rng(model_seed)
+    model = ToyTree(rng=model_rng) if tree else cn.SimpleCNN((1, 8, 8), 3, rng=model_rng)
     opt = cn.SGD(model, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     history = cn.fit(model, train, val, optimizer=opt, epochs=epochs, batch_size=16,
                      schedule=cn.OneCycle(0.05, total_steps=epochs * 6),
@@ -63,21 +86,25 @@ def test_fit_learns_and_writes_metrics_and_checkpoints(tmp_path):
     assert mean.dtype == np.float32 and np.array_equal(last.arrays["normalization/std"], std)
 
 
-@pytest.mark.parametrize("stop_step, erasing", [(8, 0.0), (6, 0.0), (8, 0.5)])
-def test_interrupt_and_resume_gives_identical_weights(tmp_path, stop_step, erasing):
-    """Inside epoch 2 or at the end of epoch 1; with random erasing too."""
-    straight, straight_history = toy_run(tmp_path, "straight", random_erasing=erasing)
+@pytest.mark.parametrize("stop_step, erasing, tree", [(8, 0.0, False), (6, 0.0, False),
+                                                     (8, 0.5, False), (8, 0.0, True)])
+def test_interrupt_and_resume_gives_identical_weights(tmp_path, stop_step, erasing, tree):
+    """Inside epoch 2 or at the end of epoch 1; with random erasing too; a model with
+    BatchNorm and Dropout (its running statistics and its masks must continue too)."""
+    straight, straight_history = toy_run(tmp_path, "straight", random_erasing=erasing, tree=tree)
     _, stopped = toy_run(tmp_path, "resumed", callbacks=[stop_after(stop_step)],
-                         random_erasing=erasing)
+                         random_erasing=erasing, tree=tree)
     assert stopped.status == "interrupted" and "last.npz" in stopped.message
     checkpoint = cn.load_checkpoint(tmp_path / "resumed" / LAST_FILE)
     assert checkpoint.metadata["progress"]["step"] == stop_step
     # different seeds and initial weights: everything must come from the checkpoint
     resumed, history = toy_run(tmp_path, "resumed", seed=99, model_seed=98, resume=checkpoint,
-                               random_erasing=erasing)
+                               random_erasing=erasing, tree=tree)
     assert history.status == "completed"
-    for name, value in straight.parameters().items():
-        assert np.array_equal(resumed.parameters()[name], value), name
+    assert [e["train_loss"] for e in history] == [e["train_loss"] for e in straight_history]
+    for name, value in (*straight.parameters().items(), *straight.buffers().items()):
+        assert np.array_equal(resumed.parameters().get(name, resumed.buffers().get(name)),
+                              value), name
     without_time = [{k: v for k, v in e.items() if k != "seconds"} for e in history]
     assert without_time == [{k: v for k, v in e.items() if k != "seconds"}
                             for e in straight_history]
@@ -220,6 +247,34 @@ def test_fit_errors(rng):
     object.__setattr__(floats, "labels", data.labels)
     with pytest.raises(TypeError, match="train_data must have uint8 images"):
         cn.fit(model, floats, optimizer=cn.SGD(model, lr=0.1), epochs=1)
+
+
+@pytest.mark.parametrize("count, batch_size", [(33, 16), (8, 1)])
+def test_a_batch_of_one_image_under_a_1x1_batchnorm_is_refused_before_training(tmp_path, rng,
+                                                                              count, batch_size):
+    """The last batch of 33 images in 16s holds one: the BatchNorm after the global pool
+    would get one value per channel there. fit says so before its first step (the run folder
+    is not made); a BatchNorm over 8x8 maps trains on a batch of one image."""
+    data = toy_data(rng, count=count)
+
+    def model(*last):
+        return cn.Sequential({"conv": cn.Conv2D(1, 4, 3, padding=1, rng=rng),
+                              "bn": cn.BatchNorm2D(4), "pool": cn.GlobalAvgPool2D(),
+                              "flatten": cn.Flatten(), **dict(last),
+                              "fc": cn.Linear(4, 3, rng=rng)})
+    refused = model(("bn1d", cn.BatchNorm1D(4)))
+    where = "33 training images in batches of 16 end with a batch of 1" if batch_size > 1 \
+        else "batches of 1 image"
+    with pytest.raises(ValueError, match=rf"BatchNorm 'bn1d' gets one value per channel from "
+                                         rf"each image \(its input: \(4,\) an image\), and "
+                                         rf"{where}: that batch's variance is undefined"):
+        cn.fit(refused, data, optimizer=cn.SGD(refused, lr=0.1), epochs=1,
+               batch_size=batch_size, run_dir=tmp_path / "run", progress=False, verbose=False)
+    assert not (tmp_path / "run").exists()
+    trained = model()
+    history = cn.fit(trained, data, optimizer=cn.SGD(trained, lr=0.1), epochs=1,
+                     batch_size=batch_size, progress=False, verbose=False)
+    assert history.status == "completed"
 
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Fashion-MNIST is not installed")

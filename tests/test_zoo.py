@@ -21,9 +21,10 @@ PUBLISHED = {
     "resnet18": (11_689_512, 1.814), "resnet34": (21_797_672, 3.664),
     "resnet50": (25_557_032, 4.089),
 }
-# A summary runs the model once at 224x224 (a second or more for a VGG): the MACs of these;
-# the _bn variants and VGG-13/19 differ only in BatchNorm parameters or repeated convolutions.
-SUMMARIZED = ("alexnet", "vgg11", "vgg16_bn", "resnet18", "resnet34", "resnet50")
+# A summary runs the model once at 224x224 (a few seconds for a VGG): the MACs of these, every
+# depth of each family; a VGG's _bn variant adds BatchNorm, which has no multiply-accumulates.
+SUMMARIZED = ("alexnet", "vgg11", "vgg13", "vgg16_bn", "vgg19_bn", "resnet18", "resnet34",
+              "resnet50")
 
 
 @functools.lru_cache(maxsize=None)
@@ -102,6 +103,28 @@ def cifar_resnet_parameters(depth, channels=1, classes=10, width=16):
                 total += c_in * w + 2 * w
             c_in = w
     return total + c_in * classes + classes
+
+
+def cifar_resnet_macs(depth, channels=3, side=32, classes=10, width=16):
+    """Multiply-accumulates at channels x side x side, counted as `cifar_resnet_parameters`:
+    each convolution's weights times its output pixels (side, side/2, side/4 by stage)."""
+    n = (depth - 2) // 6
+    total = channels * width * 9 * side ** 2
+    c_in = width
+    for stage, w in enumerate((width, 2 * width, 4 * width)):
+        pixels = (side // 2 ** stage) ** 2
+        for block in range(n):
+            total += (c_in * w * 9 + w * w * 9 + (c_in * w if c_in != w else 0)) * pixels
+            c_in = w
+    return total + c_in * classes
+
+
+@pytest.mark.parametrize("depth", [20, 32, 56])
+def test_cifar_resnets_macs(depth):
+    """Whole models at 3x32x32 against the count by hand (ResNet-20: 40,813,184)."""
+    model = getattr(cn.models, f"resnet{depth}")(input_shape=(3, 32, 32), rng=ZeroDraws())
+    assert summarize(model, (3, 32, 32)).macs == cifar_resnet_macs(depth)
+    assert cifar_resnet_macs(20) == 40_813_184
 
 
 @pytest.mark.parametrize("depth, millions", [(20, 0.27), (32, 0.46), (56, 0.85)])

@@ -665,9 +665,12 @@ def validate_arrays(checkpoint: Checkpoint, model) -> None:
     with std > 0, the epoch's order a permutation. ValueError naming the file and entry."""
     m = checkpoint.metadata
     expected = getattr(model, "state_dict", model.parameters)()
-    missing = sorted(set(expected) - set(checkpoint.parameters))
+    missing = set(expected) - set(checkpoint.parameters)
     if missing:
-        raise checkpoint.error(f"lacks the parameters {missing} of its architecture")
+        buffers = set(getattr(model, "buffers", dict)())
+        kinds = [f"the {kind} {sorted(names)}" for kind, names in
+                 (("parameters", missing - buffers), ("buffers", missing & buffers)) if names]
+        raise checkpoint.error(f"lacks {' and '.join(kinds)} of its architecture")
     for section, arrays in (("model", checkpoint.parameters),
                             ("optimizer", checkpoint.optimizer_arrays),
                             ("extra", checkpoint.arrays)):

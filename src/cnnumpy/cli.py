@@ -115,23 +115,31 @@ RECIPE = {
     "nesterov": None, "schedule": "onecycle", "weight_decay": None, "label_smoothing": 0.0,
     "augment": True, "random_erasing": 0.0, "val_split": 0.0, "seed": 0, "limit": None,
 }
-# What the default recipe changes for other models on Fashion-MNIST-sized images (28x28):
-# {registry name prefix: {setting: value}}; see the README's table. The CIFAR ResNets train
-# twice as long at twice the peak lr, with label smoothing; VGG without BatchNorm and AlexNet
-# need a lower lr (at 0.05 their loss diverged); VGG is padded to 32x32 and AlexNet to 64x64
-# (`input_padding`), the smallest sizes their pools allow.
+# What the default recipe changes for other models: {registry name: {setting: value}}; see
+# the README's table. The CIFAR ResNets train twice as long at twice the peak lr, with label
+# smoothing; VGG without BatchNorm and AlexNet need a lower lr (at 0.05 their loss diverged).
 MODEL_RECIPES = {
     "simplecnn": {},
     "resnet20": {"epochs": 30, "lr": 0.1, "label_smoothing": 0.1},
     "resnet32": {"epochs": 30, "lr": 0.1, "label_smoothing": 0.1},
     "resnet56": {"epochs": 30, "lr": 0.1, "label_smoothing": 0.1},
     "resnet18": {"lr": 0.1}, "resnet34": {"lr": 0.1}, "resnet50": {"lr": 0.1},
-    "vgg11_bn": {"input_padding": 2}, "vgg13_bn": {"input_padding": 2},
-    "vgg16_bn": {"input_padding": 2}, "vgg19_bn": {"input_padding": 2},
-    "vgg11": {"input_padding": 2, "lr": 0.01}, "vgg13": {"input_padding": 2, "lr": 0.01},
-    "vgg16": {"input_padding": 2, "lr": 0.01}, "vgg19": {"input_padding": 2, "lr": 0.01},
-    "alexnet": {"input_padding": 18, "lr": 0.01},
+    "vgg11_bn": {}, "vgg13_bn": {}, "vgg16_bn": {}, "vgg19_bn": {},
+    "vgg11": {"lr": 0.01}, "vgg13": {"lr": 0.01}, "vgg16": {"lr": 0.01}, "vgg19": {"lr": 0.01},
+    "alexnet": {"lr": 0.01},
 }
+# The smallest images the pools of VGG (five 2x2 pools) and AlexNet allow, by registry name
+# prefix: a new run zero-pads smaller images up to them (the setting `input_padding`, a
+# ZeroPad2D named "pad" before the layers): Fashion-MNIST's 28x28 by 2 and 18 pixels,
+# CIFAR-10's 32x32 by 0 and 16.
+SMALLEST_IMAGE = {"vgg": 32, "alexnet": 63}
+
+
+def input_padding(model: str, sample_shape) -> int:
+    """Zero pixels around each side of images of `sample_shape` (C, H, W) that make them as
+    large as `model` (a registry name) needs; 0 for models that take them as they are."""
+    need = next((side for prefix, side in SMALLEST_IMAGE.items() if model.startswith(prefix)), 0)
+    return max(0, -(-(need - min(sample_shape[1:])) // 2))
 # Defaults that depend on the optimizer: {optimizer: {setting: value}}.
 OPTIMIZER_DEFAULTS = {
     "sgd": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
@@ -297,6 +305,8 @@ def _train(args, group) -> int:
 
     rng = np.random.default_rng(settings["seed"])
     train, val = _training_data(settings, rng)
+    if checkpoint is None and input_padding(settings["model"], train.sample_shape):
+        settings["input_padding"] = input_padding(settings["model"], train.sample_shape)
     test = load_dataset(settings["dataset"], "test", data_dir=settings["data_dir"])
     model = build_model(_model_config(settings, train), rng=rng)
     optimizer = _optimizer_for(settings, model)

@@ -40,7 +40,10 @@ def gradient_check(module, x, *, eps: float = 1e-6, tol: float | None = 1e-6,
 
     The scalar checked is L = Σ forward(x) · g for a fixed random upstream gradient g, so
     backward(g) must return dL/dx and set the gradient of every parameter to dL/dθ. The
-    module is copied and converted to float64; the original is left untouched.
+    module is copied and converted to float64; the original is left untouched. Every forward
+    starts from the copy's first buffers, so that a Dropout in training mode draws the same
+    mask each time (the function checked is the one of that mask) and BatchNorm's running
+    statistics move once.
 
     Args:
         module: a layer or model with forward/backward/parameters/gradients.
@@ -61,12 +64,20 @@ def gradient_check(module, x, *, eps: float = 1e-6, tol: float | None = 1e-6,
     rng = np.random.default_rng(2718) if rng is None else rng
     module = copy.deepcopy(module).astype(np.float64)
     x = np.array(x, dtype=np.float64)  # a contiguous copy we may perturb
-    upstream = rng.standard_normal(module.forward(x).shape)
+    buffers = getattr(module, "buffers", dict)
+    first = {name: array.copy() for name, array in buffers().items()}
+
+    def forward() -> np.ndarray:
+        for name, array in buffers().items():
+            array[...] = first[name]
+        return module.forward(x)
+
+    upstream = rng.standard_normal(forward().shape)
 
     def loss() -> float:
-        return float(np.sum(module.forward(x) * upstream))
+        return float(np.sum(forward() * upstream))
 
-    module.forward(x)
+    forward()
     analytic = {"input": module.backward(upstream.copy())}
     analytic.update(module.gradients())
     analytic = {name: np.array(grad) for name, grad in analytic.items()}  # keep them

@@ -47,11 +47,13 @@ from .data import (channel_stats, normalize, num_batches, random_crop, random_er
 from .data.transforms import check_normalization
 from . import workspace
 from .layers.activation import seed_dropout
+from .layers.normalization import BatchNorm1D, BatchNorm2D
 from .distributed import BatchSplit, Replicas, Solo, as_group, cpus_per_rank
 from .distributed import fingerprint
 from .parallel import BatchParallel, blas_threads
 from .losses import CrossEntropyLoss, softmax
 from .schedules import Schedule
+from .trace import record
 from .validate import check_bool, check_integer, check_number, check_rng
 
 METRICS_FILE = "metrics.jsonl"
@@ -152,6 +154,26 @@ def prepare_batch(images_uint8: np.ndarray, normalization, dtype, *, rng=None,
                                           start=start, total=total)
     mean, std = normalization
     return normalize(images_uint8, mean, std).astype(dtype, copy=False)
+
+
+def _check_one_image_batch(model, images: np.ndarray, batch_size: int) -> None:
+    """A batch of one image gives a BatchNorm (all train) one value per channel where its
+    maps are 1x1 (always, for BatchNorm1D): no variance. Say so before the first step, rather
+    than when the epoch's last batch comes (ResNet-18 shrinks 28x28 images to 1x1)."""
+    smallest = min(batch_size, len(images) % batch_size or batch_size)
+    norms = {id(module) for module in model.modules()
+             if isinstance(module, (BatchNorm1D, BatchNorm2D))}
+    if smallest > 1 or not norms:
+        return
+    one_image = np.zeros((1, *images.shape[1:]), model.dtype or np.float32)
+    for call in record(model, one_image).calls:
+        if id(call.module) in norms and call.output[0, 0].size == 1:
+            where = (f"{len(images)} training images in batches of {batch_size} end with a "
+                     f"batch of 1" if batch_size > 1 else "batches of 1 image")
+            raise ValueError(
+                f"BatchNorm {call.name!r} gets one value per channel from each image (its "
+                f"input: {call.inputs[0].shape[1:]} an image), and {where}: that batch's "
+                f"variance is undefined; change the batch size or the number of images")
 
 
 def _batch_slices(count: int, batch_size: int):
@@ -679,6 +701,7 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
                 f"with BatchNorm, every batch must give each of the {group.size} ranks at least "
                 f"one image, but {len(images)} training images in batches of {batch_size} end "
                 f"with a batch of {tail}; change --limit or --batch-size")
+    _check_one_image_batch(model, images, batch_size)
     loop = LoopSettings(epochs, batch_size, augment, crop_padding, flip, label_smoothing,
                         random_erasing)
     run = Trainer(model, optimizer=optimizer, schedule=schedule, train_data=train_data,
