@@ -183,8 +183,9 @@ def main() -> None:
               "num_classes": train.num_classes}
     if args.model == "simplecnn":
         config["init"] = args.init
-    if input_padding(args.model, train.sample_shape):
-        config["input_padding"] = input_padding(args.model, train.sample_shape)
+    padding = input_padding(args.model, train.sample_shape)
+    if padding:
+        config["input_padding"] = padding
     model = cn.build_model(config, rng=np.random.default_rng(args.seed))
     rows = []
     if args.only != "cnnumpy":

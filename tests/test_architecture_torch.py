@@ -228,10 +228,11 @@ def test_whole_vgg11_bn_trains_as_torchvisions():
     """torchvision's own VGG-11 with BatchNorm, classifier included (its AdaptiveAvgPool2d(7)
     repeats a 32x32 input's 1x1 map into 25,088 features), from cnnumpy's initialisation
     (torchvision's), in float32: 0.5 G of weights in float64 would dominate the suite (the
-    next test checks the features in float64). Dropout at 0: the two libraries draw different
-    masks. Logits agree to 1e-4 (seeds 1, 2 and 1234: within 1e-5); weights and buffers to
-    1e-3 of each one's largest magnitude (seeds 1 and 2: within 7e-6). Not seed 1234: there
-    the β of features.9, whose gradient is a float32 sum over 128 values, ends 3% of its size
+    next test checks the features in float64); even so the two models' weights, gradients
+    and momentum take about 3 GB. Dropout at 0: the two libraries draw different masks.
+    Logits agree to 1e-4 (seeds 1, 2 and 1234: within 1e-5); weights and buffers to 1e-3 of
+    each one's largest magnitude (seeds 1 and 2: within 7e-6). Not seed 1234: there the β
+    of features.9, whose gradient is a float32 sum over 512 values, ends 3% of its size
     apart (the next worst array 1.2e-3), though the logits agree to 1e-5."""
     rng = np.random.default_rng(1)
     tv = import_torchvision_models()

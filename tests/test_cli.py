@@ -65,7 +65,11 @@ def test_a_zoo_model_trains_and_its_checkpoint_is_summarised_and_plotted(data_di
 
 
 def test_input_padding_brings_images_up_to_the_models_smallest_size():
-    from cnnumpy.cli import input_padding
+    from cnnumpy.cli import input_padding, with_input_padding
+    settings = {"model": "vgg11_bn", "lr": 0.05}
+    assert with_input_padding(settings, (1, 28, 28)) == {**settings, "input_padding": 2}
+    assert with_input_padding(settings, (3, 32, 32)) == settings  # none stored when 0
+    assert with_input_padding({"model": "resnet20"}, (1, 28, 28)) == {"model": "resnet20"}
     assert [input_padding(model, (1, 28, 28)) for model in ("vgg11_bn", "alexnet", "resnet20",
                                                            "simplecnn")] == [2, 18, 0, 0]
     assert [input_padding(model, (3, 32, 32)) for model in ("vgg19", "alexnet")] == [0, 16]

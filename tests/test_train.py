@@ -249,25 +249,32 @@ def test_fit_errors(rng):
         cn.fit(model, floats, optimizer=cn.SGD(model, lr=0.1), epochs=1)
 
 
-@pytest.mark.parametrize("count, batch_size", [(33, 16), (8, 1)])
-def test_a_batch_of_one_image_under_a_1x1_batchnorm_is_refused_before_training(tmp_path, rng,
-                                                                              count, batch_size):
-    """The last batch of 33 images in 16s holds one: the BatchNorm after the global pool
-    would get one value per channel there. fit says so before its first step (the run folder
-    is not made); a BatchNorm over 8x8 maps trains on a batch of one image."""
+@pytest.mark.parametrize("count, batch_size", [(33, 16), (8, 1), (1, 16)])
+@pytest.mark.parametrize("norm", ["1d", "2d"])
+def test_a_batch_of_one_image_under_a_1x1_batchnorm_is_refused_before_training(
+        tmp_path, rng, count, batch_size, norm):
+    """The last batch of 33 images in 16s holds one: a BatchNorm after the global pool (or
+    one over the 1x1 maps of a stride-8 convolution) would get one value per channel there.
+    fit says so before its first step (the run folder is not made); the same model without
+    it trains on such batches (its BatchNorm over 8x8 maps gets 64 values per channel)."""
     data = toy_data(rng, count=count)
+    where = {16: "33 training images in batches of 16 end with a batch of 1",
+             1: "batches of 1 image"}[batch_size] if count > 1 else "a single training image"
+    late = {"1d": ("bn1d", cn.BatchNorm1D(4)), "2d": ("bn1x1", cn.BatchNorm2D(4))}[norm]
 
-    def model(*last):
-        return cn.Sequential({"conv": cn.Conv2D(1, 4, 3, padding=1, rng=rng),
-                              "bn": cn.BatchNorm2D(4), "pool": cn.GlobalAvgPool2D(),
-                              "flatten": cn.Flatten(), **dict(last),
-                              "fc": cn.Linear(4, 3, rng=rng)})
-    refused = model(("bn1d", cn.BatchNorm1D(4)))
-    where = "33 training images in batches of 16 end with a batch of 1" if batch_size > 1 \
-        else "batches of 1 image"
-    with pytest.raises(ValueError, match=rf"BatchNorm 'bn1d' gets one value per channel from "
-                                         rf"each image \(its input: \(4,\) an image\), and "
-                                         rf"{where}: that batch's variance is undefined"):
+    def model(*late_norm):
+        maps = {"conv": cn.Conv2D(1, 4, 3, padding=1, rng=rng), "bn": cn.BatchNorm2D(4),
+                "squeeze": cn.Conv2D(4, 4, 8, stride=8, rng=rng) if norm == "2d" else
+                cn.GlobalAvgPool2D()}
+        features = {"flatten": cn.Flatten()}
+        (maps if norm == "2d" else features).update(late_norm)
+        return cn.Sequential({**maps, **features, "fc": cn.Linear(4, 3, rng=rng)})
+    refused = model(late)
+    shape = {"1d": r"\(4,\)", "2d": r"\(4, 1, 1\)"}[norm]
+    with pytest.raises(ValueError, match=rf"BatchNorm '{late[0]}' gets one value per channel "
+                                         rf"from each image \(its input per image: {shape}\), "
+                                         rf"and {where}: that batch's variance is undefined; "
+                                         rf"change --limit or --batch-size"):
         cn.fit(refused, data, optimizer=cn.SGD(refused, lr=0.1), epochs=1,
                batch_size=batch_size, run_dir=tmp_path / "run", progress=False, verbose=False)
     assert not (tmp_path / "run").exists()

@@ -589,7 +589,7 @@ TRAIN_SETTINGS_FIELDS = {
 }
 # Settings a run may lack: older runs had no `init` and no `random_erasing`, and only
 # SimpleCNN has an init; momentum and nesterov are SGD's only; input_padding is VGG's and
-# AlexNet's (cli.MODEL_RECIPES).
+# AlexNet's, for images smaller than they need (cli.input_padding).
 OPTIONAL_TRAIN_SETTINGS = ("init", "momentum", "nesterov", "input_padding", "random_erasing")
 
 

@@ -129,9 +129,9 @@ MODEL_RECIPES = {
     "alexnet": {"lr": 0.01},
 }
 # The smallest images the pools of VGG (five 2x2 pools) and AlexNet allow, by registry name
-# prefix: a new run zero-pads smaller images up to them (the setting `input_padding`, a
-# ZeroPad2D named "pad" before the layers): Fashion-MNIST's 28x28 by 2 and 18 pixels,
-# CIFAR-10's 32x32 by 0 and 16.
+# prefix (the models' own error says the same, `ZooModel`): a new run zero-pads smaller
+# images up to them (the setting `input_padding`, a ZeroPad2D named "pad" before the layers):
+# Fashion-MNIST's 28x28 by 2 and 18 pixels, CIFAR-10's 32x32 by 0 and 16.
 SMALLEST_IMAGE = {"vgg": 32, "alexnet": 63}
 
 
@@ -140,6 +140,16 @@ def input_padding(model: str, sample_shape) -> int:
     large as `model` (a registry name) needs; 0 for models that take them as they are."""
     need = next((side for prefix, side in SMALLEST_IMAGE.items() if model.startswith(prefix)), 0)
     return max(0, -(-(need - min(sample_shape[1:])) // 2))
+
+
+def with_input_padding(settings: dict, sample_shape) -> dict:
+    """A new run's settings with the `input_padding` its model needs for images of
+    `sample_shape` (none when 0). A resumed run keeps what its checkpoint stored: its model
+    was built with that."""
+    padding = input_padding(settings["model"], sample_shape)
+    return {**settings, "input_padding": padding} if padding else dict(settings)
+
+
 # Defaults that depend on the optimizer: {optimizer: {setting: value}}.
 OPTIMIZER_DEFAULTS = {
     "sgd": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
@@ -305,8 +315,8 @@ def _train(args, group) -> int:
 
     rng = np.random.default_rng(settings["seed"])
     train, val = _training_data(settings, rng)
-    if checkpoint is None and input_padding(settings["model"], train.sample_shape):
-        settings["input_padding"] = input_padding(settings["model"], train.sample_shape)
+    if checkpoint is None:
+        settings = with_input_padding(settings, train.sample_shape)
     test = load_dataset(settings["dataset"], "test", data_dir=settings["data_dir"])
     model = build_model(_model_config(settings, train), rng=rng)
     optimizer = _optimizer_for(settings, model)

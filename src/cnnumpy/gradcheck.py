@@ -41,9 +41,8 @@ def gradient_check(module, x, *, eps: float = 1e-6, tol: float | None = 1e-6,
     The scalar checked is L = Σ forward(x) · g for a fixed random upstream gradient g, so
     backward(g) must return dL/dx and set the gradient of every parameter to dL/dθ. The
     module is copied and converted to float64; the original is left untouched. Every forward
-    starts from the copy's first buffers, so that a Dropout in training mode draws the same
-    mask each time (the function checked is the one of that mask) and BatchNorm's running
-    statistics move once.
+    sees the same buffers (the copy's first), so that a Dropout in training mode draws the
+    same mask each time: the function checked is the one of that mask.
 
     Args:
         module: a layer or model with forward/backward/parameters/gradients.

@@ -168,12 +168,14 @@ def _check_one_image_batch(model, images: np.ndarray, batch_size: int) -> None:
     one_image = np.zeros((1, *images.shape[1:]), model.dtype or np.float32)
     for call in record(model, one_image).calls:
         if id(call.module) in norms and call.output[0, 0].size == 1:
-            where = (f"{len(images)} training images in batches of {batch_size} end with a "
-                     f"batch of 1" if batch_size > 1 else "batches of 1 image")
+            where = ("batches of 1 image" if batch_size == 1 else "a single training image"
+                     if len(images) == 1 else f"{len(images)} training images in batches of "
+                     f"{batch_size} end with a batch of 1")
             raise ValueError(
                 f"BatchNorm {call.name!r} gets one value per channel from each image (its "
-                f"input: {call.inputs[0].shape[1:]} an image), and {where}: that batch's "
-                f"variance is undefined; change the batch size or the number of images")
+                f"input per image: {call.inputs[0].shape[1:]}), and {where}: that batch's "
+                f"variance is undefined; change --limit or --batch-size (the number of "
+                f"images or batch_size)")
 
 
 def _batch_slices(count: int, batch_size: int):
@@ -608,7 +610,9 @@ def fit(model, train_data, val_data=None, *, optimizer, epochs: int, batch_size:
             val_data may be None (then the best checkpoint follows the training accuracy).
         optimizer: an optimizer of `cnnumpy.optim` built on `model`.
         epochs: total number of epochs (a resumed run counts the epochs already done).
-        batch_size: images per optimizer step (the last batch of an epoch may be smaller).
+        batch_size: images per optimizer step (the last batch of an epoch may be smaller;
+            a ValueError before the first step when that leaves a BatchNorm one value per
+            channel, as after a global pool).
         schedule: a `cnnumpy.schedules.Schedule` setting the lr at every step, or None.
         augment: random crop (`crop_padding` black pixels), horizontal flip (`flip`) and,
             with probability `random_erasing` per image, a rectangle filled with the mean

@@ -78,10 +78,9 @@ class ResNet(ZooModel):
     Blocks: "basic" (two 3x3 convolutions, ResNet-18/34) or "bottleneck" (1x1, 3x3 with the
     stride, 1x1 to 4x the width: ResNet-50), each followed by BatchNorm. ResNet-18:
     11,689,512 parameters, 1.814 G multiply-accumulates at 3x224x224. Every module with
-    parameters or buffers has torchvision's name; the modules without them differ where a
-    module here runs once: torchvision's block calls one `relu` after each BatchNorm but the
-    last and after the sum, here those are `relu1` (`relu2`), and `relu` after the `add`
-    that sums the paths.
+    parameters or buffers has torchvision's name. A module here runs once a pass, so where
+    torchvision's block calls its one `relu` two or three times, this block has `relu1`
+    (`relu2`) inside the main path and `relu` after the `add` that sums the paths.
 
     Initialisation as torchvision's: convolutions N(0, 2/fan_out), BatchNorm γ = 1, β = 0,
     fc PyTorch's default U(±1/√fan_in) (torchvision's `zero_init_residual` is off by default).
