@@ -157,9 +157,10 @@ def prepare_batch(images_uint8: np.ndarray, normalization, dtype, *, rng=None,
 
 
 def _check_one_image_batch(model, images: np.ndarray, batch_size: int) -> None:
-    """A batch of one image gives a BatchNorm (all train) one value per channel where its
-    maps are 1x1 (always, for BatchNorm1D): no variance. Say so before the first step, rather
-    than when the epoch's last batch comes (ResNet-18 shrinks 28x28 images to 1x1)."""
+    """In a batch of one image, a BatchNorm (fit trains them all) gets one value per channel
+    where its maps are 1x1 (always, for BatchNorm1D): no variance. Say so before the first
+    step, rather than when the epoch's last batch comes (ResNet-18 shrinks 28x28 images to
+    1x1)."""
     smallest = min(batch_size, len(images) % batch_size or batch_size)
     norms = {id(module) for module in model.modules()
              if isinstance(module, (BatchNorm1D, BatchNorm2D))}
@@ -168,9 +169,13 @@ def _check_one_image_batch(model, images: np.ndarray, batch_size: int) -> None:
     one_image = np.zeros((1, *images.shape[1:]), model.dtype or np.float32)
     for call in record(model, one_image).calls:
         if id(call.module) in norms and call.output[0, 0].size == 1:
-            where = ("batches of 1 image" if batch_size == 1 else "a single training image"
-                     if len(images) == 1 else f"{len(images)} training images in batches of "
-                     f"{batch_size} end with a batch of 1")
+            if batch_size == 1:
+                where = "batches of 1 image"
+            elif len(images) == 1:
+                where = "a single training image"
+            else:
+                where = (f"{len(images)} training images in batches of {batch_size} end "
+                         f"with a batch of 1")
             raise ValueError(
                 f"BatchNorm {call.name!r} gets one value per channel from each image (its "
                 f"input per image: {call.inputs[0].shape[1:]}), and {where}: that batch's "
