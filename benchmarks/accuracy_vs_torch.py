@@ -9,8 +9,9 @@ Both train --model (default SimpleCNN: conv 32, pool, conv 64, pool, fc 512, fc 
 Fashion-MNIST with the recipe of `cnnumpy train --model NAME`: SGD with Nesterov momentum 0.9
 and weight decay 5e-4, PyTorch's OneCycleLR peaking at the model's lr (momentum cycled
 0.95-0.85-0.95), batch 128, random crop (pad 2) and horizontal flip, the model's label
-smoothing and epochs (for resnet20: lr 0.1, label smoothing 0.1, 30 epochs), with
---random-erasing P also random erasing (`cnnumpy.data.random_erasing`, the mean pixel), inputs
+smoothing, random erasing and epochs (for resnet20: lr 0.1, label smoothing 0.1, random
+erasing 0.5 (`cnnumpy.data.random_erasing`, the mean pixel), 30 epochs; --random-erasing P and
+the other options change them), inputs
 normalised with the training set's mean and std. Models other than SimpleCNN run in PyTorch
 as `torch_mirror.mirror` of the cnnumpy model: the same architecture from the same initial
 weights (torchvision's initialisation), with PyTorch's own layers. The batches (order,
@@ -156,7 +157,7 @@ def main() -> None:
     parser.add_argument("--random-erasing", type=float, metavar="P",
                         help="probability of random erasing per training image, the "
                              "augmentation of `cnnumpy train --random-erasing` (default: the "
-                             "model's, 0)")
+                             "model's: 0.5 for the CIFAR ResNets, 0 for the others)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir")
     parser.add_argument("--only", choices=("cnnumpy", "torch"))

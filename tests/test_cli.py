@@ -40,6 +40,24 @@ def train_args(data_dir, out, epochs=2):
             "--epochs", epochs, "--batch-size", 32, "--out", out, "--no-progress"]
 
 
+def test_the_resnet_recipe_erases_only_with_its_augmentation():
+    """The CIFAR ResNets' recipe adds random erasing to crop and flip: --no-augment turns both
+    off (the recipe's erasing is part of its augmentation); --random-erasing given with
+    --no-augment is a mistake; another model erases only when asked."""
+    from cnnumpy.cli import _train_settings, build_parser
+
+    def settings(*args):
+        return _train_settings(build_parser().parse_args(["train", *args]))
+
+    assert settings("--model", "resnet20")["random_erasing"] == 0.5
+    assert settings("--model", "resnet56", "--random-erasing", "0.2")["random_erasing"] == 0.2
+    plain = settings("--model", "resnet20", "--no-augment")
+    assert (plain["augment"], plain["random_erasing"]) == (False, 0.0)
+    assert settings("--model", "resnet18")["random_erasing"] == 0.0
+    with pytest.raises(ValueError, match="--random-erasing is an augmentation"):
+        settings("--model", "resnet20", "--no-augment", "--random-erasing", "0.5")
+
+
 def test_a_zoo_model_trains_and_its_checkpoint_is_summarised_and_plotted(data_dir, tmp_path):
     """`cnnumpy train --model resnet20` with its recipe on 17 images in batches of 8 (the
     last of one image: BatchNorm's maps are at least 7x7, so it trains), then the branched
@@ -50,7 +68,8 @@ def test_a_zoo_model_trains_and_its_checkpoint_is_summarised_and_plotted(data_di
     assert "test accuracy" in result.stdout
     checkpoint = cn.load_checkpoint(tmp_path / "run" / "last.npz")
     settings = checkpoint.metadata["train_settings"]
-    assert (settings["lr"], settings["label_smoothing"], settings["epochs"]) == (0.1, 0.1, 1)
+    assert (settings["lr"], settings["label_smoothing"], settings["random_erasing"],
+            settings["epochs"]) == (0.1, 0.1, 0.5, 1)
     assert "input_padding" not in settings and checkpoint.metadata["progress"]["step"] == 3
     assert checkpoint.build_model().config()["depth"] == 20
     rows = {line.split()[0]: line.split() for line in

@@ -117,12 +117,13 @@ RECIPE = {
 }
 # What the default recipe changes for other models: {registry name: {setting: value}}; see
 # the README's table. The CIFAR ResNets train twice as long at twice the peak lr, with label
-# smoothing; VGG without BatchNorm and AlexNet need a lower lr (at 0.05 their loss diverged).
+# smoothing and random erasing; VGG without BatchNorm and AlexNet need a lower lr (at 0.05
+# their loss diverged).
+CIFAR_RESNET_RECIPE = {"epochs": 30, "lr": 0.1, "label_smoothing": 0.1, "random_erasing": 0.5}
 MODEL_RECIPES = {
     "simplecnn": {},
-    "resnet20": {"epochs": 30, "lr": 0.1, "label_smoothing": 0.1},
-    "resnet32": {"epochs": 30, "lr": 0.1, "label_smoothing": 0.1},
-    "resnet56": {"epochs": 30, "lr": 0.1, "label_smoothing": 0.1},
+    "resnet20": CIFAR_RESNET_RECIPE, "resnet32": CIFAR_RESNET_RECIPE,
+    "resnet56": CIFAR_RESNET_RECIPE,
     "resnet18": {"lr": 0.1}, "resnet34": {"lr": 0.1}, "resnet50": {"lr": 0.1},
     "vgg11_bn": {}, "vgg13_bn": {}, "vgg16_bn": {}, "vgg19_bn": {},
     "vgg11": {"lr": 0.01}, "vgg13": {"lr": 0.01}, "vgg16": {"lr": 0.01}, "vgg19": {"lr": 0.01},
@@ -187,7 +188,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         help="random crop (2 px padding) and horizontal flip of training images (default on)")
     add("--random-erasing", type=_number(0.0, 1.0), metavar="P",
         help="with --augment, fill a random rectangle of each training image with the mean "
-             "pixel with probability P, as torchvision's RandomErasing (default 0: none)")
+             "pixel with probability P, as torchvision's RandomErasing (default 0.5 for "
+             "the CIFAR ResNets, 0 for the others)")
     add("--val-split", type=_fraction, help="fraction of the training images held out for "
                                             "per-epoch validation (default 0: none)")
     add("--seed", type=_seed, help="seed of initialisation, split, shuffling, augmentation "
@@ -221,7 +223,9 @@ def _train_settings(args) -> dict:
     if model != "simplecnn":
         del settings["init"]
     if settings["random_erasing"] and not settings["augment"]:
-        raise ValueError("--random-erasing is an augmentation: it needs --augment")
+        if "random_erasing" in given:
+            raise ValueError("--random-erasing is an augmentation: it needs --augment")
+        settings["random_erasing"] = 0.0  # the model's recipe erases only with its crop and flip
     if settings["optimizer"] != "sgd" and "lr" not in given:  # the models' lr is SGD's
         settings["lr"] = None
     defaults = OPTIMIZER_DEFAULTS[settings["optimizer"]]
