@@ -86,8 +86,12 @@ def torch_run(torch, model, train, test, args):
     if state and (state / "progress.json").exists():
         progress = json.loads((state / "progress.json").read_text())
         # a state saved before --random-erasing existed had none
-        if {"random_erasing": 0.0, **progress["settings"]} != _settings(args):
-            raise SystemExit(f"{state} holds a run with other settings: {progress['settings']}")
+        stored, asked = {"random_erasing": 0.0, **progress["settings"]}, _settings(args)
+        if stored != asked:
+            differ = ", ".join(f"{key} {stored.get(key)!r} (asked {asked.get(key)!r})"
+                               for key in sorted(stored.keys() | asked.keys())
+                               if stored.get(key) != asked.get(key))
+            raise SystemExit(f"{state} holds a run with other settings: {differ}")
         saved = torch.load(state / "torch_state.pt", weights_only=True)
         if saved["epoch"] != len(progress["seconds"]):
             raise SystemExit(f"{state}: the saved tensors are of epoch {saved['epoch']}, the "

@@ -185,7 +185,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     add("--label-smoothing", type=_number(0.0, 1.0),
         help="label smoothing of the loss (default 0)")
     add("--augment", action=argparse.BooleanOptionalAction,
-        help="random crop (2 px padding) and horizontal flip of training images (default on)")
+        help="random crop (2 px padding), horizontal flip and the model's random erasing of "
+             "training images (default on)")
     add("--random-erasing", type=_number(0.0, 1.0), metavar="P",
         help="with --augment, fill a random rectangle of each training image with the mean "
              "pixel with probability P, as torchvision's RandomErasing (default 0.5 for "
