@@ -17,7 +17,7 @@ update of all the parameters, part of a in one process. a, b and U are measured 
 training step of SimpleCNN (1x28x28) on n images (gather, crop, flip, normalise, forward,
 backward, SGD) in one process with one BLAS thread, fitted by least squares. ResNet-20
 (0.27 M parameters) is estimated from them: its b is SimpleCNN's times the ratio of training
-multiply-accumulates per image at 1x28x28 (5.7; PyTorch's seconds per epoch in ANCHORS.md
+multiply-accumulates per image at 1x28x28 (5.7; PyTorch's seconds per epoch measured here
 give 3.1, printed as the lighter case), its a SimpleCNN's times the ratio of layer calls (20
 convolutions, 19 BatchNorms, 19 ReLUs, 9 additions, pooling and the classifier: about 70
 against 9).
